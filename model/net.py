@@ -1,0 +1,172 @@
+"""HierarchicalSignalNet: one network, two heads.
+
+A signal (B, C, L) of raw values goes through per-signal normalisation, a convolutional trunk that
+downsamples by ``stride`` = pool ** len(conv_channels), and a bidirectional GRU over the
+T = L / stride steps. The embedding head reads the GRU's final hidden states; the keypoint head
+reads every step.
+
+    x (B, C, L) -> normalise -> conv blocks (B, H, T) -> BiGRU (B, T, 2G)
+        -> final hidden states (B, 2G) -> Linear -> L2 normalise -> embedding (B, D)
+        -> every step (B, T, 2G)       -> Linear -> keypoint logits (B, T, K)
+
+Keypoint logits are a distribution over steps per keypoint (softmax over T). Decoding turns them
+into a position in input samples with sub-step precision: a soft-argmax over a small window around
+the most likely step. Its confidence is the probability mass inside that window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    in_channels: int = 1
+    conv_channels: tuple[int, ...] = (32, 64, 128)
+    kernel_size: int = 7
+    pool: int = 2
+    gru_hidden: int = 128
+    gru_layers: int = 1
+    embedding_dim: int = 128
+    num_keypoints: int = 4
+    dropout: float = 0.0
+    # Decoding: soft-argmax over the peak step +- this many steps.
+    decode_radius: int = 2
+    # Signals shorter than min_steps GRU steps carry too little context; longer than max_length
+    # would exceed what the network was sized and tested for.
+    min_steps: int = 4
+    max_length: int = 8192
+    keypoint_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.conv_channels = tuple(int(c) for c in self.conv_channels)
+        if self.kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (got {self.kernel_size})")
+        if self.keypoint_names and len(self.keypoint_names) != self.num_keypoints:
+            raise ValueError(
+                f"keypoint_names has {len(self.keypoint_names)} names for "
+                f"{self.num_keypoints} keypoints"
+            )
+
+    @property
+    def stride(self) -> int:
+        return self.pool ** len(self.conv_channels)
+
+    @property
+    def min_length(self) -> int:
+        return self.min_steps * self.stride
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["conv_channels"] = list(self.conv_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**d)
+
+
+class ConvBlock(nn.Module):
+    """Conv1d -> BatchNorm1d -> ReLU -> MaxPool1d: (B, C_in, L) -> (B, C_out, L / pool)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, pool: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm1d(c_out)
+        self.pool = nn.MaxPool1d(pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.relu(self.bn(self.conv(x))))
+
+
+class HierarchicalSignalNet(nn.Module):
+    """Embeds signals and locates their keypoints.
+
+    ``forward`` returns ``(embedding (B, D), keypoint_logits (B, T, K))``; ``embed`` and
+    ``keypoints`` are the serving entry points and survive TorchScript export.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.stride = config.stride
+        self.decode_radius = config.decode_radius
+        self.in_channels = config.in_channels
+        self.min_length = config.min_length
+        self.max_length = config.max_length
+        channels = (config.in_channels, *config.conv_channels)
+        self.trunk = nn.Sequential(
+            *[
+                ConvBlock(c_in, c_out, config.kernel_size, config.pool)
+                for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+            ]
+        )
+        self.gru = nn.GRU(
+            channels[-1],
+            config.gru_hidden,
+            num_layers=config.gru_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=config.dropout if config.gru_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.embedding_head = nn.Linear(2 * config.gru_hidden, config.embedding_dim)
+        self.keypoint_head = nn.Linear(2 * config.gru_hidden, config.num_keypoints)
+
+    @staticmethod
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        """Per-signal, per-channel z-score, so clients send raw values in any unit or offset."""
+        mean = x.mean(dim=-1, keepdim=True)
+        std = x.std(dim=-1, keepdim=True, unbiased=False)
+        return (x - mean) / (std + 1e-6)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalise(x)  # (B, C, L)
+        h = self.trunk(x)  # (B, C, L) -> (B, H, T)
+        steps, final = self.gru(h.transpose(1, 2))  # (B, T, 2G), (layers*2, B, G)
+        last = torch.cat([final[-2], final[-1]], dim=1)  # forward and backward directions: (B, 2G)
+        embedding = F.normalize(self.embedding_head(self.dropout(last)), dim=1)  # (B, D)
+        logits = self.keypoint_head(self.dropout(steps))  # (B, T, K)
+        return embedding, logits
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) raw signals -> (B, D) unit-norm embeddings."""
+        return self.forward(x)[0]
+
+    @torch.jit.export
+    def decode_keypoints(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, K) logits -> positions (B, K) in input samples, confidences (B, K) in [0, 1]."""
+        probs = torch.softmax(logits, dim=1)  # distribution over steps, per keypoint
+        steps = probs.shape[1]
+        peak = probs.argmax(dim=1, keepdim=True)  # (B, 1, K)
+        offsets = torch.arange(steps, device=logits.device).view(1, steps, 1)
+        window = (offsets - peak).abs() <= self.decode_radius  # (B, T, K)
+        mass = (probs * window).sum(dim=1)  # (B, K)
+        centre = (probs * window * offsets).sum(dim=1) / mass.clamp_min(1e-12)  # in steps
+        # Step t pools samples [t*stride, (t+1)*stride): its centre is at (t + 0.5)*stride - 0.5.
+        positions = (centre + 0.5) * self.stride - 0.5
+        return positions, mass.clamp(0.0, 1.0)
+
+    @torch.jit.export
+    def keypoints(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, L) raw signals -> positions (B, K) in samples, confidences (B, K)."""
+        return self.decode_keypoints(self.forward(x)[1])
+
+    @torch.jit.export
+    def embed_and_keypoints(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both heads from one pass: embeddings (B, D), positions (B, K), confidences (B, K)."""
+        embedding, logits = self.forward(x)
+        positions, confidences = self.decode_keypoints(logits)
+        return embedding, positions, confidences
+
+
+def sample_to_step(position: torch.Tensor, stride: int) -> torch.Tensor:
+    """Inverse of the decoder's step -> sample mapping: a sample position as a fractional step."""
+    return (position + 0.5) / stride - 0.5

@@ -1,0 +1,30 @@
+"""Shared fixtures: small data and a tiny trained model, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.synthetic import SynthConfig, generate
+from training.train import TrainConfig, Trainer
+
+# One busy thread per test process: two threads on a shared 2-core machine run far slower.
+torch.set_num_threads(1)
+
+SHARED_ECG = Path(__file__).resolve().parents[2] / "shared" / "ecg"
+TINY_MODEL = {"conv_channels": (8, 16, 16), "gru_hidden": 16, "embedding_dim": 16}
+TINY_MODEL_FLAGS = ["--conv-channels", "8,16,16", "--gru-hidden", "16", "--embedding-dim", "16"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    return generate(SynthConfig(elements=8, sessions=3, signals=4, length=64, seed=3))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_data) -> Path:
+    out = tmp_path_factory.mktemp("tiny_model")
+    Trainer(TrainConfig(epochs=1, p=4, k=4, model=TINY_MODEL), tiny_data, out).fit()
+    return out

@@ -1,0 +1,92 @@
+"""HierarchicalSignalNet: shapes, unit embeddings, batch independence, keypoint decoding."""
+
+import pytest
+import torch
+
+from model import HierarchicalSignalNet, ModelConfig, sample_to_step
+
+
+@pytest.fixture
+def net() -> HierarchicalSignalNet:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        in_channels=2, conv_channels=(8, 16), gru_hidden=16, embedding_dim=12, num_keypoints=3
+    )
+    return HierarchicalSignalNet(config).eval()
+
+
+def test_forward_shapes_and_unit_norm(net):
+    embedding, logits = net(torch.randn(5, 2, 96))
+    assert embedding.shape == (5, 12)
+    assert logits.shape == (5, 96 // net.stride, 3)  # stride 4: two pools of 2
+    torch.testing.assert_close(embedding.norm(dim=1), torch.ones(5))
+
+
+def test_keypoints_are_positions_in_samples_with_confidences(net):
+    positions, confidences = net.keypoints(torch.randn(4, 2, 80))
+    assert positions.shape == confidences.shape == (4, 3)
+    assert ((positions >= 0) & (positions <= 79)).all()
+    assert ((confidences >= 0) & (confidences <= 1)).all()
+
+
+@pytest.mark.parametrize("length", [16, 50, 333])
+def test_any_length_from_the_minimum_works(net, length):
+    assert net.min_length == 4 * net.stride == 16
+    embedding, logits = net(torch.randn(2, 2, length))
+    assert embedding.shape == (2, 12) and logits.shape[1] == length // net.stride
+
+
+def test_a_signals_outputs_do_not_depend_on_its_batch_mates(net):
+    x = torch.randn(6, 2, 64)
+    alone = net.embed_and_keypoints(x[2:3])
+    together = net.embed_and_keypoints(x)
+    shuffled = net.embed_and_keypoints(x[[5, 2, 0]])
+    for a, b, c in zip(alone, together, shuffled, strict=True):
+        torch.testing.assert_close(a[0], b[2], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a[0], c[1], atol=1e-5, rtol=1e-5)
+
+
+def test_raw_units_and_offsets_do_not_matter(net):
+    """Normalisation lives inside the network: mV or µV, any baseline, same answer."""
+    x = torch.randn(3, 2, 64)
+    for a, b in zip(
+        net.embed_and_keypoints(x), net.embed_and_keypoints(1000 * x + 42), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_decoding_recovers_sub_step_positions(net):
+    """A symmetric peak decodes to the step's centre; a lopsided one leans to its heavier side."""
+    stride = net.stride
+    logits = torch.full((1, 10, 3), -20.0)
+    logits[0, 5, 0] = 5.0  # a single sharp step: centre of step 5
+    logits[0, 4:7, 1] = torch.tensor([2.0, 5.0, 2.0])  # symmetric: still the centre
+    logits[0, 4:7, 2] = torch.tensor([-20.0, 5.0, 5.0])  # half on step 5, half on 6
+    positions, confidences = net.decode_keypoints(logits)
+    centre = (5 + 0.5) * stride - 0.5
+    torch.testing.assert_close(positions[0], torch.tensor([centre, centre, centre + stride / 2]))
+    assert (confidences > 0.99).all()
+
+
+def test_confidence_is_low_when_the_network_hesitates(net):
+    logits = torch.zeros(1, 20, 3)  # nearly flat: every step about equally likely
+    logits[0, 10] = 1e-6
+    _, confidences = net.decode_keypoints(logits)
+    window = 2 * net.decode_radius + 1
+    torch.testing.assert_close(confidences[0], torch.full((3,), window / 20))
+
+
+def test_sample_to_step_inverts_the_decoder_mapping():
+    stride = 8
+    steps = torch.tensor([0.0, 3.25, 9.0])
+    samples = (steps + 0.5) * stride - 0.5
+    torch.testing.assert_close(sample_to_step(samples, stride), steps)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        ModelConfig(kernel_size=4)
+    with pytest.raises(ValueError, match="keypoint_names"):
+        ModelConfig(num_keypoints=2, keypoint_names=["a"])
+    config = ModelConfig(conv_channels=[4, 8, 8, 8], pool=2)
+    assert config.stride == 16 and ModelConfig.from_dict(config.to_dict()) == config

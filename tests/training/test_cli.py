@@ -1,0 +1,245 @@
+"""Every ``python -m training`` subcommand end to end, on tiny data, in seconds."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_ECG, TINY_MODEL_FLAGS
+from training.__main__ import main
+from training.data import load_npz
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def synth_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "train.npz"
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(path),
+                "--elements",
+                "6",
+                "--sessions",
+                "3",
+                "--signals",
+                "4",
+                "--length",
+                "64",
+                "--channels",
+                "2",
+                "--seed",
+                "5",
+            ]
+        )
+        == 0
+    )
+    return path
+
+
+def test_synth_writes_the_documented_format(synth_file):
+    data = load_npz(synth_file)
+    assert data.signals.shape[1:] == (2, 64) and len(np.unique(data.element_ids)) == 6
+    assert data.keypoint_names == ["onset", "main_peak", "last_peak", "end"]
+
+
+def test_train_then_evaluate(synth_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(
+        [
+            "train",
+            "--data",
+            str(synth_file),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--p",
+            "3",
+            "--k",
+            "4",
+            *TINY_MODEL_FLAGS,
+        ],
+        capsys,
+    )
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["epochs_run"] == 2 and summary["stopped_by"] == "epochs"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "model.pt").is_file() and (out / "checkpoint.pt").is_file()
+
+    code, stdout, _ = run_cli(
+        ["evaluate", "--model", str(out), "--data", str(synth_file), "--baseline"], capsys
+    )
+    assert code == 0
+    metrics = json.loads(stdout)
+    for key in (
+        "element_precision_at_1",
+        "element_map_at_r",
+        "session_precision_at_1",
+        "hierarchy_order_rate",
+        "keypoints",
+        "baseline_raw_windows",
+    ):
+        assert key in metrics
+    assert set(metrics["keypoints"]["onset"]) >= {
+        "n",
+        "median_abs_error_samples",
+        "mean_abs_error_samples",
+        "median_abs_error_ms",
+        "within_10ms",
+        "within_20ms",
+        "within_40ms",
+    }
+
+    # Resume continues the same run: two more epochs, four lines of metrics.
+    code, stdout, _ = run_cli(
+        [
+            "train",
+            "--data",
+            str(synth_file),
+            "--out",
+            str(out),
+            "--epochs",
+            "4",
+            "--p",
+            "3",
+            "--k",
+            "4",
+            "--resume",
+            *TINY_MODEL_FLAGS,
+        ],
+        capsys,
+    )
+    assert code == 0, stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_max_minutes_stops_cleanly_and_still_exports(synth_file, tmp_path, capsys):
+    out = tmp_path / "budget"
+    code, stdout, _ = run_cli(
+        [
+            "train",
+            "--data",
+            str(synth_file),
+            "--out",
+            str(out),
+            "--epochs",
+            "50",
+            "--max-minutes",
+            "0.0001",
+            *TINY_MODEL_FLAGS,
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert json.loads(stdout)["stopped_by"] == "max_minutes"
+    assert (out / "model.pt").is_file() and (out / "manifest.json").is_file()
+
+
+def test_config_file_gives_defaults_and_flags_override(synth_file, tmp_path, capsys):
+    config = tmp_path / "recipe.toml"
+    config.write_text(
+        "epochs = 1\ngru-hidden = 12\nconv_channels = [8, 8, 8]\n"
+        "embedding_dim = 8\nmargin_element = 0.5\n"
+    )
+    out = tmp_path / "configured"
+    code, stdout, _ = run_cli(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--data",
+            str(synth_file),
+            "--out",
+            str(out),
+            "--embedding-dim",
+            "6",
+            "--p",
+            "3",
+        ],
+        capsys,
+    )
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_config"]["gru_hidden"] == 12
+    assert manifest["embedding_dim"] == 6  # the flag wins over the file
+    assert manifest["train_config"]["margin_element"] == 0.5 and manifest["epochs_run"] == 1
+
+    config.write_text("epoch = 3\n")
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(config), "--data", str(synth_file), "--out", str(out)])
+    assert "unknown option(s) epoch" in capsys.readouterr().err
+
+
+def test_bad_data_file_is_one_clear_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, signals=np.zeros((3, 64)), element_ids=np.array(["a", "b", "c"]))
+    code, _, err = run_cli(["train", "--data", str(bad), "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "missing required key 'session_ids'" in err
+
+
+def test_demo_under_a_tiny_budget_exports_a_model(tmp_path):
+    """The demo as a user runs it (a subprocess), cut to seconds by its budget."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "demo",
+            "--out",
+            str(tmp_path / "demo"),
+            "--max-minutes",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    summary = json.loads(result.stdout)
+    assert summary["stopped_by"] == "max_minutes"
+    assert (tmp_path / "demo" / "model.pt").is_file()
+    assert (tmp_path / "demo" / "synthetic_train.npz").is_file()
+
+
+@pytest.mark.skipif(not SHARED_ECG.is_dir(), reason="../shared/ecg is absent")
+def test_train_and_evaluate_run_on_real_ecg(tmp_path, capsys):
+    """2 channels, 320 samples at 250 Hz, some keypoints absent: a few persons of ECG-ID."""
+    data = load_npz(SHARED_ECG / "ecgid_dev.npz")
+    persons = np.unique(data.element_ids)[:6]
+    small = data.subset(np.flatnonzero(np.isin(data.element_ids, persons))[::3])
+    small.save(tmp_path / "ecg.npz")
+    out = tmp_path / "ecg_model"
+    code, _, _ = run_cli(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "ecg.npz"),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--p",
+            "3",
+            *TINY_MODEL_FLAGS,
+        ],
+        capsys,
+    )
+    assert code == 0
+    code, stdout, _ = run_cli(
+        ["evaluate", "--model", str(out), "--data", str(SHARED_ECG / "qtdb_manual_dev.npz")], capsys
+    )
+    assert code == 0
+    metrics = json.loads(stdout)
+    assert metrics["data"]["channels"] == 2 and metrics["data"]["fs"] == 250.0
+    assert metrics["keypoints"]["R_peak"]["n"] > 0

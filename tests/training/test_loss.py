@@ -1,0 +1,120 @@
+"""HierarchicalLoss on hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+
+from model import HierarchicalSignalNet, ModelConfig
+from training.loss import HierarchicalLoss, keypoint_cross_entropy, pairwise_distances, triplet_loss
+
+SQRT2 = math.sqrt(2)
+
+
+def unit(*xy):
+    return torch.tensor(xy, dtype=torch.float32)
+
+
+def masks(elements, sessions):
+    e, s = torch.tensor(elements), torch.tensor(sessions)
+    not_self = ~torch.eye(len(e), dtype=torch.bool)
+    same_e, same_s = e[:, None] == e[None], s[:, None] == s[None]
+    return same_e, same_s, not_self
+
+
+@pytest.mark.parametrize("mining", ["all", "hard"])
+def test_zero_once_both_margins_hold(mining):
+    # a, p: element 0 session 0; s: element 0 session 1; n: element 1.
+    # d(a,p) = 0, d(a,s) = 0.63, d(s,n) = 1.90, d(a,n) = 2: every triplet holds its margin.
+    emb = unit([1, 0], [1, 0], [0.8, 0.6], [-1, 0])
+    loss = HierarchicalLoss(stride=8, margin_session=0.1, margin_element=0.3, mining=mining)
+    parts = loss(
+        emb,
+        torch.zeros(4, 5, 1),
+        torch.full((4, 1), -1),
+        torch.tensor([0, 0, 0, 1]),
+        torch.tensor([0, 0, 1, 2]),
+    )
+    assert parts.element.item() == 0.0 and parts.session.item() == 0.0
+    assert parts.total.item() == 0.0
+
+
+@pytest.mark.parametrize("mining", ["all", "hard"])
+def test_a_session_negative_closer_than_the_positive_costs_the_gap_plus_margin(mining):
+    # a=(1,0) and p=(0,1) share a session; s=(1,0) is another session of the same element.
+    emb = unit([1, 0], [0, 1], [1, 0], [-1, 0])
+    same_e, same_s, not_self = masks([0, 0, 0, 1], [0, 0, 1, 2])
+    value = triplet_loss(
+        pairwise_distances(emb), same_s & not_self, same_e & ~same_s, margin=0.1, mining=mining
+    )
+    # anchor a: d(a,p) - d(a,s) + .1 = sqrt2 + .1; anchor p: sqrt2 - sqrt2 + .1.
+    assert value.item() == pytest.approx((SQRT2 + 0.1 + 0.1) / 2, abs=1e-3)
+
+
+def test_element_triplet_value_by_hand():
+    # a=(1,0), p=(0,1) one session of element 0; n=(1,0) element 1.
+    emb = unit([1, 0], [0, 1], [1, 0])
+    same_e, same_s, not_self = masks([0, 0, 1], [0, 0, 1])
+    d = pairwise_distances(emb)
+    value = triplet_loss(d, same_e & not_self, ~same_e, margin=0.3, mining="all")
+    # anchor a: sqrt2 - 0 + .3; anchor p: sqrt2 - sqrt2 + .3; anchor n has no positive.
+    assert value.item() == pytest.approx(((SQRT2 + 0.3) + 0.3) / 2, abs=1e-3)
+    session = triplet_loss(d, same_s & not_self, same_e & ~same_s, margin=0.1, mining="all")
+    assert session.item() == 0.0  # no element has two sessions: no session triplets
+
+
+def test_hard_mining_takes_the_farthest_positive_and_nearest_negative():
+    emb = unit([1, 0], [0.6, 0.8], [0, 1], [0.8, 0.6], [-1, 0])
+    same_e, _, not_self = masks([0, 0, 0, 1, 1], [0, 0, 0, 1, 1])
+    d = pairwise_distances(emb)
+    value = triplet_loss(d, same_e & not_self, ~same_e, margin=0.2, mining="hard")
+    expected = []
+    for a in range(5):
+        pos = [d[a, j] for j in range(5) if j != a and same_e[a, j]]
+        neg = [d[a, j] for j in range(5) if not same_e[a, j]]
+        expected.append(max(0.0, max(pos).item() - min(neg).item() + 0.2))
+    assert value.item() == pytest.approx(sum(expected) / 5, abs=1e-5)
+
+
+def test_keypoint_cross_entropy_one_hot_and_masking():
+    logits = torch.randn(2, 6, 2)
+    positions = torch.tensor([[43, -1], [-1, -1]])  # sample 43 -> step 5 at stride 8 (centre 43.5)
+    value = keypoint_cross_entropy(logits, positions, stride=8, sigma=0.0)
+    expected = -torch.log_softmax(logits[0, :, 0], dim=0)[5]
+    assert value.item() == pytest.approx(expected.item(), abs=1e-6)
+    none = keypoint_cross_entropy(logits, torch.full((2, 2), -1), stride=8, sigma=0.0)
+    assert none.item() == 0.0
+
+
+def test_gaussian_target_is_best_matched_by_a_gaussian():
+    positions = torch.tensor([[20]])  # step (20.5 / 8) - 0.5 = 2.06: between steps 2 and 3
+    grid = torch.arange(8.0)
+    step = (20 + 0.5) / 8 - 0.5
+    matched = (-0.5 * (grid - step) ** 2).view(1, 8, 1)  # log of the target, up to a constant
+    sharp = torch.full((1, 8, 1), -10.0)
+    sharp[0, 2, 0] = 10.0
+    loss = lambda lg: keypoint_cross_entropy(lg, positions, stride=8, sigma=1.0).item()  # noqa: E731
+    assert loss(matched) < loss(sharp)
+
+
+def test_gradients_reach_both_heads_and_the_trunk():
+    torch.manual_seed(0)
+    net = HierarchicalSignalNet(
+        ModelConfig(conv_channels=(4, 8), gru_hidden=8, embedding_dim=4, num_keypoints=2)
+    )
+    x = torch.randn(8, 1, 64)
+    embeddings, logits = net(x)
+    elements = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    sessions = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    positions = torch.randint(0, 64, (8, 2))
+    HierarchicalLoss(stride=net.stride, margin_session=1.0, margin_element=2.0)(
+        embeddings, logits, positions, elements, sessions
+    ).total.backward()
+    for name in (
+        "embedding_head.weight",
+        "keypoint_head.weight",
+        "trunk.0.conv.weight",
+        "gru.weight_ih_l0",
+    ):
+        grad = dict(net.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name

@@ -1,0 +1,146 @@
+"""HierarchicalLoss = keypoint cross-entropy + lambda * (session triplet + element triplet)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model import sample_to_step
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    keypoint: torch.Tensor
+    session: torch.Tensor
+    element: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(v.detach()) for k, v in vars(self).items()}
+
+
+def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
+    """(B, D) unit vectors -> (B, B) Euclidean distances, in [0, 2]."""
+    cosine = embeddings @ embeddings.T
+    return (2.0 - 2.0 * cosine).clamp_min(1e-8).sqrt()
+
+
+def triplet_loss(
+    distances: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    margin: float,
+    mining: str,
+) -> torch.Tensor:
+    """Margin loss over the batch's (anchor, positive, negative) triplets.
+
+    ``positive[a, p]`` and ``negative[a, n]`` are boolean (B, B) masks. ``mining="all"`` averages
+    ``relu(d(a,p) - d(a,n) + margin)`` over every valid triplet that still violates the margin;
+    ``"hard"`` keeps, per anchor, the farthest positive and the nearest negative. Either way the
+    loss is exactly zero once every triplet holds its margin.
+    """
+    if mining == "hard":
+        far_positive = distances.masked_fill(~positive, float("-inf")).amax(dim=1)
+        near_negative = distances.masked_fill(~negative, float("inf")).amin(dim=1)
+        valid = positive.any(dim=1) & negative.any(dim=1)
+        losses = F.relu(far_positive - near_negative + margin)[valid]
+    elif mining == "all":
+        # (A, P, 1) - (A, 1, N): every triplet of the batch at once.
+        gaps = distances.unsqueeze(2) - distances.unsqueeze(1) + margin
+        valid = positive.unsqueeze(2) & negative.unsqueeze(1)
+        losses = F.relu(gaps[valid])
+        losses = losses[losses > 0]
+    else:
+        raise ValueError(f"mining must be 'all' or 'hard', got {mining!r}")
+    if losses.numel() == 0:
+        return distances.sum() * 0.0  # keeps the graph, so backward works on a satisfied batch
+    return losses.mean()
+
+
+def keypoint_cross_entropy(
+    logits: torch.Tensor, positions: torch.Tensor, stride: int, sigma: float
+) -> torch.Tensor:
+    """Cross-entropy of the per-keypoint distribution over steps against the true position.
+
+    logits (B, T, K); positions (B, K) in input samples, -1 where absent (masked out). With
+    ``sigma > 0`` (in steps) the target is a Gaussian around the exact, fractional step, which
+    teaches the decoder's soft-argmax where inside a step the keypoint lies; ``sigma = 0`` is the
+    plain one-hot target at the nearest step.
+    """
+    steps = logits.shape[1]
+    present = positions >= 0  # (B, K)
+    if not present.any():
+        return logits.sum() * 0.0
+    target_step = sample_to_step(positions.to(logits.dtype), stride).clamp(0, steps - 1)  # (B, K)
+    grid = torch.arange(steps, device=logits.device, dtype=logits.dtype).view(1, steps, 1)
+    if sigma > 0:
+        target = torch.exp(-0.5 * ((grid - target_step.unsqueeze(1)) / sigma) ** 2)
+        target = target / target.sum(dim=1, keepdim=True)
+    else:
+        target = (grid == target_step.round().unsqueeze(1)).to(logits.dtype)
+    log_probs = F.log_softmax(logits, dim=1)  # over steps
+    per_keypoint = -(target * log_probs).sum(dim=1)  # (B, K)
+    return per_keypoint[present].mean()
+
+
+class HierarchicalLoss(nn.Module):
+    """Loss on one P-K batch.
+
+    Inputs: embeddings (B, D) unit-norm, keypoint logits (B, T, K), keypoint positions (B, K) in
+    samples (-1 absent), element and session labels (B,) as integer codes.
+
+    - session triplet: anchor and positive from one session, negative from another session of the
+      same element, with ``margin_session``;
+    - element triplet: anchor and positive from one element (any session, so an element's sessions
+      are pulled together), negative from another element, with ``margin_element``.
+    """
+
+    def __init__(
+        self,
+        stride: int,
+        lambda_metric: float = 1.0,
+        margin_session: float = 0.1,
+        margin_element: float = 0.3,
+        mining: str = "all",
+        keypoint_sigma: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.lambda_metric = lambda_metric
+        self.margin_session = margin_session
+        self.margin_element = margin_element
+        self.mining = mining
+        self.keypoint_sigma = keypoint_sigma
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        logits: torch.Tensor,
+        positions: torch.Tensor,
+        elements: torch.Tensor,
+        sessions: torch.Tensor,
+    ) -> LossParts:
+        distances = pairwise_distances(embeddings)
+        not_self = ~torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
+        same_element = elements.unsqueeze(0) == elements.unsqueeze(1)
+        same_session = sessions.unsqueeze(0) == sessions.unsqueeze(1)
+        session = triplet_loss(
+            distances,
+            positive=same_session & not_self,
+            negative=same_element & ~same_session,
+            margin=self.margin_session,
+            mining=self.mining,
+        )
+        element = triplet_loss(
+            distances,
+            positive=same_element & not_self,
+            negative=~same_element,
+            margin=self.margin_element,
+            mining=self.mining,
+        )
+        keypoint = keypoint_cross_entropy(logits, positions, self.stride, self.keypoint_sigma)
+        total = keypoint + self.lambda_metric * (session + element)
+        return LossParts(total=total, keypoint=keypoint, session=session, element=element)

@@ -1,0 +1,95 @@
+"""P-K batches that always hold both triplet kinds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+class HierarchicalSampler(Sampler[list[int]]):
+    """Yields batches of dataset indices: P elements x K signals each.
+
+    A batch looks like ``[e1 s1, e1 s1, e1 s2, e1 s2, e2 s1, e2 s1, e2 s3, e2 s3, ...]``: each
+    element's K signals come from ``min(sessions, K // 2)`` of its sessions, two or more from each,
+    so every element with two sessions contributes session positives (same session), session
+    negatives (same element, other session) and, through the other elements, element negatives.
+
+    Small elements: an element with fewer than K signals contributes all of them (the batch is
+    smaller); one with a single signal cannot anchor any triplet and is never drawn. A session with
+    too few signals is topped up from the element's other sessions.
+
+    An epoch visits every eligible element about ``len(dataset) / (P * K)`` batches' worth, in
+    an order fixed by ``seed`` and the epoch number (``set_epoch``), so runs are reproducible.
+    """
+
+    def __init__(
+        self,
+        element_codes: torch.Tensor | np.ndarray,
+        session_codes: torch.Tensor | np.ndarray,
+        p: int,
+        k: int,
+        seed: int = 0,
+        batches_per_epoch: int | None = None,
+    ) -> None:
+        if p < 2 or k < 2:
+            raise ValueError(f"P and K must both be at least 2 (got P={p}, K={k})")
+        self.p, self.k, self.seed, self.epoch = p, k, seed, 0
+        elements = np.asarray(element_codes)
+        sessions = np.asarray(session_codes)
+        # element -> session -> indices
+        self.tree: list[list[np.ndarray]] = []
+        for e in np.unique(elements):
+            idx = np.flatnonzero(elements == e)
+            if len(idx) < 2:
+                continue
+            self.tree.append([idx[sessions[idx] == s] for s in np.unique(sessions[idx])])
+        if len(self.tree) < 2:
+            raise ValueError(
+                f"the P-K sampler needs at least 2 elements with 2 or more signals "
+                f"(found {len(self.tree)})"
+            )
+        self.p = min(p, len(self.tree))
+        total = sum(len(i) for sessions_ in self.tree for i in sessions_)
+        self.batches_per_epoch = batches_per_epoch or max(1, total // (self.p * self.k))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def _draw_element(self, rng: np.random.Generator, sessions: list[np.ndarray]) -> list[int]:
+        size = sum(len(s) for s in sessions)
+        if size <= self.k:
+            return [int(i) for s in sessions for i in s]
+        n_sessions = min(len(sessions), max(1, self.k // 2))
+        chosen = rng.permutation(len(sessions))
+        # Prefer sessions that can give two signals; fall back to any.
+        chosen = sorted(chosen, key=lambda s: len(sessions[s]) < 2)[:n_sessions]
+        quota = np.full(n_sessions, self.k // n_sessions)
+        quota[: self.k % n_sessions] += 1
+        picked: list[int] = []
+        for s, q in zip(chosen, quota, strict=True):
+            pool = sessions[s]
+            picked.extend(rng.choice(pool, size=min(q, len(pool)), replace=False).tolist())
+        if len(picked) < self.k:  # top up from whatever is left of the element
+            rest = np.setdiff1d(np.concatenate(sessions), picked)
+            picked.extend(rng.choice(rest, size=self.k - len(picked), replace=False).tolist())
+        return picked
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = np.array([], dtype=np.int64)
+        for _ in range(self.batches_per_epoch):
+            if len(order) < self.p:  # walk through all elements before repeating any
+                order = np.concatenate([order, rng.permutation(len(self.tree))])
+            batch_elements, order = order[: self.p], order[self.p :]
+            if len(set(batch_elements.tolist())) < self.p:  # a wrap-around repeat: redraw
+                batch_elements = rng.choice(len(self.tree), size=self.p, replace=False)
+            batch: list[int] = []
+            for e in batch_elements:
+                batch.extend(self._draw_element(rng, self.tree[e]))
+            yield batch

@@ -1,0 +1,293 @@
+"""The training loop: P-K batches, hierarchical loss, validation on unseen elements, export.
+
+Everything a run writes goes to its output directory:
+``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (to resume), ``model.pt`` +
+``manifest.json`` (the best epoch, exported).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import HierarchicalSignalNet, ModelConfig
+from training.data import SignalData, SignalDataset, split_by_element
+from training.evaluate import predict, score, selection_score
+from training.export import export_model
+from training.loss import HierarchicalLoss
+from training.sampler import HierarchicalSampler
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    max_minutes: float | None = None
+    seed: int = 0
+    p: int = 16  # elements per batch
+    k: int = 4  # signals per element
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    lambda_metric: float = 1.0
+    margin_session: float = 0.1
+    margin_element: float = 0.3
+    mining: str = "all"
+    keypoint_sigma: float = 1.0  # in GRU steps; 0 = one-hot targets
+    val_fraction: float = 0.2
+    patience: int = 6  # epochs without a better validation score before stopping
+    grad_clip: float = 5.0
+    model: dict = field(default_factory=dict)  # ModelConfig overrides
+
+
+class Trainer:
+    """Owns the model, optimiser and data of one run; ``fit`` trains, validates and exports."""
+
+    def __init__(self, config: TrainConfig, data: SignalData, out_dir: str | Path) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.data = data
+        train_idx, val_idx = split_by_element(data, config.val_fraction, config.seed)
+        self.train_data = data.subset(train_idx)
+        self.val_data = data.subset(val_idx) if len(val_idx) else None
+        self.train_set = SignalDataset(self.train_data)
+
+        torch.manual_seed(config.seed)
+        model_config = ModelConfig(
+            **{
+                "in_channels": data.channels,
+                "num_keypoints": max(1, len(data.keypoint_names)),
+                "keypoint_names": list(data.keypoint_names),
+                **config.model,
+            }
+        )
+        if data.length < model_config.min_length:
+            raise ValueError(
+                f"signals of {data.length} samples are shorter than the model's minimum "
+                f"{model_config.min_length}"
+            )
+        self.model = HierarchicalSignalNet(model_config)
+        self.loss = HierarchicalLoss(
+            stride=model_config.stride,
+            lambda_metric=config.lambda_metric,
+            margin_session=config.margin_session,
+            margin_element=config.margin_element,
+            mining=config.mining,
+            keypoint_sigma=config.keypoint_sigma,
+        )
+        self.sampler = HierarchicalSampler(
+            self.train_set.element_codes,
+            self.train_set.session_codes,
+            p=config.p,
+            k=config.k,
+            seed=config.seed,
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        total_steps = config.epochs * len(self.sampler)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=config.lr, total_steps=max(total_steps, 1), pct_start=0.1
+        )
+        self.epoch = 0
+        self.best_score = -math.inf
+        self.best_state: dict | None = None
+        self.best_metrics: dict = {}
+        self.stale_epochs = 0
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "train_config": asdict(self.config),
+            "model_config": self.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_state": self.best_state,
+            "best_metrics": self.best_metrics,
+            "stale_epochs": self.stale_epochs,
+        }
+        tmp = self.out_dir / (CHECKPOINT_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.out_dir / CHECKPOINT_FILE)
+
+    def load_checkpoint(self) -> None:
+        path = self.out_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, weights_only=True)
+        if state["model_config"] != self.model.config.to_dict():
+            raise ValueError(f"{path}: checkpoint was made with another model configuration")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.best_score = state["best_score"]
+        self.best_state = state["best_state"]
+        self.best_metrics = state["best_metrics"]
+        self.stale_epochs = state["stale_epochs"]
+        log.info("resumed from %s after epoch %d", path, self.epoch)
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def train_epoch(self, deadline: float | None) -> tuple[dict[str, float], bool]:
+        """Train over one epoch of P-K batches; returns mean loss parts and whether time ran out."""
+        self.model.train()
+        self.sampler.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        batches = 0
+        out_of_time = False
+        bar = tqdm(
+            self.sampler,
+            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            leave=False,
+            unit="batch",
+            dynamic_ncols=True,
+            disable=None,  # no bar when not a terminal
+        )
+        for batch in bar:
+            if deadline is not None and time.monotonic() > deadline:
+                out_of_time = True
+                break
+            index = torch.tensor(batch)
+            embeddings, logits = self.model(self.train_set.signals[index])
+            parts = self.loss(
+                embeddings,
+                logits,
+                self.train_set.keypoints[index],
+                self.train_set.element_codes[index],
+                self.train_set.session_codes[index],
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            if self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
+                self.scheduler.step()
+            for name, value in parts.as_floats().items():
+                sums[name] = sums.get(name, 0.0) + value
+            batches += 1
+            bar.set_postfix(loss=f"{sums['total'] / batches:.3f}")
+        bar.close()
+        return {name: value / max(batches, 1) for name, value in sums.items()}, out_of_time
+
+    def validate(self) -> tuple[dict, float]:
+        """Metrics on the held-out elements and the score that picks the best epoch."""
+        data = self.val_data or self.train_data
+        self.model.eval()
+        embeddings, positions, _ = predict(self.model, data.signals)
+        metrics = score(embeddings, positions, data)
+        return metrics, selection_score(metrics, positions, data, self.model.config.stride)
+
+    # -- the run -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        """Train until ``epochs``, early stopping or ``max_minutes``; export the best epoch."""
+        if resume:
+            self.load_checkpoint()
+        started = time.monotonic()
+        deadline = started + 60 * self.config.max_minutes if self.config.max_minutes else None
+        log.info(
+            "training on %d signals (%d elements), validating on %d signals (%d elements)",
+            len(self.train_data),
+            len(np.unique(self.train_data.element_ids)),
+            len(self.val_data) if self.val_data else 0,
+            len(np.unique(self.val_data.element_ids)) if self.val_data else 0,
+        )
+        stop_reason = "epochs"
+        while self.epoch < self.config.epochs:
+            losses, out_of_time = self.train_epoch(deadline)
+            if out_of_time and not losses:
+                stop_reason = "max_minutes"
+                break
+            metrics, epoch_score = self.validate()
+            self.epoch += 1
+            improved = epoch_score > self.best_score or self.best_state is None
+            if improved:
+                self.best_score = epoch_score
+                self.best_state = copy.deepcopy(self.model.state_dict())
+                self.best_metrics = {**metrics, "epoch": self.epoch, "score": epoch_score}
+                self.stale_epochs = 0
+            else:
+                self.stale_epochs += 1
+            record = {
+                "epoch": self.epoch,
+                "seconds": round(time.monotonic() - started, 1),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "loss": losses,
+                "validation": metrics,
+                "score": epoch_score,
+                "best": improved,
+            }
+            with open(self.out_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            tqdm.write(_epoch_line(record), file=sys.stderr)
+            self.save_checkpoint()
+            if out_of_time:
+                stop_reason = "max_minutes"
+                break
+            if self.stale_epochs >= self.config.patience:
+                stop_reason = "early_stopping"
+                break
+        if self.best_state is None:  # the budget ran out before one epoch finished
+            self.best_metrics, self.best_score = self.validate()
+            self.best_state = self.model.state_dict()
+        self.model.load_state_dict(self.best_state)
+        manifest = export_model(
+            self.model,
+            self.out_dir,
+            training_data=self.train_data.summary(),
+            validation_metrics=self.best_metrics,
+            extra={
+                "train_config": asdict(self.config),
+                "validation_data": self.val_data.summary() if self.val_data else None,
+                "stopped_by": stop_reason,
+                "epochs_run": self.epoch,
+                "training_seconds": round(time.monotonic() - started, 1),
+            },
+        )
+        log.info(
+            "stopped by %s after %d epochs; exported to %s", stop_reason, self.epoch, self.out_dir
+        )
+        return manifest
+
+
+def _epoch_line(record: dict) -> str:
+    v = record["validation"]
+    parts = [
+        f"epoch {record['epoch']:3d}",
+        f"{record['seconds']:7.1f}s",
+        f"loss {record['loss'].get('total', float('nan')):.3f}",
+    ]
+    for key, label in [
+        ("element_precision_at_1", "elem P@1"),
+        ("element_map_at_r", "MAP@R"),
+        ("session_precision_at_1", "sess P@1"),
+        ("hierarchy_order_rate", "order"),
+    ]:
+        if v.get(key) is not None:
+            parts.append(f"{label} {v[key]:.3f}")
+    if "keypoints" in v:
+        medians = [
+            kp["median_abs_error_samples"]
+            for kp in v["keypoints"].values()
+            if kp["median_abs_error_samples"] is not None
+        ]
+        if medians:
+            parts.append(f"kp median err {np.mean(medians):.2f} samples")
+    parts.append(f"score {record['score']:.4f}" + (" *" if record["best"] else ""))
+    return " | ".join(parts)
