@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from training.data import DataFormatError, load_npz
+from model.data_format import DataFormatError, load_npz
 from training.evaluate import evaluate_model
 from training.export import load_export
 from training.synthetic import SynthConfig, generate

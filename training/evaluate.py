@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.data import SignalData
+from model.data_format import SignalData
 from training.metrics import keypoint_metrics, raw_window_embeddings, retrieval_metrics
 
 

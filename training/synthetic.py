@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.data import SignalData
+from model.data_format import SignalData
 
 KEYPOINT_NAMES = ["onset", "main_peak", "last_peak", "end"]
 

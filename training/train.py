@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from model import HierarchicalSignalNet, ModelConfig
-from training.data import SignalData, SignalDataset, split_by_element
+from model.data_format import SignalData
+from training.data import SignalDataset, split_by_element
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
 from training.loss import HierarchicalLoss

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+from model.data_format import load_npz
 from tests.conftest import SHARED_ECG, TINY_MODEL_FLAGS
 from training.__main__ import main
-from training.data import load_npz
 
 
 def run_cli(args, capsys):
