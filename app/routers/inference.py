@@ -1,0 +1,109 @@
+"""/embed, /keypoints and /search: JSON bodies or .npy bodies (options as query parameters)."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+
+from app.dependencies import Service, read_signals, require_read_key, search_options
+from app.responses import FastJSONResponse
+from app.schemas import (
+    EmbedResponse,
+    KeypointsResponse,
+    SearchRequest,
+    SearchResponse,
+    SignalsRequest,
+)
+from app.signals import NPY_MEDIA_TYPE, batch_size
+
+router = APIRouter(dependencies=[Depends(require_read_key)], tags=["inference"])
+
+
+def _body(model: type) -> dict:
+    """OpenAPI for a body read by hand: the JSON schema, or a raw .npy array."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": model.model_json_schema()},
+                NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
+
+
+def _observe(request: Request, route: str, n: int) -> None:
+    request.app.state.metrics.request_signals.labels(route).observe(n)
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    openapi_extra=_body(SignalsRequest),
+    summary="Embed signals",
+)
+async def embed(request: Request, service: Service):
+    """One L2-normalised embedding per signal, in request order."""
+    batch, _ = await read_signals(request, service)
+    _observe(request, "/embed", batch_size(batch))
+    result = await service.embed(batch)
+    return FastJSONResponse(
+        {
+            "embeddings": result.embeddings,
+            "dim": service.runtime.dim,
+            "model_version": service.runtime.version,
+        }
+    )
+
+
+@router.post(
+    "/keypoints",
+    response_model=KeypointsResponse,
+    openapi_extra=_body(SignalsRequest),
+    summary="Locate keypoints",
+)
+async def keypoints(request: Request, service: Service):
+    """Per signal, one entry per keypoint type in manifest order: position in that signal's own
+    samples (fractional) and a confidence in [0, 1]."""
+    batch, _ = await read_signals(request, service)
+    _observe(request, "/keypoints", batch_size(batch))
+    result = await service.embed(batch)
+    names = service.runtime.keypoint_names
+    positions = np.round(result.positions.astype(np.float64), 3).tolist()
+    confidences = np.round(result.confidences.astype(np.float64), 4).tolist()
+    return FastJSONResponse(
+        {
+            "keypoints": [
+                [
+                    {"name": n, "position": p, "confidence": c}
+                    for n, p, c in zip(names, pos, conf, strict=True)
+                ]
+                for pos, conf in zip(positions, confidences, strict=True)
+            ],
+            "model_version": service.runtime.version,
+        }
+    )
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    openapi_extra=_body(SearchRequest),
+    summary="Nearest references, element vote and anomaly score",
+)
+async def search(request: Request, service: Service):
+    """For each signal: its k nearest references (optionally within one element or session, or
+    outside one session), the element they vote for, and an anomaly score calibrated on the
+    references (on ``expected_element``'s alone when given)."""
+    batch, values = await read_signals(request, service)
+    options = search_options(values, request.app.state.settings)
+    _observe(request, "/search", batch_size(batch))
+    results = await service.search(
+        batch,
+        options.k,
+        options.element_id,
+        options.session_id,
+        options.exclude_session_id,
+        options.expected_element,
+    )
+    return FastJSONResponse({"results": results, "model_version": service.runtime.version})

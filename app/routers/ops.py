@@ -1,0 +1,47 @@
+"""Liveness, readiness, Prometheus metrics and the model manifest."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.dependencies import Service, require_read_key
+from app.responses import FastJSONResponse
+from app.schemas import Health, Ready
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=Health, summary="The process is alive")
+async def health():
+    return FastJSONResponse({"status": "ok"})
+
+
+@router.get(
+    "/ready",
+    response_model=Ready,
+    summary="Model and index are loaded",
+    responses={503: {"model": Ready}},
+)
+async def ready(service: Service):
+    return FastJSONResponse(
+        {
+            "ready": service.ready,
+            "references": len(service.index),
+            "model_version": service.runtime.version,
+        },
+        status_code=200 if service.ready else 503,
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request):
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/model", summary="The served model's manifest", dependencies=[Depends(require_read_key)]
+)
+async def model(service: Service):
+    return FastJSONResponse(service.runtime.manifest)

@@ -1,0 +1,143 @@
+"""Stored references: upsert, read, delete, list by element, bulk load from NPZ."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.dependencies import Service, require_read_key, require_write_key
+from app.errors import InputError
+from app.responses import FastJSONResponse
+from app.schemas import ReferenceList, ReferenceOut, ReferencesCreated, ReferencesRequest
+from app.service import ReferenceInput
+from app.signals import parse_one
+from model.data_format import DataFormatError, validate_arrays
+
+router = APIRouter(prefix="/references", tags=["references"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ReferencesCreated,
+    dependencies=[Depends(require_write_key)],
+    summary="Add or replace references",
+)
+async def upsert_references(body: ReferencesRequest, service: Service):
+    """Embeds and stores each reference; answers once they are committed. An existing id is
+    replaced (upsert); a missing id gets a new one."""
+    limits = service.runtime.limits
+    if len(body.references) > limits.max_batch:
+        raise InputError(
+            "body.references",
+            f"{len(body.references)} references, over the limit of {limits.max_batch}",
+            status=413,
+            kind="too_long",
+        )
+    refs = [
+        ReferenceInput(
+            element_id=r.element_id,
+            session_id=r.session_id,
+            id=r.id,
+            metadata=r.metadata,
+            signal=parse_one(r.signal, limits, f"body.references.{i}.signal"),
+        )
+        for i, r in enumerate(body.references)
+    ]
+    return FastJSONResponse({"ids": await service.upsert(refs)}, status_code=201)
+
+
+@router.post(
+    "/npz",
+    status_code=201,
+    response_model=ReferencesCreated,
+    dependencies=[Depends(require_write_key)],
+    summary="Bulk load references from NPZ",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def load_npz(request: Request, service: Service):
+    """The body is an NPZ file in the training format (``signals``, ``element_ids``,
+    ``session_ids``; optional ``ids`` (N,) str to make reloads idempotent). Stored in
+    batches of HSN_MAX_BATCH, each committed before the next."""
+    body = await request.body()
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        data = validate_arrays(arrays, source="body")
+    except DataFormatError as exc:
+        raise InputError("body", str(exc).removeprefix("body: ")) from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError("body", f"not a readable .npz file ({exc})") from exc
+    ids = data.extras.get("ids")
+    if ids is not None and (ids.shape != (len(data),) or ids.dtype.kind not in "US"):
+        raise InputError("body.ids", f"must be ({len(data)},) strings like 'signals'")
+    limits = service.runtime.limits
+    refs = [
+        ReferenceInput(
+            element_id=str(data.element_ids[i]),
+            session_id=str(data.session_ids[i]),
+            id=None if ids is None else str(ids[i]),
+            signal=parse_one(data.signals[i].tolist(), limits, f"body.signals.{i}"),
+        )
+        for i in range(len(data))
+    ]
+    stored: list[str] = []
+    for start in range(0, len(refs), limits.max_batch):
+        stored += await service.upsert(refs[start : start + limits.max_batch])
+    return FastJSONResponse({"ids": stored}, status_code=201)
+
+
+@router.get(
+    "",
+    response_model=ReferenceList,
+    dependencies=[Depends(require_read_key)],
+    summary="List references",
+)
+async def list_references(
+    service: Service,
+    element_id: Annotated[str | None, Query(description="only this element's references")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    items, total = await run_in_threadpool(service.store.list, element_id, limit, offset)
+    return FastJSONResponse({"items": items, "total": total, "limit": limit, "offset": offset})
+
+
+@router.get(
+    "/{ref_id}",
+    response_model=ReferenceOut,
+    dependencies=[Depends(require_read_key)],
+    summary="Read one reference",
+)
+async def get_reference(ref_id: str, service: Service):
+    ref = await run_in_threadpool(service.store.get, ref_id)
+    if ref is None:
+        raise InputError(
+            "path.ref_id", f"no reference with id {ref_id!r}", status=404, kind="not_found"
+        )
+    return FastJSONResponse(ref)
+
+
+@router.delete(
+    "/{ref_id}",
+    status_code=204,
+    dependencies=[Depends(require_write_key)],
+    summary="Delete one reference",
+)
+async def delete_reference(ref_id: str, service: Service):
+    if not await service.delete(ref_id):
+        raise InputError(
+            "path.ref_id", f"no reference with id {ref_id!r}", status=404, kind="not_found"
+        )

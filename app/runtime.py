@@ -1,0 +1,213 @@
+"""The exported model in the service: loading it safely and feeding it batches.
+
+``ModelRuntime`` loads ``model.pt`` only from the configured directory, after checking the
+manifest's format version and the weights' SHA-256. ``DynamicBatcher`` gathers the signals of
+concurrent requests into one model call (up to ``max_signals``, waiting at most ``max_wait_s`` for
+company) and runs it on a single inference thread, so the event loop never blocks on torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.signals import SignalBatch, SignalLimits
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_FORMAT_VERSION = 1
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory cannot be served; the message says what is wrong in one line."""
+
+
+@dataclass
+class Inference:
+    embeddings: np.ndarray  # (N, D)
+    positions: np.ndarray  # (N, K) in samples
+    confidences: np.ndarray  # (N, K)
+
+    @staticmethod
+    def concat(parts: list[Inference]) -> Inference:
+        return Inference(
+            *(
+                np.concatenate(arrays)
+                for arrays in zip(
+                    *((p.embeddings, p.positions, p.confidences) for p in parts), strict=True
+                )
+            )
+        )
+
+    def slice(self, start: int, stop: int) -> Inference:
+        return Inference(
+            self.embeddings[start:stop], self.positions[start:stop], self.confidences[start:stop]
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelRuntime:
+    """One loaded model: its manifest, input limits and a synchronous ``run``."""
+
+    def __init__(self, model_dir: Path, max_batch: int, threads: int = 1) -> None:
+        manifest_path, model_path = model_dir / "manifest.json", model_dir / "model.pt"
+        if not manifest_path.is_file() or not model_path.is_file():
+            raise ModelLoadError(
+                f"no exported model in {model_dir} (needs model.pt and manifest.json; "
+                f"'make demo' or 'python -m training demo --out {model_dir}' makes one)"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+        if not isinstance(manifest, dict) or manifest.get("format_version") != (
+            SUPPORTED_FORMAT_VERSION
+        ):
+            version = manifest.get("format_version") if isinstance(manifest, dict) else None
+            raise ModelLoadError(
+                f"{manifest_path}: format_version {version!r}, this service reads "
+                f"{SUPPORTED_FORMAT_VERSION}"
+            )
+        if _sha256(model_path) != manifest.get("weights_sha256"):
+            raise ModelLoadError(f"{model_path}: SHA-256 does not match the manifest")
+        torch.set_num_threads(threads)
+        try:
+            self.module = torch.jit.load(str(model_path), map_location="cpu").eval()
+        except Exception as exc:  # torch raises RuntimeError and others on a bad archive
+            raise ModelLoadError(f"{model_path}: cannot load TorchScript ({exc})") from exc
+        self.manifest = manifest
+        self.version: str = manifest["model_version"]
+        self.keypoint_names: list[str] = list(manifest["keypoint_names"])
+        self.dim: int = int(manifest["embedding_dim"])
+        self.limits = SignalLimits(
+            in_channels=int(manifest["in_channels"]),
+            min_length=int(manifest["min_length"]),
+            max_length=int(manifest["max_length"]),
+            max_batch=max_batch,
+        )
+
+    def run(self, x: np.ndarray) -> Inference:
+        """(B, C, L) float32 -> Inference. Call from the inference thread, not the event loop."""
+        with torch.inference_mode():
+            emb, pos, conf = self.module.embed_and_keypoints(torch.from_numpy(x))
+        return Inference(emb.numpy(), pos.numpy(), conf.numpy())
+
+    def run_batch(self, batch: SignalBatch) -> Inference:
+        return Inference.concat([self.run(chunk) for chunk in batch])
+
+
+@dataclass
+class _Pending:
+    batch: SignalBatch
+    future: asyncio.Future
+
+
+class DynamicBatcher:
+    """Runs requests' batches on one inference thread, merging concurrent ones."""
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        enabled: bool,
+        max_signals: int,
+        max_wait_s: float,
+        observe=None,  # callback(batch_signals: int, seconds: float) for metrics
+    ) -> None:
+        self.runtime = runtime
+        self.enabled = enabled
+        self.max_signals = max_signals
+        self.max_wait_s = max_wait_s
+        self.observe = observe or (lambda n, s: None)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.enabled:
+            self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def infer(self, batch: SignalBatch) -> Inference:
+        loop = asyncio.get_running_loop()
+        if not self.enabled:
+            return await loop.run_in_executor(self.executor, self._run, [batch])
+        pending = _Pending(batch, loop.create_future())
+        self.queue.put_nowait(pending)
+        return await pending.future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            size = sum(len(c) for c in items[0].batch)
+            deadline = loop.time() + self.max_wait_s
+            while size < self.max_signals:
+                try:
+                    nxt = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(self.queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                items.append(nxt)
+                size += sum(len(c) for c in nxt.batch)
+            try:
+                results = await loop.run_in_executor(
+                    self.executor, self._run, [i.batch for i in items]
+                )
+            except Exception as exc:  # a model failure fails the requests, not the loop
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            offset = 0
+            for item in items:
+                n = sum(len(c) for c in item.batch)
+                if not item.future.done():  # the client may have gone away
+                    item.future.set_result(results.slice(offset, offset + n))
+                offset += n
+
+    def _run(self, batches: list[SignalBatch]) -> Inference:
+        """Merge chunks of equal length across requests into one call each; keep the order."""
+        started = time.perf_counter()
+        chunks = [chunk for batch in batches for chunk in batch]
+        by_length: dict[tuple[int, int], list[int]] = {}
+        for i, chunk in enumerate(chunks):
+            by_length.setdefault(chunk.shape[1:], []).append(i)
+        outputs: list[Inference | None] = [None] * len(chunks)
+        for members in by_length.values():
+            merged = self.runtime.run(np.concatenate([chunks[i] for i in members]))
+            offset = 0
+            for i in members:
+                outputs[i] = merged.slice(offset, offset + len(chunks[i]))
+                offset += len(chunks[i])
+        result = Inference.concat(outputs)  # type: ignore[arg-type]
+        self.observe(len(result.embeddings), time.perf_counter() - started)
+        return result

@@ -1,0 +1,168 @@
+"""Request and response bodies: the API's field names are a contract (fields may be added)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# One channel: a list of numbers; C channels: a list of C lists (channels first).
+Signal = list[float] | list[list[float]]
+
+EXAMPLE_SIGNAL = [0.0, 0.1, 0.4, 1.0, 0.4, 0.1, 0.0, -0.2] * 8
+
+
+class SignalsRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"signals": [EXAMPLE_SIGNAL]}]})
+    signals: list[Signal] = Field(min_length=1, description="a batch of signals")
+
+
+class SearchRequest(SignalsRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"signals": [EXAMPLE_SIGNAL], "k": 5, "exclude_session_id": "pump-7/2026-11-02"}
+            ]
+        }
+    )
+    k: int = Field(5, ge=1, description="neighbours per signal (at most HSN_MAX_K)")
+    element_id: str | None = Field(None, description="only neighbours of this element")
+    session_id: str | None = Field(None, description="only neighbours of this session")
+    exclude_session_id: str | None = Field(None, description="no neighbours of this session")
+    expected_element: str | None = Field(
+        None, description="calibrate the anomaly score on this element's references alone"
+    )
+
+
+class SearchOptions(BaseModel):
+    """The non-signal fields of a search, validated on their own (JSON or query parameters)."""
+
+    model_config = ConfigDict(extra="ignore")
+    k: int = Field(5, ge=1)
+    element_id: str | None = None
+    session_id: str | None = None
+    exclude_session_id: str | None = None
+    expected_element: str | None = None
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]]
+    dim: int
+    model_version: str
+
+
+class Keypoint(BaseModel):
+    name: str
+    position: float = Field(description="in the signal's own samples, sub-sample precision")
+    confidence: float = Field(ge=0, le=1)
+
+
+class KeypointsResponse(BaseModel):
+    keypoints: list[list[Keypoint]]
+    model_version: str
+
+
+class ReferenceIn(BaseModel):
+    id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="omit for a new id; an existing id is replaced",
+    )
+    element_id: str = Field(min_length=1, max_length=256)
+    session_id: str = Field(min_length=1, max_length=256)
+    signal: Signal
+    metadata: dict[str, Any] | None = None
+
+
+class ReferencesRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "references": [
+                        {
+                            "id": "pump-7-cycle-0001",
+                            "element_id": "pump-7",
+                            "session_id": "pump-7/2026-11-02",
+                            "signal": EXAMPLE_SIGNAL,
+                            "metadata": {"operator": "night shift"},
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+    references: list[ReferenceIn] = Field(min_length=1)
+
+
+class ReferencesCreated(BaseModel):
+    ids: list[str]
+
+
+class ReferenceOut(BaseModel):
+    id: str
+    element_id: str
+    session_id: str
+    metadata: dict[str, Any]
+    signal: Signal
+    model_version: str
+    updated_at: str
+
+
+class ReferenceSummary(BaseModel):
+    id: str
+    element_id: str
+    session_id: str
+    metadata: dict[str, Any]
+    length: int
+    model_version: str
+    updated_at: str
+
+
+class ReferenceList(BaseModel):
+    items: list[ReferenceSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Neighbor(BaseModel):
+    id: str
+    element_id: str
+    session_id: str
+    similarity: float = Field(description="cosine similarity, in [-1, 1]")
+    metadata: dict[str, Any]
+
+
+class PredictedElement(BaseModel):
+    element_id: str
+    confidence: float = Field(ge=0, le=1, description="similarity-weighted share of the vote")
+
+
+class Anomaly(BaseModel):
+    score: float = Field(ge=0, le=1, description="share of references less unusual than this")
+    is_anomaly: bool
+    threshold: float
+    calibrated_on: str
+
+
+class SearchResult(BaseModel):
+    neighbors: list[Neighbor]
+    predicted_element: PredictedElement | None
+    anomaly: Anomaly | None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    model_version: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    references: int
+    model_version: str | None

@@ -1,0 +1,44 @@
+"""Service settings: every field also comes from the environment as ``HSN_<FIELD>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HSN_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model_dir: Path = Path("models/default")
+    data_dir: Path = Path("data")
+
+    # Security
+    api_key: SecretStr | None = None  # when set, writes need "Authorization: Bearer <key>"
+    auth_reads: bool = False  # when true, reads need the key too
+    cors_origins: list[str] = []  # empty: CORS off
+
+    # Limits on one request
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_batch: int = Field(256, ge=1)  # signals per request
+    max_k: int = Field(100, ge=1)
+
+    # Inference
+    threads: int = Field(1, ge=1)  # torch threads per model call; one per free core
+    dynamic_batching: bool = True
+    batch_max_signals: int = Field(64, ge=1)  # gather concurrent requests up to this many signals
+    batch_max_wait_ms: float = Field(3.0, ge=0)  # ... or until the first has waited this long
+
+    # Search
+    index_type: Literal["flat", "hnsw", "auto"] = "flat"
+    auto_hnsw_above: int = Field(200_000, ge=1)  # with index_type=auto: HNSW past this many
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(128, ge=1)
+    anomaly_k: int = Field(3, ge=1)  # neighbours averaged into a query's anomaly distance
+    anomaly_threshold: float = Field(0.99, gt=0, le=1)  # calibrated score above this: anomaly
+
+    log_level: str = "INFO"

@@ -1,0 +1,120 @@
+"""A small trained model, a service on it (in-process and as a real uvicorn process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from training.synthetic import SynthConfig, generate
+from training.train import TrainConfig, Trainer
+
+SMALL_MODEL = {"conv_channels": (16, 32, 32), "gru_hidden": 32, "embedding_dim": 32}
+
+
+@pytest.fixture(scope="session")
+def service_data():
+    """Elements the model never saw: references and queries for the service."""
+    return generate(SynthConfig(elements=6, sessions=3, signals=6, length=128, seed=11))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("service_model")
+    data = generate(SynthConfig(elements=32, sessions=3, signals=8, length=128, seed=10))
+    Trainer(TrainConfig(epochs=6, p=8, k=4, lr=3e-3, model=SMALL_MODEL), data, out).fit()
+    return out
+
+
+@pytest.fixture
+def make_client(model_dir, tmp_path):
+    """make_client(**settings) -> a TestClient on a fresh data directory (lifespan running)."""
+    clients = []
+
+    def make(**overrides) -> TestClient:
+        settings = Settings(model_dir=model_dir, data_dir=tmp_path / "data", **overrides)
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    return make_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m app`` as a user runs it, on a loopback port."""
+
+    def __init__(self, model_dir: Path, data_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "HSN_MODEL_DIR": str(model_dir),
+            "HSN_DATA_DIR": str(data_dir),
+            "HSN_PORT": str(self.port),
+            **env,
+        }
+        self.process: subprocess.Popen | None = None
+        self.log = data_dir.parent / f"server-{self.port}.log"
+
+    def start(self, timeout: float = 60) -> Server:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            env=self.env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def server_factory(model_dir, tmp_path):
+    servers: list[Server] = []
+
+    def make(**env: str) -> Server:
+        server = Server(model_dir, tmp_path / "data", **env)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        if server.process and server.process.poll() is None:
+            server.stop(signal.SIGKILL)

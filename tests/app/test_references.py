@@ -1,0 +1,81 @@
+"""/references: upsert, read, delete, list by element, bulk NPZ load."""
+
+import io
+
+import numpy as np
+
+from tests.app.helpers import references
+
+
+def test_upsert_read_list_delete(client, service_data):
+    refs = references(service_data, range(10))
+    response = client.post("/references", json={"references": refs})
+    assert response.status_code == 201 and response.json()["ids"] == [r["id"] for r in refs]
+
+    got = client.get("/references/ref-3").json()
+    assert got["element_id"] == refs[3]["element_id"] and got["metadata"] == {"n": 3}
+    np.testing.assert_allclose(got["signal"], refs[3]["signal"], rtol=1e-6)
+
+    element = refs[0]["element_id"]
+    listing = client.get("/references", params={"element_id": element, "limit": 2}).json()
+    expected = sum(r["element_id"] == element for r in refs)
+    assert listing["total"] == expected and len(listing["items"]) == min(2, expected)
+    assert (
+        client.get("/references", params={"limit": 3, "offset": 9}).json()["items"][0]["id"]
+        == "ref-9"
+    )
+
+    assert client.delete("/references/ref-3").status_code == 204
+    assert client.get("/references/ref-3").status_code == 404
+    assert client.delete("/references/ref-3").status_code == 404
+    assert client.get("/ready").json()["references"] == 9
+
+
+def test_an_existing_id_is_replaced(client, service_data):
+    first = references(service_data, [0])[0]
+    client.post("/references", json={"references": [first]})
+    replacement = {**references(service_data, [20])[0], "id": first["id"]}
+    client.post("/references", json={"references": [replacement]})
+    got = client.get(f"/references/{first['id']}").json()
+    assert got["element_id"] == replacement["element_id"]
+    assert client.get("/ready").json()["references"] == 1
+    hit = client.post("/search", json={"signals": [replacement["signal"]], "k": 5}).json()
+    assert [n["id"] for n in hit["results"][0]["neighbors"]] == [first["id"]]
+
+
+def test_new_references_get_ids(client, service_data):
+    ref = references(service_data, [1])[0]
+    del ref["id"]
+    ids = client.post("/references", json={"references": [ref, ref]}).json()["ids"]
+    assert len(set(ids)) == 2
+
+
+def test_bulk_load_from_an_npz_file(client, service_data):
+    buffer = io.BytesIO()
+    subset = service_data.subset(np.arange(30))
+    np.savez(
+        buffer,
+        signals=subset.signals,
+        element_ids=subset.element_ids,
+        session_ids=subset.session_ids,
+        ids=np.array([f"bulk-{i}" for i in range(30)]),
+    )
+    response = client.post(
+        "/references/npz",
+        content=buffer.getvalue(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert response.status_code == 201 and len(response.json()["ids"]) == 30
+    assert client.get("/references/bulk-29").status_code == 200
+    # Loading the same file again replaces rather than duplicates.
+    client.post("/references/npz", content=buffer.getvalue())
+    assert client.get("/ready").json()["references"] == 30
+
+
+def test_bulk_load_refuses_a_malformed_file(client):
+    buffer = io.BytesIO()
+    np.savez(buffer, signals=np.zeros((2, 128)), element_ids=np.array(["a", "b"]))
+    response = client.post("/references/npz", content=buffer.getvalue())
+    assert response.status_code == 422
+    assert "missing required key 'session_ids'" in response.json()["detail"][0]["msg"]
+    assert client.post("/references/npz", content=b"junk").status_code == 422

@@ -1,0 +1,89 @@
+"""/search: own element first, filters, element vote, calibrated anomaly scores."""
+
+import numpy as np
+import pytest
+
+from tests.app.helpers import NPY, npy, references
+
+
+@pytest.fixture
+def loaded(client, service_data):
+    """Every signal but the last of each session is a reference; the last ones are queries."""
+    last = {s: i for i, s in enumerate(service_data.session_ids)}
+    queries = np.array(sorted(last.values()))
+    refs = np.setdiff1d(np.arange(len(service_data)), queries)
+    for start in range(0, len(refs), 100):
+        chunk = references(service_data, refs[start : start + 100])
+        assert client.post("/references", json={"references": chunk}).status_code == 201
+    return client, queries
+
+
+def test_search_returns_the_query_element_first(loaded, service_data):
+    client, queries = loaded
+    body = client.post(
+        "/search", json={"signals": service_data.signals[queries, 0].tolist(), "k": 5}
+    ).json()
+    first = [r["neighbors"][0]["element_id"] for r in body["results"]]
+    votes = [r["predicted_element"]["element_id"] for r in body["results"]]
+    truth = service_data.element_ids[queries].tolist()
+    assert np.mean(np.array(first) == truth) >= 0.9
+    assert np.mean(np.array(votes) == truth) >= 0.9
+    result = body["results"][0]
+    assert len(result["neighbors"]) == 5
+    sims = [n["similarity"] for n in result["neighbors"]]
+    assert sims == sorted(sims, reverse=True) and "n" in result["neighbors"][0]["metadata"]
+    assert 0 < result["predicted_element"]["confidence"] <= 1
+
+
+def test_filters(loaded, service_data):
+    client, queries = loaded
+    q = service_data.signals[queries[:1], 0].tolist()
+    element, session = service_data.element_ids[queries[0]], service_data.session_ids[queries[0]]
+    other = next(e for e in service_data.element_ids if e != element)
+
+    only = client.post("/search", json={"signals": q, "k": 50, "element_id": other}).json()
+    assert {n["element_id"] for n in only["results"][0]["neighbors"]} == {other}
+    one = client.post("/search", json={"signals": q, "k": 50, "session_id": session}).json()
+    assert {n["session_id"] for n in one["results"][0]["neighbors"]} == {session}
+    assert len(one["results"][0]["neighbors"]) == 5  # the session's references, no more
+    out = client.post("/search", json={"signals": q, "k": 50, "exclude_session_id": session})
+    assert session not in {n["session_id"] for n in out.json()["results"][0]["neighbors"]}
+    none = client.post("/search", json={"signals": q, "element_id": "nobody"}).json()
+    assert none["results"][0]["neighbors"] == [] and none["results"][0]["predicted_element"] is None
+
+
+def test_anomaly_scores_are_calibrated_on_the_references(loaded, service_data):
+    client, queries = loaded
+    normal = client.post("/search", json={"signals": service_data.signals[queries, 0].tolist()})
+    scores = [r["anomaly"]["score"] for r in normal.json()["results"]]
+    assert np.median(scores) < 0.9  # held-out signals of known elements look normal
+    noise = np.random.default_rng(0).normal(size=(3, 128)).tolist()
+    odd = client.post("/search", json={"signals": noise}).json()["results"]
+    assert all(r["anomaly"]["is_anomaly"] and r["anomaly"]["score"] > 0.99 for r in odd)
+
+
+def test_expected_element_calibrates_against_that_element(loaded, service_data):
+    client, queries = loaded
+    q = queries[0]
+    own, other = service_data.element_ids[q], service_data.element_ids[queries[-1]]
+    body = {"signals": [service_data.signals[q, 0].tolist()]}
+    as_own = client.post("/search", json={**body, "expected_element": own}).json()["results"][0]
+    as_other = client.post("/search", json={**body, "expected_element": other}).json()
+    assert as_own["anomaly"]["calibrated_on"] == own
+    assert not as_own["anomaly"]["is_anomaly"]
+    assert as_other["results"][0]["anomaly"]["is_anomaly"]  # "not normal for element X"
+    missing = client.post("/search", json={**body, "expected_element": "nobody"})
+    assert missing.status_code == 404 and missing.json()["detail"][0]["loc"] == ["expected_element"]
+
+
+def test_npy_search_takes_options_from_the_query(loaded, service_data):
+    client, queries = loaded
+    x = service_data.signals[queries[:2]]
+    as_npy = client.post("/search?k=3", content=npy(x), headers=NPY).json()
+    as_json = client.post("/search", json={"signals": x[:, 0].tolist(), "k": 3}).json()
+    assert as_npy == as_json and len(as_npy["results"][0]["neighbors"]) == 3
+
+
+def test_search_on_an_empty_index(client, service_data):
+    body = client.post("/search", json={"signals": service_data.signals[:1, 0].tolist()}).json()
+    assert body["results"] == [{"neighbors": [], "predicted_element": None, "anomaly": None}]

@@ -1,0 +1,121 @@
+"""A real uvicorn process on loopback: restarts, concurrency, auth, model changes, bad models."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+
+from tests.app.helpers import references
+from training.synthetic import SynthConfig, generate
+from training.train import TrainConfig, Trainer
+
+
+def test_references_survive_a_restart_and_a_kill(server_factory, service_data):
+    server = server_factory().start()
+    refs = references(service_data, range(40))
+    assert httpx.post(f"{server.url}/references", json={"references": refs[:20]}).status_code == 201
+    server.stop()  # graceful (SIGTERM): the index snapshot is saved...
+    server.start()
+    assert httpx.get(f"{server.url}/ready").json()["references"] == 20
+    assert "loaded index snapshot: 20 references" in server.log.read_text()  # ...and used
+    assert httpx.post(f"{server.url}/references", json={"references": refs[20:]}).status_code == 201
+    server.stop(signal.SIGKILL)  # no snapshot of the last write: rebuilt from SQLite
+    server.start()
+    assert httpx.get(f"{server.url}/ready").json()["references"] == 40
+    query = {"signals": [refs[33]["signal"]], "k": 1}
+    hit = httpx.post(f"{server.url}/search", json=query).json()["results"][0]["neighbors"][0]
+    assert hit["id"] == "ref-33" and hit["similarity"] > 0.999
+    assert "rebuilt index from the store" in server.log.read_text()
+
+
+def test_concurrent_requests_are_answered_correctly(server_factory, service_data):
+    server = server_factory(HSN_BATCH_MAX_WAIT_MS="5").start()
+    x = service_data.signals[:, 0]
+    expected = httpx.post(f"{server.url}/embed", json={"signals": x[:24].tolist()}).json()
+
+    def one(i: int):
+        body = httpx.post(f"{server.url}/embed", json={"signals": [x[i].tolist()]}, timeout=30)
+        return body.json()["embeddings"][0]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(24)))
+    np.testing.assert_allclose(results, expected["embeddings"], atol=1e-5)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'hsn_requests_total{method="POST",route="/embed",status="200"} 25.0' in metrics
+
+
+def test_api_key_over_http_and_never_in_logs(server_factory, service_data):
+    server = server_factory(HSN_API_KEY="k3y-do-not-log").start()
+    body = {"references": references(service_data, [0])}
+    assert httpx.post(f"{server.url}/references", json=body).status_code == 401
+    ok = httpx.post(
+        f"{server.url}/references", json=body, headers={"authorization": "Bearer k3y-do-not-log"}
+    )
+    assert ok.status_code == 201
+    server.stop()
+    log = server.log.read_text()
+    assert "k3y-do-not-log" not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(line.get("route") == "/references" and line["status"] == 401 for line in lines)
+    assert all(line["request_id"] for line in lines)
+
+
+def test_a_new_model_re_embeds_stored_references(server_factory, model_dir, tmp_path, service_data):
+    server = server_factory().start()
+    refs = references(service_data, range(12))
+    httpx.post(f"{server.url}/references", json={"references": refs})
+    server.stop()
+
+    other = tmp_path / "other_model"
+    data = generate(SynthConfig(elements=8, sessions=2, signals=4, length=128, seed=12))
+    Trainer(
+        TrainConfig(
+            epochs=1,
+            p=4,
+            k=4,
+            model={"conv_channels": (8, 8, 8), "gru_hidden": 8, "embedding_dim": 32},
+        ),
+        data,
+        other,
+    ).fit()
+    server.env["HSN_MODEL_DIR"] = str(other)
+    server.start()
+    version = httpx.get(f"{server.url}/ready").json()["model_version"]
+    stored = httpx.get(f"{server.url}/references/ref-5").json()
+    assert stored["model_version"] == version
+    hit = httpx.post(f"{server.url}/search", json={"signals": [refs[5]["signal"]], "k": 1})
+    assert hit.json()["results"][0]["neighbors"][0]["similarity"] > 0.999
+    assert "re-embedding 12 references made by another model" in server.log.read_text()
+
+
+def test_a_missing_or_tampered_model_exits_with_one_clear_line(model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    with open(broken / "model.pt", "ab") as f:
+        f.write(b"tampered")
+    for directory, message in (
+        (tmp_path / "none", "no exported model in"),
+        (broken, "SHA-256 does not match the manifest"),
+    ):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "--model-dir",
+                str(directory),
+                "--data-dir",
+                str(tmp_path / "d"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().startswith("error:") and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
