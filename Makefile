@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL_DIR ?= models/default
+DATA_DIR ?= data
+PORT ?= 8000
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo serve clean
 
 install: $(STAMP)
 
@@ -26,6 +28,11 @@ lint: $(STAMP)
 # The small default model: synthetic data, trained and exported in a few minutes on 2 cores.
 demo: $(STAMP)
 	$(BIN)/python -m training demo --out $(MODEL_DIR)
+
+# The service: trains the default model first when there is none, then serves on $(PORT).
+serve: $(STAMP)
+	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
+	$(BIN)/python -m app --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,3 +42,8 @@ class Settings(BaseSettings):
     anomaly_threshold: float = Field(0.99, gt=0, le=1)  # calibrated score above this: anomaly
 
     log_level: str = "INFO"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: object) -> object:
+        return None if value == "" else value  # HSN_API_KEY= (empty) leaves auth off
