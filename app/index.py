@@ -161,7 +161,7 @@ class VectorIndex:
             selector = faiss.IDSelectorNot(
                 faiss.IDSelectorBatch(np.fromiter(excluded, dtype=np.int64))
             )
-        if self._resolved_kind(len(self)) == "hnsw" and not self.supports_removal:
+        if not self.supports_removal:  # HNSW
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.ef_search)
         else:
             params = faiss.SearchParameters(sel=selector)

@@ -9,8 +9,6 @@ company) and runs it on a single inference thread, so the event loop never block
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +19,9 @@ import numpy as np
 import torch
 
 from app.signals import SignalBatch, SignalLimits
+from model.export_format import MODEL_FILE, ExportFormatError, read_manifest
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_FORMAT_VERSION = 1
 
 
 class ModelLoadError(RuntimeError):
@@ -54,38 +51,15 @@ class Inference:
         )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ModelRuntime:
     """One loaded model: its manifest, input limits and a synchronous ``run``."""
 
     def __init__(self, model_dir: Path, max_batch: int, threads: int = 1) -> None:
-        manifest_path, model_path = model_dir / "manifest.json", model_dir / "model.pt"
-        if not manifest_path.is_file() or not model_path.is_file():
-            raise ModelLoadError(
-                f"no exported model in {model_dir} (needs model.pt and manifest.json; "
-                f"'make demo' or 'python -m training demo --out {model_dir}' makes one)"
-            )
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-        if not isinstance(manifest, dict) or manifest.get("format_version") != (
-            SUPPORTED_FORMAT_VERSION
-        ):
-            version = manifest.get("format_version") if isinstance(manifest, dict) else None
-            raise ModelLoadError(
-                f"{manifest_path}: format_version {version!r}, this service reads "
-                f"{SUPPORTED_FORMAT_VERSION}"
-            )
-        if _sha256(model_path) != manifest.get("weights_sha256"):
-            raise ModelLoadError(f"{model_path}: SHA-256 does not match the manifest")
+            manifest = read_manifest(model_dir)
+        except ExportFormatError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        model_path = model_dir / MODEL_FILE
         torch.set_num_threads(threads)
         try:
             self.module = torch.jit.load(str(model_path), map_location="cpu").eval()

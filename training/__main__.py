@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from model.data_format import DataFormatError, load_npz
+from model.export_format import ExportFormatError
 from training.evaluate import evaluate_model
 from training.export import load_export
 from training.synthetic import SynthConfig, generate
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     try:
         COMMANDS[args.command](args)
-    except (DataFormatError, FileNotFoundError, ValueError) as exc:
+    except (DataFormatError, ExportFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -7,7 +7,6 @@ code and carries ``forward``, ``embed``, ``keypoints`` and ``embed_and_keypoints
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from datetime import UTC, datetime
@@ -17,22 +16,17 @@ import numpy as np
 import torch
 
 from model import HierarchicalSignalNet, ModelConfig
-
-MANIFEST_FORMAT_VERSION = 1
-MODEL_FILE = "model.pt"
-MANIFEST_FILE = "manifest.json"
+from model.export_format import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    file_sha256,
+    read_manifest,
+)
 
 
 class ExportMismatchError(RuntimeError):
     """The TorchScript export does not compute what the eager network computes."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_export(
@@ -74,7 +68,7 @@ def export_model(
     tmp.replace(model_path)
     sha = file_sha256(model_path)
     manifest = {
-        "format_version": MANIFEST_FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "model_version": sha[:12],
         "model_config": config.to_dict(),
         "embedding_dim": config.embedding_dim,
@@ -103,20 +97,8 @@ def export_model(
 
 def load_export(model_dir: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
     """Load an exported model directory, checking the weights against the manifest's checksum."""
-    model_dir = Path(model_dir)
-    manifest_path, model_path = model_dir / MANIFEST_FILE, model_dir / MODEL_FILE
-    for path in (manifest_path, model_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (export a model with 'train' or 'demo')")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
-        raise ValueError(
-            f"{manifest_path}: format_version {manifest.get('format_version')!r}, "
-            f"expected {MANIFEST_FORMAT_VERSION}"
-        )
-    if file_sha256(model_path) != manifest["weights_sha256"]:
-        raise ValueError(f"{model_path}: checksum does not match the manifest's weights_sha256")
-    return torch.jit.load(str(model_path)).eval(), manifest
+    manifest = read_manifest(Path(model_dir))
+    return torch.jit.load(str(Path(model_dir) / MODEL_FILE)).eval(), manifest
 
 
 def _json_default(value: object) -> object:

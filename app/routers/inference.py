@@ -14,7 +14,7 @@ from app.schemas import (
     SearchResponse,
     SignalsRequest,
 )
-from app.signals import NPY_MEDIA_TYPE, batch_size
+from app.signals import NPY_MEDIA_TYPE, SignalBatch, batch_size
 
 router = APIRouter(dependencies=[Depends(require_read_key)], tags=["inference"])
 
@@ -32,8 +32,12 @@ def _body(model: type) -> dict:
     }
 
 
-def _observe(request: Request, route: str, n: int) -> None:
-    request.app.state.metrics.request_signals.labels(route).observe(n)
+async def _read(request: Request, service: Service) -> tuple[SignalBatch, dict]:
+    """The request's signals (counted in the metrics per route) and its other values."""
+    batch, values = await read_signals(request, service)
+    route = request.scope["route"].path
+    request.app.state.metrics.request_signals.labels(route).observe(batch_size(batch))
+    return batch, values
 
 
 @router.post(
@@ -44,8 +48,7 @@ def _observe(request: Request, route: str, n: int) -> None:
 )
 async def embed(request: Request, service: Service):
     """One L2-normalised embedding per signal, in request order."""
-    batch, _ = await read_signals(request, service)
-    _observe(request, "/embed", batch_size(batch))
+    batch, _ = await _read(request, service)
     result = await service.embed(batch)
     return FastJSONResponse(
         {
@@ -65,8 +68,7 @@ async def embed(request: Request, service: Service):
 async def keypoints(request: Request, service: Service):
     """Per signal, one entry per keypoint type in manifest order: position in that signal's own
     samples (fractional) and a confidence in [0, 1]."""
-    batch, _ = await read_signals(request, service)
-    _observe(request, "/keypoints", batch_size(batch))
+    batch, _ = await _read(request, service)
     result = await service.embed(batch)
     names = service.runtime.keypoint_names
     positions = np.round(result.positions.astype(np.float64), 3).tolist()
@@ -95,9 +97,8 @@ async def search(request: Request, service: Service):
     """For each signal: its k nearest references (optionally within one element or session, or
     outside one session), the element they vote for, and an anomaly score calibrated on the
     references (on ``expected_element``'s alone when given)."""
-    batch, values = await read_signals(request, service)
+    batch, values = await _read(request, service)
     options = search_options(values, request.app.state.settings)
-    _observe(request, "/search", batch_size(batch))
     results = await service.search(
         batch,
         options.k,

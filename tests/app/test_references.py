@@ -79,3 +79,21 @@ def test_bulk_load_refuses_a_malformed_file(client):
     assert response.status_code == 422
     assert "missing required key 'session_ids'" in response.json()["detail"][0]["msg"]
     assert client.post("/references/npz", content=b"junk").status_code == 422
+
+
+def test_an_hnsw_index_handles_replacement_and_deletion(make_client, service_data):
+    """HNSW cannot remove vectors: the service rebuilds it from the store instead."""
+    client = make_client(index_type="hnsw")
+    refs = references(service_data, range(30))
+    client.post("/references", json={"references": refs})
+    client.post("/references", json={"references": [{**refs[5], "id": "ref-6"}]})
+    assert client.delete("/references/ref-7").status_code == 204
+    assert client.get("/ready").json()["references"] == 28
+    hits = client.post("/search", json={"signals": [refs[5]["signal"]], "k": 3}).json()
+    ids = [n["id"] for n in hits["results"][0]["neighbors"]]
+    assert ids[:2] in (["ref-5", "ref-6"], ["ref-6", "ref-5"]) and "ref-7" not in ids
+    element = refs[0]["element_id"]
+    only = client.post(
+        "/search", json={"signals": [refs[0]["signal"]], "k": 30, "element_id": element}
+    ).json()
+    assert {n["element_id"] for n in only["results"][0]["neighbors"]} == {element}
