@@ -88,7 +88,7 @@ def test_an_hnsw_index_handles_replacement_and_deletion(make_client, service_dat
     client.post("/references", json={"references": refs})
     client.post("/references", json={"references": [{**refs[5], "id": "ref-6"}]})
     assert client.delete("/references/ref-7").status_code == 204
-    assert client.get("/ready").json()["references"] == 28
+    assert client.get("/ready").json()["references"] == 29
     hits = client.post("/search", json={"signals": [refs[5]["signal"]], "k": 3}).json()
     ids = [n["id"] for n in hits["results"][0]["neighbors"]]
     assert ids[:2] in (["ref-5", "ref-6"], ["ref-6", "ref-5"]) and "ref-7" not in ids
