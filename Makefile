@@ -7,7 +7,9 @@ MODEL_DIR ?= models/default
 DATA_DIR ?= data
 PORT ?= 8000
 
-.PHONY: install test lint demo serve clean
+ECG ?= ../shared/ecg
+
+.PHONY: install test lint demo serve eval-ecg clean
 
 install: $(STAMP)
 
@@ -33,6 +35,17 @@ demo: $(STAMP)
 serve: $(STAMP)
 	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
 	$(BIN)/python -m app --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR) --port $(PORT)
+
+# Real-ECG figures (BENCHMARKS.md): trains each recipe once (15 min each on 2 cores) unless
+# runs/qtdb and runs/ecgid already hold a model, then scores elements they never saw.
+eval-ecg: $(STAMP)
+	@if [ ! -d $(ECG) ]; then echo "skipped: $(ECG) is absent"; exit 0; fi; \
+	test -f runs/qtdb/model.pt || $(BIN)/python -m training train --config configs/qtdb.toml \
+		--data $(ECG)/qtdb_auto_dev.npz --out runs/qtdb || exit 1; \
+	test -f runs/ecgid/model.pt || $(BIN)/python -m training train --config configs/ecgid.toml \
+		--data $(ECG)/ecgid_dev.npz --out runs/ecgid || exit 1; \
+	$(BIN)/python benchmarks/ecg_eval.py --qtdb-model runs/qtdb --ecgid-model runs/ecgid \
+		--shared $(ECG) --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -62,6 +62,36 @@ class SignalData:
             extras={k: v[index] for k, v in self.extras.items() if v.ndim and len(v) == len(self)},
         )
 
+    @staticmethod
+    def concat(parts: list[SignalData]) -> SignalData:
+        """One dataset from several of the same shape and keypoints; extras all share are kept."""
+        first = parts[0]
+        for other in parts[1:]:
+            if other.signals.shape[1:] != first.signals.shape[1:]:
+                raise DataFormatError(
+                    f"cannot join signals of shape {other.signals.shape[1:]} to "
+                    f"{first.signals.shape[1:]}"
+                )
+            if other.keypoint_names != first.keypoint_names:
+                raise DataFormatError(
+                    f"cannot join keypoints {other.keypoint_names} to {first.keypoint_names}"
+                )
+        shared = set.intersection(*(set(p.extras) for p in parts))
+        return SignalData(
+            signals=np.concatenate([p.signals for p in parts]),
+            element_ids=np.concatenate([p.element_ids for p in parts]),
+            session_ids=np.concatenate([p.session_ids for p in parts]),
+            keypoints=None
+            if first.keypoints is None
+            else np.concatenate([p.keypoints for p in parts]),
+            keypoint_names=list(first.keypoint_names),
+            fs=first.fs,
+            extras={k: np.concatenate([p.extras[k] for p in parts]) for k in sorted(shared)},
+        )
+
+    def only_elements(self, elements) -> SignalData:
+        return self.subset(np.flatnonzero(np.isin(self.element_ids, list(elements))))
+
     def summary(self) -> dict:
         return {
             "signals": len(self),

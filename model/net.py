@@ -116,6 +116,9 @@ class HierarchicalSignalNet(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.embedding_head = nn.Linear(2 * config.gru_hidden, config.embedding_dim)
         self.keypoint_head = nn.Linear(2 * config.gru_hidden, config.num_keypoints)
+        # Per-keypoint shift (samples) subtracted after decoding: fitted after training so that
+        # positions follow a reference annotator's convention (zero unless calibrated).
+        self.register_buffer("keypoint_offsets", torch.zeros(config.num_keypoints))
 
     @staticmethod
     def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +152,7 @@ class HierarchicalSignalNet(nn.Module):
         mass = (probs * window).sum(dim=1)  # (B, K)
         centre = (probs * window * offsets).sum(dim=1) / mass.clamp_min(1e-12)  # in steps
         # Step t pools samples [t*stride, (t+1)*stride): its centre is at (t + 0.5)*stride - 0.5.
-        positions = (centre + 0.5) * self.stride - 0.5
+        positions = (centre + 0.5) * self.stride - 0.5 - self.keypoint_offsets
         return positions, mass.clamp(0.0, 1.0)
 
     @torch.jit.export

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.data_format import DataFormatError, load_npz
@@ -83,6 +84,25 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="share of elements held out for validation",
     )
     p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=d.test_fraction,
+        help="share of elements kept out of training and validation (listed in the manifest)",
+    )
+    p.add_argument(
+        "--gold-data",
+        type=Path,
+        help="NPZ of better keypoint labels for some of the same elements (a relative path is "
+        "also looked for beside --data)",
+    )
+    p.add_argument(
+        "--gold-repeat",
+        type=int,
+        default=d.gold_repeat,
+        help="times each training element's gold window joins the training set",
+    )
+    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the test split")
+    p.add_argument(
         "--patience",
         type=int,
         default=d.patience,
@@ -133,6 +153,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="also score z-scored raw windows, the simplest baseline",
     )
+    p.add_argument(
+        "--unseen-only",
+        action="store_true",
+        help="score only the elements the model's training held out (its test_elements)",
+    )
 
     p = sub.add_parser("demo", help="synthesise, train and export the small default model")
     p.add_argument("--out", type=Path, required=True)
@@ -177,7 +202,14 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     data = load_npz(args.data)
-    manifest = Trainer(train_config_from_args(args), data, args.out).fit(resume=args.resume)
+    gold = None
+    if args.gold_data is not None:
+        path = args.gold_data
+        if not path.is_absolute() and not path.exists():
+            path = args.data.parent / path.name
+        gold = load_npz(path)
+    trainer = Trainer(train_config_from_args(args), data, args.out, gold=gold)
+    manifest = trainer.fit(resume=args.resume)
     print(json.dumps(_run_summary(manifest, args.out)))
 
 
@@ -189,6 +221,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"{args.data}: signals have {data.channels} channels, the model expects "
             f"{manifest['in_channels']}"
         )
+    if args.unseen_only:
+        unseen = manifest.get("test_elements") or []
+        if not unseen:
+            raise ValueError(f"{args.model}: the model has no test_elements (--test-fraction 0)")
+        keep = np.isin(data.element_ids, unseen)
+        if not keep.any():
+            raise ValueError(f"{args.data}: none of the model's test_elements are in this file")
+        data = data.subset(np.flatnonzero(keep))
     metrics = evaluate_model(model, data, baseline=args.baseline)
     print(json.dumps({"model_version": manifest["model_version"], **metrics}))
 

@@ -39,12 +39,14 @@ def score(embeddings: np.ndarray, positions: np.ndarray, data: SignalData) -> di
 
 
 def selection_score(metrics: dict, positions: np.ndarray, data: SignalData, stride: int) -> float:
-    """One number to pick the best epoch by: the mean of element MAP@R (when there are
-    cross-session queries) and the share of present keypoints within half a GRU step of the truth
-    (when there are keypoints)."""
-    parts = []
-    if metrics.get("element_map_at_r") is not None:
-        parts.append(metrics["element_map_at_r"])
+    """One number to pick the best epoch by: the mean of element MAP@R and session precision@1
+    (when there are cross-session queries) and the share of present keypoints within half a GRU
+    step of the truth (when there are keypoints)."""
+    parts = [
+        metrics[key]
+        for key in ("element_map_at_r", "session_precision_at_1")
+        if metrics.get(key) is not None
+    ]
     if data.keypoints is not None and (data.keypoints >= 0).any():
         present = data.keypoints >= 0
         errors = np.abs(positions[present] - data.keypoints[present])

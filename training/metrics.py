@@ -123,6 +123,24 @@ def keypoint_metrics(
     return out
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (higher scores should mean positive), via the Mann-Whitney U
+    statistic on ranks; tied scores share their mean rank."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores))
+    # Mean rank per run of equal scores.
+    starts = np.flatnonzero(np.diff(sorted_scores, prepend=np.nan) != 0)
+    ends = np.append(starts[1:], len(scores))
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both positive and negative examples")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def _round(x: float) -> float:
     return round(float(x), 4)
 

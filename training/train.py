@@ -31,6 +31,7 @@ from training.sampler import HierarchicalSampler
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+WARMUP = 0.05  # share of the run spent warming the learning rate up
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -48,23 +49,47 @@ class TrainConfig:
     margin_element: float = 0.3
     mining: str = "all"
     keypoint_sigma: float = 1.0  # in GRU steps; 0 = one-hot targets
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # of the elements left after the test split: early stopping
+    test_fraction: float = 0.0  # elements never touched in training; listed in the manifest
+    split_seed: int = 0  # fixes the test split whatever the training seed
     patience: int = 6  # epochs without a better validation score before stopping
     grad_clip: float = 5.0
+    gold_repeat: int = 4  # times each training element's gold window is added to training
     model: dict = field(default_factory=dict)  # ModelConfig overrides
 
 
 class Trainer:
     """Owns the model, optimiser and data of one run; ``fit`` trains, validates and exports."""
 
-    def __init__(self, config: TrainConfig, data: SignalData, out_dir: str | Path) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: SignalData,
+        out_dir: str | Path,
+        gold: SignalData | None = None,
+    ) -> None:
+        """``gold``: windows of some of the same elements with better keypoint labels (e.g. the
+        cardiologists' marks where ``data`` has an automatic delineator's). Those of training
+        elements join the training set ``gold_repeat`` times; those of validation elements fit
+        the decoder's per-keypoint offsets after training; those of test elements stay unseen."""
         self.config = config
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.data = data
+        rest_idx, test_idx = split_by_element(data, config.test_fraction, config.split_seed)
+        self.test_elements = sorted(set(data.element_ids[test_idx].tolist()))
+        data = data.subset(rest_idx)
         train_idx, val_idx = split_by_element(data, config.val_fraction, config.seed)
         self.train_data = data.subset(train_idx)
         self.val_data = data.subset(val_idx) if len(val_idx) else None
+        self.gold_val = None
+        self.gold_summary = gold.summary() if gold is not None else None
+        if gold is not None:
+            gold_train = gold.only_elements(set(self.train_data.element_ids))
+            self.train_data = SignalData.concat(
+                [self.train_data] + [gold_train] * config.gold_repeat
+            )
+            if self.val_data is not None:
+                self.gold_val = gold.only_elements(set(self.val_data.element_ids))
         self.train_set = SignalDataset(self.train_data)
 
         torch.manual_seed(config.seed)
@@ -100,10 +125,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        total_steps = config.epochs * len(self.sampler)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=config.lr, total_steps=max(total_steps, 1), pct_start=0.1
-        )
+        self.total_steps = max(1, config.epochs * len(self.sampler))
+        self.step = 0
+        self.seconds_before = 0.0  # training time of earlier runs of this output dir (resume)
         self.epoch = 0
         self.best_score = -math.inf
         self.best_state: dict | None = None
@@ -117,7 +141,8 @@ class Trainer:
             "model_config": self.model.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "seconds": self.seconds_before + time.monotonic() - self.started,
             "epoch": self.epoch,
             "best_score": self.best_score,
             "best_state": self.best_state,
@@ -137,7 +162,8 @@ class Trainer:
             raise ValueError(f"{path}: checkpoint was made with another model configuration")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.seconds_before = state["seconds"]
         self.epoch = state["epoch"]
         self.best_score = state["best_score"]
         self.best_state = state["best_state"]
@@ -178,14 +204,58 @@ class Trainer:
             parts.total.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
-            if self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
-                self.scheduler.step()
+            self.step += 1
+            self._set_learning_rate()
             for name, value in parts.as_floats().items():
                 sums[name] = sums.get(name, 0.0) + value
             batches += 1
             bar.set_postfix(loss=f"{sums['total'] / batches:.3f}")
         bar.close()
         return {name: value / max(batches, 1) for name, value in sums.items()}, out_of_time
+
+    def calibrate_keypoints(self) -> dict | None:
+        """Set the decoder's per-keypoint offsets to the median signed error on the validation
+        elements' gold windows, so positions follow the gold annotator's convention."""
+        if self.gold_val is None or self.gold_val.keypoints is None or not len(self.gold_val):
+            return None
+        self.model.eval()
+        _, positions, _ = predict(self.model, self.gold_val.signals)
+        truth = self.gold_val.keypoints
+        offsets = [
+            float(np.median(positions[truth[:, k] >= 0, k] - truth[truth[:, k] >= 0, k]))
+            if (truth[:, k] >= 0).any()
+            else 0.0
+            for k in range(truth.shape[1])
+        ]
+        self.model.keypoint_offsets.copy_(torch.tensor(offsets))
+        log.info(
+            "keypoint offsets from %d gold windows: %s",
+            len(self.gold_val),
+            [round(o, 2) for o in offsets],
+        )
+        return {
+            "samples": dict(zip(self.gold_val.keypoint_names, offsets, strict=True)),
+            "gold_windows": len(self.gold_val),
+        }
+
+    def progress(self) -> float:
+        """How far through the run: by steps, or by the time budget if that ends sooner."""
+        by_steps = self.step / self.total_steps
+        if not self.config.max_minutes:
+            return by_steps
+        elapsed = self.seconds_before + time.monotonic() - self.started
+        return max(by_steps, elapsed / (60 * self.config.max_minutes))
+
+    def _set_learning_rate(self) -> None:
+        """Linear warm-up over the first 5%, then cosine decay to 1% of the peak, so the rate
+        has come down by the end whether epochs or ``--max-minutes`` end the run."""
+        p = min(1.0, self.progress())
+        if p < WARMUP:
+            scale = max(p / WARMUP, 0.01)
+        else:
+            scale = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (p - WARMUP) / (1 - WARMUP)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * scale
 
     def validate(self) -> tuple[dict, float]:
         """Metrics on the held-out elements and the score that picks the best epoch."""
@@ -198,10 +268,12 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         """Train until ``epochs``, early stopping or ``max_minutes``; export the best epoch."""
+        self.started = started = time.monotonic()
         if resume:
             self.load_checkpoint()
-        started = time.monotonic()
-        deadline = started + 60 * self.config.max_minutes if self.config.max_minutes else None
+        self._set_learning_rate()
+        budget = 60 * self.config.max_minutes if self.config.max_minutes else None
+        deadline = started + budget - self.seconds_before if budget else None
         log.info(
             "training on %d signals (%d elements), validating on %d signals (%d elements)",
             len(self.train_data),
@@ -248,6 +320,7 @@ class Trainer:
             self.best_metrics, self.best_score = self.validate()
             self.best_state = self.model.state_dict()
         self.model.load_state_dict(self.best_state)
+        offsets = self.calibrate_keypoints()
         manifest = export_model(
             self.model,
             self.out_dir,
@@ -256,6 +329,12 @@ class Trainer:
             extra={
                 "train_config": asdict(self.config),
                 "validation_data": self.val_data.summary() if self.val_data else None,
+                "validation_elements": sorted(set(self.val_data.element_ids.tolist()))
+                if self.val_data
+                else [],
+                "test_elements": self.test_elements,
+                "gold_data": self.gold_summary,
+                "keypoint_offsets": offsets,
                 "stopped_by": stop_reason,
                 "epochs_run": self.epoch,
                 "training_seconds": round(time.monotonic() - started, 1),

@@ -243,3 +243,42 @@ def test_train_and_evaluate_run_on_real_ecg(tmp_path, capsys):
     metrics = json.loads(stdout)
     assert metrics["data"]["channels"] == 2 and metrics["data"]["fs"] == 250.0
     assert metrics["keypoints"]["R_peak"]["n"] > 0
+
+
+def test_test_elements_are_held_out_and_evaluated_alone(synth_file, tmp_path, capsys):
+    out = tmp_path / "heldout"
+    args = ["train", "--data", str(synth_file), "--out", str(out), "--epochs", "1", "--p", "3"]
+    assert main([*args, "--test-fraction", "0.34", *TINY_MODEL_FLAGS]) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    test = set(manifest["test_elements"])
+    assert len(test) == 2
+    assert not test & set(manifest["validation_elements"])
+    assert manifest["training_data"]["elements"] + len(manifest["validation_elements"]) == 4
+
+    code, stdout, _ = run_cli(
+        ["evaluate", "--model", str(out), "--data", str(synth_file), "--unseen-only"], capsys
+    )
+    assert code == 0 and json.loads(stdout)["data"]["elements"] == 2
+
+
+def test_unseen_only_needs_a_model_with_test_elements(synth_file, tmp_path, capsys):
+    out = tmp_path / "no_test"
+    main(
+        [
+            "train",
+            "--data",
+            str(synth_file),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--p",
+            "3",
+            *TINY_MODEL_FLAGS,
+        ]
+    )
+    code, _, err = run_cli(
+        ["evaluate", "--model", str(out), "--data", str(synth_file), "--unseen-only"], capsys
+    )
+    assert code == 2 and "has no test_elements" in err

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training.metrics import keypoint_metrics, raw_window_embeddings, retrieval_metrics
+from training.metrics import auroc, keypoint_metrics, raw_window_embeddings, retrieval_metrics
 
 
 def hierarchy(elements=4, sessions=3, signals=3, session_spread=0.3, noise=0.01, seed=0):
@@ -89,3 +89,12 @@ def test_raw_window_baseline_is_scale_free():
     np.testing.assert_allclose(
         raw_window_embeddings(x), raw_window_embeddings(7 * x + 3), rtol=1e-5, atol=1e-5
     )
+
+
+def test_auroc_by_hand():
+    assert auroc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert auroc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0
+    # One positive ties with one negative: that pair counts half. 3.5 of 4 pairs ordered.
+    assert auroc([0.1, 0.5, 0.5, 0.9], [False, False, True, True]) == pytest.approx(0.875)
+    with pytest.raises(ValueError, match="both positive and negative"):
+        auroc([0.1, 0.2], [True, True])

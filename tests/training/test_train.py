@@ -1,0 +1,56 @@
+"""The training loop's schedule and budget."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_MODEL
+from training.evaluate import predict
+from training.train import TrainConfig, Trainer
+
+
+@pytest.fixture
+def trainer(tiny_data, tmp_path):
+    return Trainer(TrainConfig(epochs=4, p=4, k=4, lr=1e-2, model=TINY_MODEL), tiny_data, tmp_path)
+
+
+def test_learning_rate_warms_up_then_decays_to_one_percent(trainer):
+    trainer.started = 0.0
+    rates = []
+    for step in (0, trainer.total_steps // 40, trainer.total_steps // 2, trainer.total_steps):
+        trainer.step = step
+        trainer._set_learning_rate()
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    start, warm, middle, end = rates
+    assert start == pytest.approx(1e-4) and warm < 1e-2
+    assert middle == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5 * (1 + 0.0)), rel=0.1)
+    assert end == pytest.approx(1e-4)
+
+
+def test_a_time_budget_drives_the_schedule_when_it_ends_first(trainer, monkeypatch):
+    trainer.config.max_minutes = 1.0
+    trainer.started = 100.0
+    monkeypatch.setattr("training.train.time.monotonic", lambda: 160.0)  # the budget is spent
+    trainer.step = 0
+    assert trainer.progress() == pytest.approx(1.0)
+
+
+def test_gold_labels_join_training_and_set_the_decoders_offsets(tiny_data, tmp_path):
+    """Gold marks placed 3 samples later than the automatic ones: the decoder learns to follow."""
+    gold = tiny_data.subset(np.arange(len(tiny_data)))
+    gold.keypoints = np.minimum(gold.keypoints + 3, tiny_data.length - 1)
+    trainer = Trainer(
+        TrainConfig(epochs=1, p=4, k=4, val_fraction=0.25, gold_repeat=2, model=TINY_MODEL),
+        tiny_data,
+        tmp_path,
+        gold=gold,
+    )
+    train_elements = set(trainer.train_data.element_ids)
+    assert len(trainer.train_set) == 3 * len(tiny_data.only_elements(train_elements))
+    assert not set(trainer.gold_val.element_ids) & train_elements
+    manifest = trainer.fit()
+    offsets = manifest["keypoint_offsets"]["samples"]
+    assert manifest["keypoint_offsets"]["gold_windows"] == len(trainer.gold_val) > 0
+    _, calibrated, _ = predict(trainer.model.eval(), trainer.gold_val.signals)
+    residual = np.median(calibrated - trainer.gold_val.keypoints, axis=0)
+    np.testing.assert_allclose(residual, 0, atol=0.5)
+    assert set(offsets) == set(tiny_data.keypoint_names)
