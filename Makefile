@@ -9,7 +9,7 @@ PORT ?= 8000
 
 ECG ?= ../shared/ecg
 
-.PHONY: install test lint demo serve eval-ecg clean
+.PHONY: install test lint demo serve eval-ecg loadtest clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ demo: $(STAMP)
 serve: $(STAMP)
 	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
 	$(BIN)/python -m app --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR) --port $(PORT)
+
+# 60 s of 16 concurrent clients mixing /embed, /search and writes against a fresh server.
+loadtest: $(STAMP)
+	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
+	$(BIN)/python benchmarks/loadtest.py --model-dir $(MODEL_DIR) --duration 60 --clients 16
 
 # Real-ECG figures (BENCHMARKS.md): trains each recipe once (15 min each on 2 cores) unless
 # runs/qtdb and runs/ecgid already hold a model, then scores elements they never saw.

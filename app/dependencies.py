@@ -7,12 +7,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import InputError
 from app.schemas import SearchOptions
 from app.service import SignalService
 from app.settings import Settings
 from app.signals import NPY_MEDIA_TYPE, SignalBatch, parse_json_body, parse_npy_body, parse_signals
+
+INLINE_PARSE_BYTES = 256 * 1024  # smaller bodies parse faster than a thread hand-off
 
 
 def get_service(request: Request) -> SignalService:
@@ -53,9 +56,16 @@ def require_read_key(request: Request, settings: AppSettings) -> None:
 async def read_signals(request: Request, service: SignalService) -> tuple[SignalBatch, dict]:
     """A JSON body ``{"signals": [...], ...}`` or a .npy body with options in the query."""
     body = await request.body()
+    is_npy = request.headers.get("content-type", "").split(";")[0].strip() == NPY_MEDIA_TYPE
+    if len(body) > INLINE_PARSE_BYTES:  # big bodies are parsed off the event loop
+        return await run_in_threadpool(_parse, body, is_npy, request.query_params, service)
+    return _parse(body, is_npy, request.query_params, service)
+
+
+def _parse(body: bytes, is_npy: bool, query, service: SignalService) -> tuple[SignalBatch, dict]:
     limits = service.runtime.limits
-    if request.headers.get("content-type", "").split(";")[0].strip() == NPY_MEDIA_TYPE:
-        return parse_npy_body(body, limits), dict(request.query_params)
+    if is_npy:
+        return parse_npy_body(body, limits), dict(query)
     payload = parse_json_body(body)
     if "signals" not in payload:
         raise InputError("body.signals", "field required", kind="missing")

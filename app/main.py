@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import openapi
 from app.errors import InputError, error_body, input_error_handler
 from app.observability import Metrics, RequestContextMiddleware
 from app.responses import FastJSONResponse
@@ -119,4 +120,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    openapi.install(app, service.runtime.limits, settings)
     return app

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # One channel: a list of numbers; C channels: a list of C lists (channels first).
 Signal = list[float] | list[list[float]]
@@ -73,6 +74,15 @@ class ReferenceIn(BaseModel):
     session_id: str = Field(min_length=1, max_length=256)
     signal: Signal
     metadata: dict[str, Any] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError as exc:
+            raise ValueError("NaN or infinite numbers cannot be stored") from exc
+        return value
 
 
 class ReferencesRequest(BaseModel):
@@ -158,11 +168,33 @@ class SearchResponse(BaseModel):
     model_version: str
 
 
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: body, a field, an index")
+    msg: str = Field(description="what is wrong")
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorItem]
+
+
+def error_responses(*codes: int) -> dict:
+    reasons = {
+        400: "malformed JSON",
+        401: "missing or wrong API key",
+        404: "unknown id",
+        413: "body or batch over its limit",
+        422: "invalid input, field named",
+    }
+    return {code: {"model": ErrorResponse, "description": reasons[code]} for code in codes}
+
+
 class Health(BaseModel):
     status: str
 
 
 class Ready(BaseModel):
     ready: bool
-    references: int
+    references: int = Field(description="vectors in the search index")
+    stored: int = Field(description="references in the database; equal once ready")
     model_version: str | None

@@ -131,13 +131,15 @@ class SignalService:
 
     # -- references --------------------------------------------------------------------------
     async def upsert(self, refs: list[ReferenceInput]) -> list[str]:
+        """Store references, in order: an id given twice ends as its last version. Returns
+        each reference's id (new ones are made up)."""
         ids = [r.id or uuid.uuid4().hex for r in refs]
-        if len(set(ids)) != len(ids):
-            raise InputError("body.references", "the same id appears twice in one request")
-        inference = await self.embed([r.signal[None] for r in refs])
+        last = sorted({ref_id: n for n, ref_id in enumerate(ids)}.values())
+        kept = [refs[n] for n in last]
+        inference = await self.embed([r.signal[None] for r in kept])
         rows = [
-            NewReference(i, r.element_id, r.session_id, r.metadata or {}, r.signal, e)
-            for i, r, e in zip(ids, refs, inference.embeddings, strict=True)
+            NewReference(ids[n], r.element_id, r.session_id, r.metadata or {}, r.signal, e)
+            for n, r, e in zip(last, kept, inference.embeddings, strict=True)
         ]
         async with self.write_lock:
             keys = await run_in_threadpool(self.store.upsert, rows, self.runtime.version)

@@ -8,6 +8,7 @@ knows whether the snapshot still agrees with the store.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS refs (
@@ -83,7 +83,7 @@ class ReferenceStore:
                 r.id,
                 r.element_id,
                 r.session_id,
-                orjson.dumps(r.metadata),
+                json.dumps(r.metadata),
                 r.signal.shape[0],
                 r.signal.shape[1],
                 r.signal.astype(np.float32).tobytes(),
@@ -172,7 +172,7 @@ class ReferenceStore:
             "id": row[0],
             "element_id": row[1],
             "session_id": row[2],
-            "metadata": orjson.loads(row[3]),
+            "metadata": json.loads(row[3]),
             "signal": signal[0].tolist() if row[4] == 1 else signal.tolist(),
             "model_version": row[7],
             "updated_at": row[8],
@@ -192,7 +192,7 @@ class ReferenceStore:
                 "id": r[0],
                 "element_id": r[1],
                 "session_id": r[2],
-                "metadata": orjson.loads(r[3]),
+                "metadata": json.loads(r[3]),
                 "length": r[4],
                 "model_version": r[5],
                 "updated_at": r[6],
@@ -209,7 +209,7 @@ class ReferenceStore:
             rows = self.db.execute(
                 f"SELECT key, metadata FROM refs WHERE key IN ({marks})", keys
             ).fetchall()
-        return {k: orjson.loads(m) for k, m in rows}
+        return {k: json.loads(m) for k, m in rows}
 
     def labels(self) -> Labels:
         with self.lock:

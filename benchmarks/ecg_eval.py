@@ -219,7 +219,7 @@ def plot_embeddings(data: SignalData, embeddings: np.ndarray, path: Path) -> Non
     xy = centred @ vt[:2].T
     persons = np.unique(data.element_ids)
     fig, ax = plt.subplots(figsize=(8, 7))
-    cmap = plt.cm.get_cmap("tab20", len(persons))
+    cmap = matplotlib.colormaps["tab20"].resampled(len(persons))
     for j, person in enumerate(persons):
         m = data.element_ids == person
         ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(j), label=person)

@@ -89,6 +89,20 @@ class SignalData:
             extras={k: np.concatenate([p.extras[k] for p in parts]) for k in sorted(shared)},
         )
 
+    def sessions_from(self, key: str) -> SignalData:
+        """The same signals with sessions redefined as (element, ``extras[key]``): e.g. a
+        recording's beats grouped by their annotated beat type."""
+        if key not in self.extras:
+            raise DataFormatError(f"no key '{key}' to take sessions from")
+        values = self.extras[key]
+        if values.shape != (len(self),):
+            raise DataFormatError(f"'{key}' must have shape ({len(self)},) to define sessions")
+        regrouped = self.subset(np.arange(len(self)))
+        regrouped.session_ids = np.char.add(
+            np.char.add(self.element_ids.astype(str), f"/{key}="), values.astype(str)
+        )
+        return regrouped
+
     def only_elements(self, elements) -> SignalData:
         return self.subset(np.flatnonzero(np.isin(self.element_ids, list(elements))))
 

@@ -34,6 +34,9 @@ class ModelConfig:
     embedding_dim: int = 128
     num_keypoints: int = 4
     dropout: float = 0.0
+    # Also feed each channel's log standard deviation (its amplitude in the client's units) to
+    # the network: z-scoring alone discards amplitude, which can tell recordings apart.
+    scale_channels: bool = False
     # Decoding: soft-argmax over the peak step +- this many steps.
     decode_radius: int = 2
     # Signals shorter than min_steps GRU steps carry too little context; longer than max_length
@@ -98,7 +101,9 @@ class HierarchicalSignalNet(nn.Module):
         self.in_channels = config.in_channels
         self.min_length = config.min_length
         self.max_length = config.max_length
-        channels = (config.in_channels, *config.conv_channels)
+        self.scale_channels = config.scale_channels
+        first = config.in_channels * (2 if config.scale_channels else 1)
+        channels = (first, *config.conv_channels)
         self.trunk = nn.Sequential(
             *[
                 ConvBlock(c_in, c_out, config.kernel_size, config.pool)
@@ -121,14 +126,22 @@ class HierarchicalSignalNet(nn.Module):
         self.register_buffer("keypoint_offsets", torch.zeros(config.num_keypoints))
 
     @staticmethod
-    def normalise(x: torch.Tensor) -> torch.Tensor:
-        """Per-signal, per-channel z-score, so clients send raw values in any unit or offset."""
+    def normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-signal, per-channel z-score, so clients send raw values in any unit or offset.
+
+        Returns the z-scored signal (B, C, L) and each channel's log standard deviation
+        (B, C, 1). Dividing by the peak first keeps float32 from overflowing on huge values.
+        """
+        peak = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+        x = x / peak
         mean = x.mean(dim=-1, keepdim=True)
         std = x.std(dim=-1, keepdim=True, unbiased=False)
-        return (x - mean) / (std + 1e-6)
+        return (x - mean) / (std + 1e-6), torch.log(std * peak + 1e-12)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.normalise(x)  # (B, C, L)
+        x, log_scale = self.normalise(x)  # (B, C, L), (B, C, 1)
+        if self.scale_channels:
+            x = torch.cat([x, log_scale.expand_as(x)], dim=1)  # (B, 2C, L)
         h = self.trunk(x)  # (B, C, L) -> (B, H, T)
         steps, final = self.gru(h.transpose(1, 2))  # (B, T, 2G), (layers*2, B, G)
         last = torch.cat([final[-2], final[-1]], dim=1)  # forward and backward directions: (B, 2G)

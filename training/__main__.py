@@ -32,6 +32,7 @@ MODEL_OPTIONS = (
     "gru_hidden",
     "gru_layers",
     "dropout",
+    "scale_channels",
 )
 
 DEMO_SYNTH = SynthConfig(elements=96, sessions=4, signals=12, length=256, seed=0)
@@ -101,6 +102,23 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         default=d.gold_repeat,
         help="times each training element's gold window joins the training set",
     )
+    p.add_argument(
+        "--augment-noise",
+        type=float,
+        default=d.augment_noise,
+        help="white noise added in training, in units of each signal's standard deviation",
+    )
+    p.add_argument(
+        "--augment-wander",
+        type=float,
+        default=d.augment_wander,
+        help="largest baseline drift added in training, in units of the signal's std",
+    )
+    p.add_argument(
+        "--session-key",
+        help="an extra key of the NPZ whose values define sessions within each element "
+        "(e.g. beat_labels), instead of session_ids",
+    )
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the test split")
     p.add_argument(
         "--patience",
@@ -120,6 +138,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gru-hidden", type=int)
     p.add_argument("--gru-layers", type=int)
     p.add_argument("--dropout", type=float)
+    p.add_argument(
+        "--scale-channels",
+        action=argparse.BooleanOptionalAction,
+        help="also give the network each channel's log amplitude (lost to z-scoring)",
+    )
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

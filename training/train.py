@@ -54,7 +54,12 @@ class TrainConfig:
     split_seed: int = 0  # fixes the test split whatever the training seed
     patience: int = 6  # epochs without a better validation score before stopping
     grad_clip: float = 5.0
-    gold_repeat: int = 4  # times each training element's gold window is added to training
+    gold_repeat: int = 4
+    session_key: str | None = None  # an extras key whose values define the sessions instead
+    # Augmentation, in units of each signal's own standard deviation (0 = off): white noise,
+    # and a slow baseline drift (a random sinusoid of 0.3 to 2 cycles per window).
+    augment_noise: float = 0.0
+    augment_wander: float = 0.0  # times each training element's gold window is added to training
     model: dict = field(default_factory=dict)  # ModelConfig overrides
 
 
@@ -75,6 +80,9 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if config.session_key:
+            data = data.sessions_from(config.session_key)
+            gold = gold.sessions_from(config.session_key) if gold is not None else None
         rest_idx, test_idx = split_by_element(data, config.test_fraction, config.split_seed)
         self.test_elements = sorted(set(data.element_ids[test_idx].tolist()))
         data = data.subset(rest_idx)
@@ -192,7 +200,7 @@ class Trainer:
                 out_of_time = True
                 break
             index = torch.tensor(batch)
-            embeddings, logits = self.model(self.train_set.signals[index])
+            embeddings, logits = self.model(self.augment(self.train_set.signals[index]))
             parts = self.loss(
                 embeddings,
                 logits,
@@ -256,6 +264,22 @@ class Trainer:
             scale = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (p - WARMUP) / (1 - WARMUP)))
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * scale
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) -> the same signals with noise and baseline drift; keypoints do not move."""
+        noise, wander = self.config.augment_noise, self.config.augment_wander
+        if not noise and not wander:
+            return x
+        scale = x.std(dim=-1, keepdim=True)  # (B, C, 1)
+        b, c, length = x.shape
+        out = x + noise * scale * torch.randn_like(x)
+        if wander:
+            t = torch.linspace(0, 1, length).view(1, 1, length)
+            cycles = 0.3 + 1.7 * torch.rand(b, c, 1)
+            phase = 2 * math.pi * torch.rand(b, c, 1)
+            amplitude = wander * scale * torch.rand(b, c, 1)
+            out = out + amplitude * torch.sin(2 * math.pi * cycles * t + phase)
+        return out
 
     def validate(self) -> tuple[dict, float]:
         """Metrics on the held-out elements and the score that picks the best epoch."""

@@ -13,10 +13,15 @@ from app.schemas import (
     SearchRequest,
     SearchResponse,
     SignalsRequest,
+    error_responses,
 )
 from app.signals import NPY_MEDIA_TYPE, SignalBatch, batch_size
 
-router = APIRouter(dependencies=[Depends(require_read_key)], tags=["inference"])
+router = APIRouter(
+    dependencies=[Depends(require_read_key)],
+    tags=["inference"],
+    responses=error_responses(400, 401, 404, 413, 422),
+)
 
 
 def _body(model: type) -> dict:

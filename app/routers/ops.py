@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import Service, require_read_key
 from app.responses import FastJSONResponse
-from app.schemas import Health, Ready
+from app.schemas import Health, Ready, error_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -28,6 +29,7 @@ async def ready(service: Service):
         {
             "ready": service.ready,
             "references": len(service.index),
+            "stored": await run_in_threadpool(service.store.count),
             "model_version": service.runtime.version,
         },
         status_code=200 if service.ready else 503,
@@ -41,7 +43,10 @@ async def metrics(request: Request):
 
 
 @router.get(
-    "/model", summary="The served model's manifest", dependencies=[Depends(require_read_key)]
+    "/model",
+    summary="The served model's manifest",
+    dependencies=[Depends(require_read_key)],
+    responses=error_responses(401),
 )
 async def model(service: Service):
     return FastJSONResponse(service.runtime.manifest)

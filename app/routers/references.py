@@ -13,12 +13,20 @@ from starlette.concurrency import run_in_threadpool
 from app.dependencies import Service, require_read_key, require_write_key
 from app.errors import InputError
 from app.responses import FastJSONResponse
-from app.schemas import ReferenceList, ReferenceOut, ReferencesCreated, ReferencesRequest
+from app.schemas import (
+    ReferenceList,
+    ReferenceOut,
+    ReferencesCreated,
+    ReferencesRequest,
+    error_responses,
+)
 from app.service import ReferenceInput
 from app.signals import parse_one
 from model.data_format import DataFormatError, validate_arrays
 
-router = APIRouter(prefix="/references", tags=["references"])
+router = APIRouter(
+    prefix="/references", tags=["references"], responses=error_responses(401, 404, 413, 422)
+)
 
 
 @router.post(
@@ -109,7 +117,7 @@ async def list_references(
     service: Service,
     element_id: Annotated[str | None, Query(description="only this element's references")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
 ):
     items, total = await run_in_threadpool(service.store.list, element_id, limit, offset)
     return FastJSONResponse({"items": items, "total": total, "limit": limit, "offset": offset})

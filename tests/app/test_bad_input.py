@@ -97,7 +97,6 @@ def test_bad_references(client, service_data):
         ({"references": []}, ["body", "references"]),
         ({"references": [{**ref, "element_id": ""}]}, ["body", "references", 0, "element_id"]),
         ({"references": [{**ref, "signal": [1.0] * 8}]}, ["body", "references", "0", "signal"]),
-        ({"references": [ref, ref]}, ["body", "references"]),
     ]
     for body, loc in cases:
         response = client.post("/references", json=body)
@@ -110,3 +109,18 @@ def test_unknown_ids_are_404(client):
     for response in (client.get("/references/nope"), client.delete("/references/nope")):
         assert response.status_code == 404
         assert response.json()["detail"][0]["msg"] == "no reference with id 'nope'"
+
+
+def test_any_json_metadata_round_trips_and_non_finite_numbers_are_refused(client, service_data):
+    ref = {**references(service_data, [0])[0], "metadata": {"big": 2**70, "nested": [{"a": None}]}}
+    assert client.post("/references", json={"references": [ref]}).status_code == 201
+    assert client.get(f"/references/{ref['id']}").json()["metadata"] == ref["metadata"]
+    body = (
+        b'{"references": [{"element_id": "e", "session_id": "s", "signal": [%s], '
+        b'"metadata": {"x": 1e400}}]}' % b", ".join([b"0.5"] * 128)
+    )
+    response = client.post(
+        "/references", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "references", 0, "metadata"]

@@ -97,3 +97,16 @@ def test_an_hnsw_index_handles_replacement_and_deletion(make_client, service_dat
         "/search", json={"signals": [refs[0]["signal"]], "k": 30, "element_id": element}
     ).json()
     assert {n["element_id"] for n in only["results"][0]["neighbors"]} == {element}
+
+
+def test_an_id_given_twice_in_one_request_ends_as_its_last_version(client, service_data):
+    first, second = references(service_data, [0, 25])
+    second = {**second, "id": first["id"]}
+    ids = client.post("/references", json={"references": [first, second]}).json()["ids"]
+    assert ids == [first["id"], first["id"]]
+    assert client.get(f"/references/{first['id']}").json()["element_id"] == second["element_id"]
+    assert client.get("/ready").json() == {
+        **client.get("/ready").json(),
+        "references": 1,
+        "stored": 1,
+    }

@@ -5,6 +5,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -119,3 +121,91 @@ def test_a_missing_or_tampered_model_exits_with_one_clear_line(model_dir, tmp_pa
         assert result.returncode == 2
         assert result.stderr.strip().startswith("error:") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_kill_mid_stream_loses_nothing_acknowledged(server_factory, service_data):
+    """Several clients stream inserts; SIGKILL lands mid-stream; after a restart every reference
+    that got a 2xx is there and searchable, and the index agrees with the store."""
+    server = server_factory().start()
+    x = service_data.signals[:, 0]
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            for n in range(10_000):
+                if stop.is_set():
+                    return
+                i = (worker * 31 + n) % len(x)
+                ref = {
+                    "id": f"w{worker}-{n}",
+                    "element_id": str(service_data.element_ids[i]),
+                    "session_id": str(service_data.session_ids[i]),
+                    "signal": (x[i] + 0.01 * n).tolist(),
+                }
+                try:
+                    response = http.post("/references", json={"references": [ref]})
+                except httpx.TransportError:
+                    return  # the server died under us: this insert was never acknowledged
+                if response.status_code == 201:
+                    with lock:
+                        acknowledged.append(ref["id"])
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(acknowledged) >= 40
+
+    server.start()
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["references"] == ready["stored"] >= len(acknowledged)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for ref_id in acknowledged:
+            stored = http.get(f"/references/{ref_id}")
+            assert stored.status_code == 200, ref_id
+            hit = http.post("/search", json={"signals": [stored.json()["signal"]], "k": 1})
+            assert hit.json()["results"][0]["neighbors"][0]["id"] == ref_id
+
+
+def test_a_corrupt_index_snapshot_is_rebuilt_from_the_store(server_factory, service_data):
+    server = server_factory().start()
+    refs = references(service_data, range(15))
+    httpx.post(f"{server.url}/references", json={"references": refs})
+    server.stop()
+    snapshot = server.log.parent / "data" / "index.faiss"
+    assert snapshot.is_file()
+    snapshot.write_bytes(snapshot.read_bytes()[:100])  # truncated, metadata still "matching"
+    server.start()
+    assert httpx.get(f"{server.url}/ready").json()["references"] == 15
+    hit = httpx.post(f"{server.url}/search", json={"signals": [refs[9]["signal"]], "k": 1})
+    assert hit.json()["results"][0]["neighbors"][0]["id"] == "ref-9"
+    assert "unusable" in server.log.read_text()
+
+
+def test_the_server_stays_responsive_while_a_huge_body_is_refused(server_factory):
+    server = server_factory(HSN_MAX_BODY_BYTES=str(4 * 1024 * 1024)).start()
+
+    def huge():
+        with httpx.Client(timeout=60) as http:
+            payload = b'{"signals": [[' + b"0.5, " * 2_000_000 + b"0.5]]}"
+            return http.post(
+                f"{server.url}/embed", content=payload, headers={"content-type": "application/json"}
+            ).status_code
+
+    with ThreadPoolExecutor(1) as pool:
+        refused = pool.submit(huge)
+        latencies = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+            latencies.append(time.perf_counter() - started)
+        assert refused.result() == 413
+    assert max(latencies) < 1.0

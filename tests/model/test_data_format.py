@@ -91,3 +91,19 @@ def test_not_an_npz_file(tmp_path):
         load_npz(tmp_path / "junk.npz")
     with pytest.raises(DataFormatError, match="no such file"):
         load_npz(tmp_path / "missing.npz")
+
+
+def test_sessions_can_be_redefined_from_an_extra_key(tmp_path):
+    data = load_npz(write(tmp_path / "d.npz", beat_labels=np.array(list("NNVNVV"))))
+    regrouped = data.sessions_from("beat_labels")
+    assert list(regrouped.session_ids) == [
+        "a/beat_labels=N",
+        "a/beat_labels=N",
+        "a/beat_labels=V",
+        "b/beat_labels=N",
+        "b/beat_labels=V",
+        "b/beat_labels=V",
+    ]
+    assert list(data.session_ids)[0] == "a/s1"  # the original is untouched
+    with pytest.raises(DataFormatError, match="no key 'nope'"):
+        data.sessions_from("nope")

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import TINY_MODEL
 from training.evaluate import predict
@@ -54,3 +55,17 @@ def test_gold_labels_join_training_and_set_the_decoders_offsets(tiny_data, tmp_p
     residual = np.median(calibrated - trainer.gold_val.keypoints, axis=0)
     np.testing.assert_allclose(residual, 0, atol=0.5)
     assert set(offsets) == set(tiny_data.keypoint_names)
+
+
+def test_augmentation_is_off_by_default_and_bounded_when_on(tiny_data, tmp_path):
+    x = torch.from_numpy(tiny_data.signals[:8])
+    plain = Trainer(TrainConfig(model=TINY_MODEL, p=4), tiny_data, tmp_path / "a")
+    assert plain.augment(x) is x
+    noisy = Trainer(
+        TrainConfig(model=TINY_MODEL, p=4, augment_noise=0.1, augment_wander=0.2),
+        tiny_data,
+        tmp_path / "b",
+    )
+    change = (noisy.augment(x) - x) / x.std(dim=-1, keepdim=True)
+    assert 0.05 < change.std() < 0.3
+    assert change.abs().max() < 0.1 * 6 + 0.2

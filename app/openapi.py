@@ -1,0 +1,61 @@
+"""The OpenAPI document, with the served model's limits written into the signal schemas.
+
+A client (or a fuzzer) reading ``/openapi.json`` learns the channel count, the shortest and
+longest signal, the largest batch and ``k``: everything a request must respect to be accepted.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.settings import Settings
+from app.signals import SignalLimits
+
+FLOAT32_MAX = 3.4e38  # larger magnitudes cannot be represented and are refused
+
+
+def signal_schema(limits: SignalLimits) -> dict:
+    samples = {
+        "type": "array",
+        "items": {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
+        "minItems": limits.min_length,
+        "maxItems": limits.max_length,
+    }
+    channels_first = {
+        "type": "array",
+        "items": samples,
+        "minItems": limits.in_channels,
+        "maxItems": limits.in_channels,
+        "description": f"{limits.in_channels} channel(s) of equal length, channels first",
+    }
+    if limits.in_channels == 1:
+        return {"anyOf": [samples, channels_first], "description": "one signal"}
+    return channels_first
+
+
+def install(app: FastAPI, limits: SignalLimits, settings: Settings) -> None:
+    """Replace ``app.openapi`` with one that states this model's and these settings' limits."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        signal = signal_schema(limits)
+        for path in ("/embed", "/keypoints", "/search"):
+            body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+            properties = body["schema"]["properties"]
+            properties["signals"].update(
+                {"items": signal, "maxItems": limits.max_batch, "minItems": 1}
+            )
+            if "k" in properties:
+                properties["k"]["maximum"] = settings.max_k
+        schemas = spec["components"]["schemas"]
+        schemas["ReferenceIn"]["properties"]["signal"] = signal
+        schemas["ReferencesRequest"]["properties"]["references"]["maxItems"] = limits.max_batch
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi

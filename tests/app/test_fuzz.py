@@ -1,0 +1,45 @@
+"""The whole HTTP API fuzzed from its own OpenAPI schema, against a real server: no 5xx, and
+every response matches the schema (status codes, content types, bodies)."""
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from tests.app.conftest import Server
+
+EXAMPLES_PER_OPERATION = 30
+# A file upload is "schema-valid" as any bytes: only a real NPZ can be accepted there.
+BINARY_BODIES = {"POST /references/npz"}
+
+
+@pytest.fixture(scope="module")
+def live_server(model_dir, tmp_path_factory):
+    server = Server(model_dir, tmp_path_factory.mktemp("fuzz") / "data").start()
+    yield server
+    server.stop()
+
+
+def test_every_operation_conforms_to_the_schema(live_server):
+    schema = schemathesis.openapi.from_url(f"{live_server.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+    failures = {}
+    for operation in operations:
+
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy())
+        def check(case):
+            excluded = [positive_data_acceptance] if case.operation.label in BINARY_BODIES else []
+            case.call_and_validate(base_url=live_server.url, timeout=30, excluded_checks=excluded)
+
+        try:
+            check()
+        except Exception as exc:  # collect every operation's failure, not just the first
+            failures[operation.label] = f"{type(exc).__name__}: {exc}"[:3000]
+    assert not failures, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
