@@ -9,7 +9,7 @@ PORT ?= 8000
 
 ECG ?= ../shared/ecg
 
-.PHONY: install test lint demo serve eval-ecg loadtest clean
+.PHONY: install test lint demo serve eval-ecg loadtest docker-check clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ serve: $(STAMP)
 loadtest: $(STAMP)
 	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
 	$(BIN)/python benchmarks/loadtest.py --model-dir $(MODEL_DIR) --duration 60 --clients 16
+
+# The container for real (several minutes): lint, build, compose up, use, restart, tear down.
+docker-check: $(STAMP)
+	tools/container/docker-check.sh
 
 # Real-ECG figures (BENCHMARKS.md): trains each recipe once (15 min each on 2 cores) unless
 # runs/qtdb and runs/ecgid already hold a model, then scores elements they never saw.
