@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.onnx_engine import derive_session
 from app.signals import SignalBatch, SignalLimits
 from model.export_format import MODEL_FILE, ExportFormatError, read_manifest
 
@@ -54,7 +55,9 @@ class Inference:
 class ModelRuntime:
     """One loaded model: its manifest, input limits and a synchronous ``run``."""
 
-    def __init__(self, model_dir: Path, max_batch: int, threads: int = 1) -> None:
+    def __init__(
+        self, model_dir: Path, max_batch: int, threads: int = 1, engine: str = "onnx"
+    ) -> None:
         try:
             manifest = read_manifest(model_dir)
         except ExportFormatError as exc:
@@ -76,8 +79,20 @@ class ModelRuntime:
             max_batch=max_batch,
         )
 
+        self.engine = "torchscript"
+        self.session = None
+        if engine == "onnx":
+            try:
+                self.session = derive_session(self.module, manifest, threads)
+                self.engine = "onnx"
+            except Exception as exc:  # any failure leaves the checked TorchScript path
+                log.warning("serving with TorchScript: no ONNX Runtime session (%s)", exc)
+        log.info("model %s served by %s", self.version, self.engine)
+
     def run(self, x: np.ndarray) -> Inference:
         """(B, C, L) float32 -> Inference. Call from the inference thread, not the event loop."""
+        if self.session is not None:
+            return Inference(*self.session.run(None, {"x": x}))
         with torch.inference_mode():
             emb, pos, conf = self.module.embed_and_keypoints(torch.from_numpy(x))
         return Inference(emb.numpy(), pos.numpy(), conf.numpy())

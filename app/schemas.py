@@ -197,4 +197,5 @@ class Ready(BaseModel):
     ready: bool
     references: int = Field(description="vectors in the search index")
     stored: int = Field(description="references in the database; equal once ready")
+    engine: str = Field(description="what runs the model: onnx or torchscript")
     model_version: str | None

@@ -43,7 +43,9 @@ class SignalService:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.runtime = ModelRuntime(settings.model_dir, settings.max_batch, settings.threads)
+        self.runtime = ModelRuntime(
+            settings.model_dir, settings.max_batch, settings.threads, settings.engine
+        )
         self.batcher = DynamicBatcher(
             self.runtime,
             enabled=settings.dynamic_batching,

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1)
 
     # Inference
-    threads: int = Field(1, ge=1)  # torch threads per model call; one per free core
+    threads: int = Field(1, ge=1)  # threads per model call; one per free core
+    engine: Literal["onnx", "torchscript"] = "onnx"  # onnx falls back to TorchScript if unsure
     dynamic_batching: bool = True
     batch_max_signals: int = Field(64, ge=1)  # gather concurrent requests up to this many signals
     batch_max_wait_ms: float = Field(3.0, ge=0)  # ... or until the first has waited this long

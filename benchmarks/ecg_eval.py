@@ -129,7 +129,12 @@ def identification(model, data: SignalData) -> dict:
 
 def anomaly(model, manifest, data: SignalData, anomaly_k: int) -> dict:
     """Per record: references = normal beats of pseudo-session 0, queries = labelled beats of
-    pseudo-sessions 1-2. Scores: the service's calibrated kNN score with expected_element."""
+    pseudo-sessions 1-2 (records with at least one abnormal query, as in the README).
+
+    Three scores: the service's calibrated kNN score with ``expected_element`` = the record
+    (calibrated on that record's references), the service's score without it (one index and one
+    calibration over every record's references), and the README's classical score on raw
+    windows (1 - best cosine similarity to the record's references)."""
     labels = data.extras["beat_labels"]
     session_index = np.array([s.rsplit("seg", 1)[-1] for s in data.session_ids])
     first = {e: min(session_index[data.element_ids == e]) for e in np.unique(data.element_ids)}
@@ -137,35 +142,42 @@ def anomaly(model, manifest, data: SignalData, anomaly_k: int) -> dict:
     labelled = (labels != "") & (labels != "?")
     reference = is_first & (labels == "N")
     query = ~is_first & labelled
+    refs = np.flatnonzero(reference)
+    abnormal_records = set(data.element_ids[query & (labels != "N")].tolist())
+    records = sorted(e for e in abnormal_records if e in set(data.element_ids[refs]))
+
     embeddings, _, _ = predict(model, data.signals)
     raw = raw_window_embeddings(data.signals)
     raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+    index = VectorIndex(embeddings.shape[1], "flat", anomaly_k=anomaly_k)
+    index.rebuild(
+        Labels(
+            keys=refs.astype(np.int64),
+            ids=[str(i) for i in refs],
+            element_ids=data.element_ids[refs].tolist(),
+            session_ids=data.session_ids[refs].tolist(),
+        ),
+        [(refs.astype(np.int64), np.ascontiguousarray(embeddings[refs], dtype=np.float32))],
+    )
+
+    def per_record(record: str, q: np.ndarray, mode: str) -> np.ndarray:
+        if mode == "expected_element":
+            return index.anomaly_scores(embeddings[q], record)
+        if mode == "all_references":
+            return index.anomaly_scores(embeddings[q], None)
+        r = refs[data.element_ids[refs] == record]
+        return 1 - (raw[q] @ raw[r].T).max(axis=1)
 
     results = {}
-    for name, vectors in (("model (service score)", embeddings), ("raw z-scored windows", raw)):
-        index = VectorIndex(vectors.shape[1], "flat", anomaly_k=anomaly_k)
-        refs = np.flatnonzero(reference)
-        index.rebuild(
-            Labels(
-                keys=refs.astype(np.int64),
-                ids=[str(i) for i in refs],
-                element_ids=data.element_ids[refs].tolist(),
-                session_ids=data.session_ids[refs].tolist(),
-            ),
-            [(refs.astype(np.int64), np.ascontiguousarray(vectors[refs], dtype=np.float32))],
-        )
+    for name, mode in (
+        ("model: service score, expected_element = record", "expected_element"),
+        ("model: service score, one index of all records", "all_references"),
+        ("raw z-scored windows: 1 - best cosine (classical)", "raw"),
+    ):
         scores, positives = [], []
-        # Records with normal references and at least one abnormal query, as in the README.
-        abnormal_records = set(data.element_ids[query & (labels != "N")].tolist())
-        records = sorted(e for e in abnormal_records if e in index.by_element)
         for record in records:
             q = np.flatnonzero(query & (data.element_ids == record))
-            if name.startswith("model"):
-                s = index.anomaly_scores(vectors[q], record)
-            else:  # the README's classical score: 1 - best cosine similarity to a reference
-                r = refs[data.element_ids[refs] == record]
-                s = 1 - (vectors[q] @ vectors[r].T).max(axis=1)
-            scores.append(s)
+            scores.append(per_record(record, q, mode))
             positives.append(labels[q] != "N")
         scores_all, positive_all = np.concatenate(scores), np.concatenate(positives)
         results[name] = {

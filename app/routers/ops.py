@@ -31,6 +31,7 @@ async def ready(service: Service):
             "references": len(service.index),
             "stored": await run_in_threadpool(service.store.count),
             "model_version": service.runtime.version,
+            "engine": service.runtime.engine,
         },
         status_code=200 if service.ready else 503,
     )

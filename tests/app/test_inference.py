@@ -71,3 +71,30 @@ def test_a_shifted_signal_moves_its_keypoints(client, service_data):
     body = client.post("/keypoints", json={"signals": [x.tolist(), shifted.tolist()]}).json()
     main = [kps[1]["position"] for kps in body["keypoints"]]  # main_peak
     assert main[1] - main[0] == pytest.approx(16, abs=3)
+
+
+def test_onnx_runtime_serves_what_torchscript_computes(make_client, service_data):
+    """ONNX Runtime is derived from the TorchScript export at start-up and must agree with it."""
+    onnx, torchscript = make_client(), make_client(engine="torchscript")
+    assert onnx.get("/ready").json()["engine"] == "onnx"
+    assert torchscript.get("/ready").json()["engine"] == "torchscript"
+    x = service_data.signals[:6, 0].tolist()
+    for route, key in (("/embed", "embeddings"), ("/keypoints", "keypoints")):
+        a, b = (
+            onnx.post(route, json={"signals": x}).json(),
+            torchscript.post(route, json={"signals": x}).json(),
+        )
+        if key == "embeddings":
+            np.testing.assert_allclose(a[key], b[key], atol=1e-4)
+        else:
+            pa = [[k["position"] for k in s] for s in a[key]]
+            pb = [[k["position"] for k in s] for s in b[key]]
+            np.testing.assert_allclose(pa, pb, atol=1e-2)
+
+
+def test_without_a_usable_onnx_session_the_service_stays_on_torchscript(make_client, monkeypatch):
+    def refuse(*_):
+        raise ValueError("ONNX embeddings differ from TorchScript by up to 1e-1")
+
+    monkeypatch.setattr("app.runtime.derive_session", refuse)
+    assert make_client().get("/ready").json()["engine"] == "torchscript"
