@@ -9,7 +9,7 @@ PORT ?= 8000
 
 ECG ?= ../shared/ecg
 
-.PHONY: install test lint demo serve eval-ecg loadtest docker-check clean
+.PHONY: install test lint demo serve eval-ecg loadtest docker-check bench bench-full clean
 
 install: $(STAMP)
 
@@ -35,6 +35,15 @@ demo: $(STAMP)
 serve: $(STAMP)
 	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
 	$(BIN)/python -m app --model-dir $(MODEL_DIR) --data-dir $(DATA_DIR) --port $(PORT)
+
+# The benchmark suite (BENCHMARKS.md): quick (a few minutes) or full (larger sizes, longer runs).
+bench: $(STAMP)
+	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
+	$(BIN)/python benchmarks/bench.py --model-dir $(MODEL_DIR)
+
+bench-full: $(STAMP)
+	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
+	$(BIN)/python benchmarks/bench.py --model-dir $(MODEL_DIR) --full
 
 # 60 s of 16 concurrent clients mixing /embed, /search and writes against a fresh server.
 loadtest: $(STAMP)

@@ -1,0 +1,467 @@
+"""The benchmark suite: model runtimes, the service end to end, dynamic batching, search, training.
+
+    python benchmarks/bench.py            # quick (a few minutes): make bench
+    python benchmarks/bench.py --full     # larger sizes and longer runs: make bench-full
+
+Prints one table per section and writes every number to benchmarks/results/bench.json (and
+plots as PNG). Ratios inside one run are what to compare across machines, not absolute times.
+The service runs in its own process on loopback; the load generator is this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import faiss  # noqa: E402
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from app.onnx_engine import derive_session  # noqa: E402
+from model import HierarchicalSignalNet, ModelConfig  # noqa: E402
+from training.export import load_export  # noqa: E402
+
+faiss.cvar.distance_compute_blas_threshold = 20
+
+
+def timed(fn, repeat: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+
+
+# -- 1. model runtimes ------------------------------------------------------------------------
+def bench_model(model_dir: Path, full: bool) -> dict:
+    scripted, manifest = load_export(model_dir)
+    eager = HierarchicalSignalNet(ModelConfig.from_dict(manifest["model_config"])).eval()
+    eager.load_state_dict(scripted.state_dict())
+    session = derive_session(scripted, manifest, threads=1)
+    channels = manifest["in_channels"]
+    lengths = [manifest["trained_length"], 2 * manifest["trained_length"]]
+    results, rows = [], []
+    for length in lengths:
+        for batch in (1, 8, 64):
+            x = torch.randn(batch, channels, length)
+            repeat = (60 if batch == 1 else 12) * (3 if full else 1)
+            with torch.inference_mode():
+                ref = scripted.embed_and_keypoints(x)[0].numpy()
+                runs = {
+                    "eager": timed(lambda x=x: eager.embed_and_keypoints(x), repeat),
+                    "torchscript": timed(lambda x=x: scripted.embed_and_keypoints(x), repeat),
+                }
+            xn = x.numpy()
+            runs["onnx"] = timed(lambda xn=xn: session.run(None, {"x": xn}), repeat)
+            emb = session.run(None, {"x": xn})[0]
+            cosine = float(np.min(np.sum(emb * ref, axis=1)))
+            medians = {k: float(np.median(v)) for k, v in runs.items()}
+            entry = {
+                "length": length,
+                "batch": batch,
+                "cosine_min_onnx_vs_torchscript": cosine,
+                **{f"{k}_ms": v * 1000 for k, v in medians.items()},
+                **{f"{k}_signals_per_s": batch / v for k, v in medians.items()},
+            }
+            results.append(entry)
+            rows.append(
+                [
+                    length,
+                    batch,
+                    medians["eager"] * 1000,
+                    medians["torchscript"] * 1000,
+                    medians["onnx"] * 1000,
+                    medians["onnx"] / medians["torchscript"],
+                    batch / medians["onnx"],
+                    cosine,
+                ]
+            )
+    table(
+        "Model runtimes (one thread, median ms per call)",
+        [
+            "L",
+            "B",
+            "eager ms",
+            "TorchScript ms",
+            "ONNX ms",
+            "ONNX / TorchScript",
+            "ONNX signals/s",
+            "min cosine ONNX vs TS",
+        ],
+        rows,
+    )
+    return {"runtimes": results}
+
+
+# -- 2 and 3. the service ---------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    def __init__(self, model_dir: Path, **env: str) -> None:
+        self.data = tempfile.TemporaryDirectory()
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        environment = {
+            **os.environ,
+            "HSN_MODEL_DIR": str(model_dir),
+            "HSN_DATA_DIR": self.data.name,
+            "HSN_PORT": str(port),
+            "HSN_LOG_LEVEL": "WARNING",
+            **env,
+        }
+        self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environment)
+        for _ in range(600):
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("service did not start")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.data.cleanup()
+
+
+def npy_bytes(x: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    return buffer.getvalue()
+
+
+async def drive(url: str, route: str, make_body, concurrency: int, seconds: float):
+    """``concurrency`` clients sending back to back for ``seconds``: latencies and count."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        until = time.monotonic() + seconds
+
+        async def client() -> None:
+            nonlocal errors
+            while time.monotonic() < until:
+                content, headers = make_body()
+                started = time.perf_counter()
+                response = await http.post(route, content=content, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                errors += response.status_code != 200
+
+        started = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.monotonic() - started
+    return latencies, elapsed, errors
+
+
+def body_maker(x: np.ndarray, kind: str):
+    if kind == "npy":
+        content = npy_bytes(x)
+        return lambda: (content, {"content-type": "application/x-npy"})
+    import orjson
+
+    content = orjson.dumps({"signals": x[:, 0].tolist() if x.shape[1] == 1 else x.tolist()})
+    return lambda: (content, {"content-type": "application/json"})
+
+
+def in_process_throughput(model_dir: Path, x: np.ndarray, engine: str) -> float:
+    scripted, manifest = load_export(model_dir)
+    if engine == "onnx":
+        session = derive_session(scripted, manifest, threads=1)
+        times = timed(lambda: session.run(None, {"x": x}), 10)
+    else:
+        xt = torch.from_numpy(x)
+        with torch.inference_mode():
+            times = timed(lambda: scripted.embed_and_keypoints(xt), 10)
+    return len(x) / float(np.median(times))
+
+
+def bench_service(model_dir: Path, full: bool) -> dict:
+    _, manifest = load_export(model_dir)
+    length, channels = manifest["trained_length"], manifest["in_channels"]
+    rng = np.random.default_rng(0)
+    seconds = 20.0 if full else 6.0
+    results, rows = [], []
+    inprocess = {}
+    service = Service(model_dir)
+    try:
+        for batch in (1, 64):
+            x = rng.normal(size=(batch, channels, length)).astype(np.float32)
+            inprocess[batch] = {
+                e: in_process_throughput(model_dir, x, e) for e in ("torchscript", "onnx")
+            }
+            for kind in ("json", "npy"):
+                for concurrency in (1, 8, 32):
+                    lat, elapsed, errors = asyncio.run(
+                        drive(service.url, "/embed", body_maker(x, kind), concurrency, seconds)
+                    )
+                    throughput = len(lat) * batch / elapsed
+                    p50, p99 = np.percentile(lat, [50, 99]) * 1000
+                    entry = {
+                        "batch": batch,
+                        "body": kind,
+                        "concurrency": concurrency,
+                        "signals_per_s": throughput,
+                        "requests_per_s": len(lat) / elapsed,
+                        "p50_ms": p50,
+                        "p99_ms": p99,
+                        "errors": errors,
+                        "ratio_to_in_process_torchscript": throughput
+                        / inprocess[batch]["torchscript"],
+                        "ratio_to_in_process_onnx": throughput / inprocess[batch]["onnx"],
+                    }
+                    results.append(entry)
+                    rows.append(
+                        [
+                            batch,
+                            kind,
+                            concurrency,
+                            throughput,
+                            p50,
+                            p99,
+                            entry["ratio_to_in_process_torchscript"],
+                            entry["ratio_to_in_process_onnx"],
+                            errors,
+                        ]
+                    )
+    finally:
+        service.close()
+    table(
+        "Service /embed over loopback (server: ONNX Runtime, one inference thread)",
+        [
+            "B",
+            "body",
+            "clients",
+            "signals/s",
+            "p50 ms",
+            "p99 ms",
+            "÷ in-process TorchScript",
+            "÷ in-process ONNX",
+            "errors",
+        ],
+        rows,
+    )
+    print(
+        "\nin-process signals/s, same run: "
+        + json.dumps({b: {k: round(v, 1) for k, v in d.items()} for b, d in inprocess.items()})
+    )
+    return {"service": results, "in_process_signals_per_s": inprocess}
+
+
+def bench_batching(model_dir: Path, full: bool) -> dict:
+    _, manifest = load_export(model_dir)
+    x = (
+        np.random.default_rng(1)
+        .normal(size=(1, manifest["in_channels"], manifest["trained_length"]))
+        .astype(np.float32)
+    )
+    seconds = 20.0 if full else 6.0
+    results, rows = {}, []
+    for label, env in (
+        ("on", {"HSN_DYNAMIC_BATCHING": "true"}),
+        ("off", {"HSN_DYNAMIC_BATCHING": "false"}),
+    ):
+        service = Service(model_dir, **env)
+        try:
+            single, _, _ = asyncio.run(
+                drive(service.url, "/embed", body_maker(x, "npy"), 1, seconds / 2)
+            )
+            lat, elapsed, errors = asyncio.run(
+                drive(service.url, "/embed", body_maker(x, "npy"), 32, seconds)
+            )
+        finally:
+            service.close()
+        entry = {
+            "requests_per_s": len(lat) / elapsed,
+            "p50_ms": float(np.percentile(lat, 50) * 1000),
+            "p99_ms": float(np.percentile(lat, 99) * 1000),
+            "single_request_p50_ms": float(np.percentile(single, 50) * 1000),
+            "errors": errors,
+        }
+        results[label] = entry
+        rows.append(
+            [
+                label,
+                entry["requests_per_s"],
+                entry["p50_ms"],
+                entry["p99_ms"],
+                entry["single_request_p50_ms"],
+                entry["p99_ms"] / entry["single_request_p50_ms"],
+                errors,
+            ]
+        )
+    table(
+        "Dynamic batching, 32 concurrent single-signal clients (npy bodies)",
+        [
+            "batching",
+            "requests/s",
+            "p50 ms",
+            "p99 ms",
+            "one client alone p50 ms",
+            "p99 ÷ single",
+            "errors",
+        ],
+        rows,
+    )
+    speedup = results["on"]["requests_per_s"] / results["off"]["requests_per_s"]
+    print(f"\nbatching on ÷ off: {speedup:.2f}x requests/s")
+    return {"batching": results, "batching_speedup": speedup}
+
+
+# -- 4. search --------------------------------------------------------------------------------
+def bench_search(full: bool, dim: int = 128) -> dict:
+    sizes = [10_000, 100_000] + ([1_000_000] if full else [])
+    rng = np.random.default_rng(2)
+    rows, results = [], []
+    for n in sizes:
+        # Clustered unit vectors, like embeddings of elements: harder for ANN than uniform noise.
+        centres = rng.normal(size=(max(n // 50, 10), dim)).astype(np.float32)
+        data = centres[rng.integers(0, len(centres), n)] + 0.35 * rng.normal(size=(n, dim)).astype(
+            np.float32
+        )
+        faiss.normalize_L2(data)
+        queries = data[rng.integers(0, n, 500)] + 0.05 * rng.normal(size=(500, dim)).astype(
+            np.float32
+        )
+        faiss.normalize_L2(queries)
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(data)
+        _, truth = flat.search(queries, 10)
+        for kind in ("flat", "hnsw"):
+            started = time.perf_counter()
+            if kind == "flat":
+                index = flat
+            else:
+                index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = 40
+                index.add(data)
+                index.hnsw.efSearch = 128
+            build = time.perf_counter() - started if kind == "hnsw" else 0.0
+            single = timed(
+                lambda i=index, q=queries: [i.search(q[j : j + 1], 10) for j in range(100)],
+                3,
+                warmup=1,
+            )
+            per_query = [t / 100 for t in single]
+            lat = []
+            for j in range(200):
+                t0 = time.perf_counter()
+                index.search(queries[j : j + 1], 10)
+                lat.append(time.perf_counter() - t0)
+            _, found = index.search(queries, 10)
+            recall = float(
+                np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
+            )
+            entry = {
+                "n": n,
+                "index": kind,
+                "build_s": build,
+                "qps_single": 1 / float(np.median(per_query)),
+                "p99_ms": float(np.percentile(lat, 99) * 1000),
+                "recall_at_10": recall,
+            }
+            results.append(entry)
+            rows.append([n, kind, build, entry["qps_single"], entry["p99_ms"], recall])
+    table(
+        "Search, single queries, one thread (clustered synthetic unit vectors, d=128)",
+        ["references", "index", "build s", "queries/s", "p99 ms", "recall@10"],
+        rows,
+    )
+    return {"search": results}
+
+
+# -- 6. training ------------------------------------------------------------------------------
+def bench_training() -> dict:
+    from training.loss import HierarchicalLoss
+
+    net = HierarchicalSignalNet(ModelConfig(num_keypoints=4)).train()
+    loss = HierarchicalLoss(stride=net.stride)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x = torch.randn(64, 1, 256)
+    elements = torch.arange(16).repeat_interleave(4)
+    sessions = torch.arange(32).repeat_interleave(2)
+    positions = torch.randint(0, 256, (64, 4))
+
+    def step() -> None:
+        embeddings, logits = net(x)
+        optimizer.zero_grad()
+        loss(embeddings, logits, positions, elements, sessions).total.backward()
+        optimizer.step()
+
+    seconds = float(np.median(timed(step, 10)))
+    table(
+        "Training step (default network, B = 64 = P 16 x K 4, L = 256, one thread)",
+        ["ms per step", "signals/s"],
+        [[seconds * 1000, 64 / seconds]],
+    )
+    return {"training_signals_per_s": 64 / seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--only", nargs="*", default=["model", "service", "batching", "search", "training"]
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    print(
+        f"# Benchmarks {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or ''} "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {'full' if args.full else 'quick'}"
+    )
+    results: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "full" if args.full else "quick",
+        "cores": os.cpu_count(),
+    }
+    sections = {
+        "model": lambda: bench_model(args.model_dir, args.full),
+        "service": lambda: bench_service(args.model_dir, args.full),
+        "batching": lambda: bench_batching(args.model_dir, args.full),
+        "search": lambda: bench_search(args.full),
+        "training": bench_training,
+    }
+    for name in args.only:
+        results.update(sections[name]())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
