@@ -135,7 +135,7 @@ class Service:
         environment = {
             **os.environ,
             "HSN_MODEL_DIR": str(model_dir),
-            "HSN_DATA_DIR": self.data.name,
+            "HSN_DATA_DIR": env.pop("HSN_DATA_DIR", self.data.name),
             "HSN_PORT": str(port),
             "HSN_LOG_LEVEL": "WARNING",
             **env,
@@ -400,6 +400,72 @@ def bench_search(full: bool, dim: int = 128) -> dict:
     return {"search": results}
 
 
+# -- 5. start-up with many stored references -----------------------------------------------
+def fill_store(data_dir: Path, n: int, manifest: dict) -> None:
+    """n references written straight into the service's database, embedded by 'this' model."""
+    from app.store import NewReference, ReferenceStore
+
+    store = ReferenceStore(data_dir / "references.sqlite3")
+    rng = np.random.default_rng(3)
+    dim, length = manifest["embedding_dim"], manifest["trained_length"]
+    signal = np.zeros((manifest["in_channels"], length), dtype=np.float32)
+    for start in range(0, n, 10_000):
+        count = min(10_000, n - start)
+        vectors = rng.normal(size=(count, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store.upsert(
+            [
+                NewReference(
+                    f"r{start + i}",
+                    f"e{(start + i) % 1000}",
+                    f"s{(start + i) % 5000}",
+                    {},
+                    signal,
+                    vectors[i],
+                )
+                for i in range(count)
+            ],
+            manifest["model_version"],
+        )
+    store.close()
+
+
+def bench_startup(model_dir: Path, full: bool) -> dict:
+    import psutil
+
+    _, manifest = load_export(model_dir)
+    rows, results = [], []
+    for n in [100_000] + ([1_000_000] if full else []):
+        raw_mib = n * manifest["embedding_dim"] * 4 / 2**20
+        with tempfile.TemporaryDirectory() as data_dir:
+            fill_store(Path(data_dir), n, manifest)
+            for start in ("rebuild from SQLite", "snapshot"):
+                began = time.perf_counter()
+                service = Service(model_dir, HSN_DATA_DIR=data_dir)
+                seconds = time.perf_counter() - began
+                rss = psutil.Process(service.process.pid).memory_info().rss / 2**20
+                ready = httpx.get(f"{service.url}/ready").json()
+                service.process.terminate()  # a graceful stop writes the snapshot
+                service.process.wait(timeout=120)
+                assert ready["references"] == n
+                results.append(
+                    {
+                        "references": n,
+                        "start": start,
+                        "seconds": seconds,
+                        "rss_mib": rss,
+                        "raw_vectors_mib": raw_mib,
+                    }
+                )
+                rows.append([n, start, seconds, rss, raw_mib, rss / raw_mib])
+    table(
+        "Start-up with stored references (process start to /ready)",
+        ["references", "index from", "seconds", "RSS MiB", "raw vectors MiB", "RSS ÷ raw vectors"],
+        rows,
+    )
+    return {"startup": results}
+
+
 # -- 6. training ------------------------------------------------------------------------------
 def bench_training() -> dict:
     from training.loss import HierarchicalLoss
@@ -435,7 +501,9 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
-        "--only", nargs="*", default=["model", "service", "batching", "search", "training"]
+        "--only",
+        nargs="*",
+        default=["model", "service", "batching", "search", "startup", "training"],
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -454,6 +522,7 @@ def main() -> int:
         "service": lambda: bench_service(args.model_dir, args.full),
         "batching": lambda: bench_batching(args.model_dir, args.full),
         "search": lambda: bench_search(args.full),
+        "startup": lambda: bench_startup(args.model_dir, args.full),
         "training": bench_training,
     }
     for name in args.only:
