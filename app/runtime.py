@@ -126,6 +126,7 @@ class DynamicBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task | None = None
+        self.last_merged = 0  # requests in the previous model call
 
     def start(self) -> None:
         if self.enabled:
@@ -153,7 +154,10 @@ class DynamicBatcher:
         while True:
             items = [await self.queue.get()]
             size = sum(len(c) for c in items[0].batch)
-            deadline = loop.time() + self.max_wait_s
+            # Wait for company only while requests have been arriving together: a lone client
+            # should not pay max_wait on every call.
+            wait = self.max_wait_s if self.last_merged > 1 else 0.0
+            deadline = loop.time() + wait
             while size < self.max_signals:
                 try:
                     nxt = self.queue.get_nowait()
@@ -167,6 +171,7 @@ class DynamicBatcher:
                         break
                 items.append(nxt)
                 size += sum(len(c) for c in nxt.batch)
+            self.last_merged = len(items)
             try:
                 results = await loop.run_in_executor(
                     self.executor, self._run, [i.batch for i in items]

@@ -1,0 +1,59 @@
+"""Dynamic batching on the real model: concurrent requests share model calls, results stay each
+request's own, and a lone client does not wait for company that never comes."""
+
+import asyncio
+import time
+
+import numpy as np
+
+from app.runtime import DynamicBatcher, ModelRuntime
+
+
+def run_batcher(model_dir, coroutine, max_wait_s=0.05):
+    runtime = ModelRuntime(model_dir, max_batch=256, threads=1, engine="torchscript")
+    calls: list[int] = []
+
+    async def main():
+        batcher = DynamicBatcher(
+            runtime,
+            enabled=True,
+            max_signals=64,
+            max_wait_s=max_wait_s,
+            observe=lambda n, s: calls.append(n),
+        )
+        batcher.start()
+        try:
+            return await coroutine(batcher, runtime)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main()), calls
+
+
+def test_concurrent_requests_share_model_calls_and_keep_their_results(model_dir, service_data):
+    x = service_data.signals[:12]
+
+    async def twelve_at_once(batcher, runtime):
+        results = await asyncio.gather(*(batcher.infer([x[i : i + 1]]) for i in range(12)))
+        return results, runtime.run(x)
+
+    (results, alone), calls = run_batcher(model_dir, twelve_at_once)
+    assert sum(calls) == 12 and len(calls) < 12  # merged
+    for i, result in enumerate(results):
+        np.testing.assert_allclose(result.embeddings[0], alone.embeddings[i], atol=1e-5)
+
+
+def test_a_lone_client_does_not_wait(model_dir, service_data):
+    x = service_data.signals[:1]
+
+    async def one_after_another(batcher, _):
+        latencies = []
+        for _ in range(5):
+            started = time.perf_counter()
+            await batcher.infer([x])
+            latencies.append(time.perf_counter() - started)
+        return latencies
+
+    latencies, calls = run_batcher(model_dir, one_after_another, max_wait_s=0.5)
+    assert calls == [1] * 5
+    assert max(latencies) < 0.25  # far below the 0.5 s it would wait for company
