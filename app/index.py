@@ -147,10 +147,6 @@ class VectorIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def keys(self) -> set[int]:
-        with self.lock:
-            return set(self.labels)
-
     def _params(self, allowed: set[int] | None, excluded: set[int] | None):
         if allowed is None and not excluded:
             return None

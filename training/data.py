@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.data_format import SignalData, load_npz
+from model.data_format import SignalData
 
 
 class SignalDataset(Dataset):
@@ -28,10 +26,6 @@ class SignalDataset(Dataset):
         k = max(1, len(data.keypoint_names))
         kp = data.keypoints if data.keypoints is not None else np.full((len(data), k), -1)
         self.keypoints = torch.from_numpy(kp.astype(np.int64))
-
-    @classmethod
-    def from_npz(cls, path: str | Path) -> SignalDataset:
-        return cls(load_npz(path))
 
     def __len__(self) -> int:
         return len(self.data)
