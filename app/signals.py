@@ -110,23 +110,28 @@ def _has_bools(raw: list) -> bool:
 
 
 def _check_rectangular(array: np.ndarray, limits: SignalLimits, field: str) -> SignalBatch:
+    if len(array) > limits.max_batch:
+        raise InputError(
+            field,
+            f"{len(array)} signals, over the limit of {limits.max_batch}",
+            status=413,
+            kind="too_long",
+        )
+    return [check_array(array, limits, field)]
+
+
+def check_array(array: np.ndarray, limits: SignalLimits, field: str) -> np.ndarray:
+    """A numeric (B, L) or (B, C, L) array of any size -> validated (B, C, L) float32."""
     if array.ndim == 2:
         array = array[:, None, :]
     b, c, length = array.shape
     if b == 0:
         raise InputError(field, "is empty: send at least one signal", kind="too_short")
-    if b > limits.max_batch:
-        raise InputError(
-            field,
-            f"{b} signals, over the limit of {limits.max_batch}",
-            status=413,
-            kind="too_long",
-        )
     _check_shape(c, length, limits, field)
     with np.errstate(over="ignore"):
         array = np.ascontiguousarray(array, dtype=np.float32)
     _check_finite(array, field)
-    return [array]
+    return array
 
 
 def _check_shape(channels: int, length: int, limits: SignalLimits, field: str) -> None:

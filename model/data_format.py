@@ -20,6 +20,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -147,21 +148,28 @@ def _id_array(raw: np.ndarray, key: str, n: int) -> np.ndarray:
     return raw.astype(str)
 
 
-def load_npz(path: str | Path) -> SignalData:
-    """Read and validate one NPZ file; raise DataFormatError naming the key and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such file")
+def load_npz(file: str | Path | BinaryIO, source: str | None = None) -> SignalData:
+    """Read and validate one NPZ file (a path, or a file object such as a request body);
+    raise DataFormatError naming the key and the problem. ``source`` names it in messages."""
+    if isinstance(file, str | Path):
+        source = source or str(file)
+        if not Path(file).is_file():
+            raise DataFormatError(f"{source}: no such file")
+    source = source or "data"
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataFormatError(f"{path}: not a readable .npz file ({exc})") from exc
+        archive = np.load(file, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataFormatError(f"{source}: not a readable .npz file ({exc})") from exc
     with archive:
         try:
             arrays = {key: archive[key] for key in archive.files}
         except ValueError as exc:  # object arrays need pickle, which is refused
-            raise DataFormatError(f"{path}: an array needs pickle to load ({exc})") from exc
-    return validate_arrays(arrays, source=str(path))
+            raise DataFormatError(f"{source}: an array needs pickle to load ({exc})") from exc
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:  # a damaged member
+            raise DataFormatError(f"{source}: not a readable .npz file ({exc})") from exc
+    return validate_arrays(arrays, source=source)
 
 
 def validate_arrays(arrays: dict[str, np.ndarray], source: str = "data") -> SignalData:

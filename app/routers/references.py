@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import zipfile
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -21,8 +19,8 @@ from app.schemas import (
     error_responses,
 )
 from app.service import ReferenceInput
-from app.signals import parse_one
-from model.data_format import DataFormatError, validate_arrays
+from app.signals import check_array, parse_one
+from model.data_format import DataFormatError, load_npz
 
 router = APIRouter(
     prefix="/references", tags=["references"], responses=error_responses(401, 404, 413, 422)
@@ -75,29 +73,26 @@ async def upsert_references(body: ReferencesRequest, service: Service):
         }
     },
 )
-async def load_npz(request: Request, service: Service):
+async def bulk_load_npz(request: Request, service: Service):
     """The body is an NPZ file in the training format (``signals``, ``element_ids``,
     ``session_ids``; optional ``ids`` (N,) str to make reloads idempotent). Stored in
     batches of HSN_MAX_BATCH, each committed before the next."""
     body = await request.body()
     try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        data = validate_arrays(arrays, source="body")
+        data = load_npz(io.BytesIO(body), source="body")
     except DataFormatError as exc:
         raise InputError("body", str(exc).removeprefix("body: ")) from exc
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError("body", f"not a readable .npz file ({exc})") from exc
     ids = data.extras.get("ids")
     if ids is not None and (ids.shape != (len(data),) or ids.dtype.kind not in "US"):
         raise InputError("body.ids", f"must be ({len(data)},) strings like 'signals'")
     limits = service.runtime.limits
+    signals = check_array(data.signals, limits, "body.signals")
     refs = [
         ReferenceInput(
             element_id=str(data.element_ids[i]),
             session_id=str(data.session_ids[i]),
             id=None if ids is None else str(ids[i]),
-            signal=parse_one(data.signals[i].tolist(), limits, f"body.signals.{i}"),
+            signal=signals[i],
         )
         for i in range(len(data))
     ]

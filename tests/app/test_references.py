@@ -110,3 +110,22 @@ def test_an_id_given_twice_in_one_request_ends_as_its_last_version(client, servi
         "references": 1,
         "stored": 1,
     }
+
+
+def test_bulk_load_names_the_bad_signal_and_stores_nothing(client, service_data):
+    signals = service_data.signals[:4].copy()
+    signals[2, 0, 5] = np.nan
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        signals=signals,
+        element_ids=service_data.element_ids[:4],
+        session_ids=service_data.session_ids[:4],
+    )
+    response = client.post("/references/npz", content=buffer.getvalue())
+    assert response.status_code == 422
+    assert "non-finite" in response.json()["detail"][0]["msg"]
+    single = io.BytesIO()
+    np.save(single, signals[:, 0])  # a .npy array, not an .npz archive
+    assert client.post("/references/npz", content=single.getvalue()).status_code == 422
+    assert client.get("/ready").json()["stored"] == 0
