@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from app.index import VectorIndex  # noqa: E402  (the service's own anomaly scoring)
 from app.store import Labels  # noqa: E402
 from model.data_format import SignalData, load_npz  # noqa: E402
-from training.evaluate import predict  # noqa: E402
+from training.evaluate import predict, unseen_only  # noqa: E402
 from training.export import load_export  # noqa: E402
 from training.metrics import (  # noqa: E402
     auroc,
@@ -64,11 +64,6 @@ TARGET_WITHIN_20MS = {
 }
 
 
-def unseen(data: SignalData, manifest: dict) -> SignalData:
-    keep = np.isin(data.element_ids, manifest["test_elements"])
-    return data.subset(np.flatnonzero(keep))
-
-
 # -- classical features ----------------------------------------------------------------------
 def bandpass(x: np.ndarray, fs: float, low: float = 5.0, high: float = 15.0) -> np.ndarray:
     spectrum = np.fft.rfft(x, axis=-1)
@@ -93,7 +88,7 @@ def fft_features(x: np.ndarray) -> np.ndarray:
 
 
 # -- the three evaluations -------------------------------------------------------------------
-def keypoints(model, manifest, data: SignalData) -> dict:
+def keypoints(model, data: SignalData) -> dict:
     _, positions, _ = predict(model, data.signals)
     ours = keypoint_metrics(positions, data.keypoints, data.keypoint_names, data.fs)
     return {
@@ -127,7 +122,7 @@ def identification(model, data: SignalData) -> dict:
     }
 
 
-def anomaly(model, manifest, data: SignalData, anomaly_k: int) -> dict:
+def anomaly(model, data: SignalData, anomaly_k: int) -> dict:
     """Per record: references = normal beats of pseudo-session 0, queries = labelled beats of
     pseudo-sessions 1-2 (records with at least one abnormal query, as in the README).
 
@@ -306,12 +301,12 @@ def main() -> int:
     qtdb_model, qtdb_manifest = load_export(args.qtdb_model)
     ecgid_model, ecgid_manifest = load_export(args.ecgid_model)
 
-    manual = unseen(load_npz(args.shared / "qtdb_manual_dev.npz"), qtdb_manifest)
-    kp = keypoints(qtdb_model, qtdb_manifest, manual)
-    ident_data = unseen(load_npz(args.shared / "ecgid_dev.npz"), ecgid_manifest)
+    manual = unseen_only(load_npz(args.shared / "qtdb_manual_dev.npz"), qtdb_manifest)
+    kp = keypoints(qtdb_model, manual)
+    ident_data = unseen_only(load_npz(args.shared / "ecgid_dev.npz"), ecgid_manifest)
     ident = identification(ecgid_model, ident_data)
-    auto = unseen(load_npz(args.shared / "qtdb_auto_dev.npz"), qtdb_manifest)
-    anom = anomaly(qtdb_model, qtdb_manifest, auto, args.anomaly_k)
+    auto = unseen_only(load_npz(args.shared / "qtdb_auto_dev.npz"), qtdb_manifest)
+    anom = anomaly(qtdb_model, auto, args.anomaly_k)
 
     plot_keypoints(manual, kp["positions"], args.out / "ecg_keypoints.png")
     plot_embeddings(ident_data, ident["embeddings"], args.out / "ecgid_embeddings.png")

@@ -11,12 +11,11 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from model.data_format import DataFormatError, load_npz
 from model.export_format import ExportFormatError
-from training.evaluate import evaluate_model
+from training.evaluate import evaluate_model, unseen_only
 from training.export import load_export
 from training.synthetic import SynthConfig, generate
 from training.train import TrainConfig, Trainer
@@ -245,13 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"{manifest['in_channels']}"
         )
     if args.unseen_only:
-        unseen = manifest.get("test_elements") or []
-        if not unseen:
-            raise ValueError(f"{args.model}: the model has no test_elements (--test-fraction 0)")
-        keep = np.isin(data.element_ids, unseen)
-        if not keep.any():
-            raise ValueError(f"{args.data}: none of the model's test_elements are in this file")
-        data = data.subset(np.flatnonzero(keep))
+        data = unseen_only(data, manifest)
     metrics = evaluate_model(model, data, baseline=args.baseline)
     print(json.dumps({"model_version": manifest["model_version"], **metrics}))
 

@@ -54,6 +54,16 @@ def selection_score(metrics: dict, positions: np.ndarray, data: SignalData, stri
     return float(np.mean(parts)) if parts else float("nan")
 
 
+def unseen_only(data: SignalData, manifest: dict) -> SignalData:
+    """The part of ``data`` whose elements the exported model never saw (its test_elements)."""
+    unseen = manifest.get("test_elements") or []
+    if not unseen:
+        raise ValueError("the model has no test_elements (trained with --test-fraction 0)")
+    if not np.isin(data.element_ids, unseen).any():
+        raise ValueError("none of the model's test_elements are in this data")
+    return data.only_elements(unseen)
+
+
 def evaluate_model(
     model: torch.nn.Module | torch.jit.ScriptModule,
     data: SignalData,
