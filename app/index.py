@@ -199,10 +199,6 @@ class VectorIndex:
             ]
 
     # -- anomaly calibration -----------------------------------------------------------------
-    def anomaly_distances(self, queries: np.ndarray, element_id: str | None) -> np.ndarray:
-        """1 - mean similarity to the ``anomaly_k`` nearest references (of ``element_id``)."""
-        rows = self.search(queries, self.anomaly_k, element_id=element_id)
-        return np.array([1.0 - np.mean([n.similarity for n in r]) if r else np.nan for r in rows])
 
     def calibration(self, element_id: str | None) -> np.ndarray:
         """Sorted leave-one-out distances of (a sample of) the references (of ``element_id``)."""
@@ -229,12 +225,29 @@ class VectorIndex:
             self._calibration[element_id] = distances
             return distances
 
-    def anomaly_scores(self, queries: np.ndarray, element_id: str | None) -> np.ndarray:
-        """Calibrated scores in [0, 1]; NaN when there is nothing to calibrate against."""
+    def anomaly_scores(
+        self,
+        queries: np.ndarray,
+        element_id: str | None,
+        neighbors: list[list[Neighbor]] | None = None,
+    ) -> np.ndarray:
+        """Calibrated scores in [0, 1]; NaN when there is nothing to calibrate against.
+
+        A query's distance is 1 - mean similarity to its ``anomaly_k`` nearest references (of
+        ``element_id``). ``neighbors``: the queries' nearest references from that same pool, at
+        least ``anomaly_k`` deep, when the caller already searched it (saves a search).
+        """
         reference = self.calibration(element_id)
-        distances = self.anomaly_distances(queries, element_id)
         if len(reference) == 0:
             return np.full(len(queries), np.nan)
+        if neighbors is None:
+            neighbors = self.search(queries, self.anomaly_k, element_id=element_id)
+        distances = np.array(
+            [
+                1.0 - np.mean([n.similarity for n in row[: self.anomaly_k]]) if row else np.nan
+                for row in neighbors
+            ]
+        )
         return np.searchsorted(reference, distances, side="left") / len(reference)
 
     # -- snapshots ---------------------------------------------------------------------------

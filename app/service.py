@@ -196,7 +196,16 @@ class SignalService:
         self, embeddings, k, element_id, session_id, exclude_session_id, expected_element
     ) -> list[dict]:
         rows = self.index.search(embeddings, k, element_id, session_id, exclude_session_id)
-        scores = self.index.anomaly_scores(embeddings, expected_element)
+        # The neighbours serve the anomaly score too when they came from the same pool.
+        same_pool = (
+            session_id is None
+            and exclude_session_id is None
+            and element_id == expected_element
+            and k >= self.settings.anomaly_k
+        )
+        scores = self.index.anomaly_scores(
+            embeddings, expected_element, neighbors=rows if same_pool else None
+        )
         metadata = self.store.metadata(sorted({n.key for row in rows for n in row}))
         threshold = self.settings.anomaly_threshold
         results = []

@@ -87,3 +87,18 @@ def test_npy_search_takes_options_from_the_query(loaded, service_data):
 def test_search_on_an_empty_index(client, service_data):
     body = client.post("/search", json={"signals": service_data.signals[:1, 0].tolist()}).json()
     assert body["results"] == [{"neighbors": [], "predicted_element": None, "anomaly": None}]
+
+
+def test_the_anomaly_score_does_not_depend_on_k_or_filters(loaded, service_data):
+    """Whether the neighbours are reused for the score (k >= anomaly_k, same pool) or it makes
+    its own search (k = 1, or a session filter), the score is the same."""
+    client, queries = loaded
+    body = {"signals": service_data.signals[queries[:4], 0].tolist()}
+    scores = [
+        [
+            r["anomaly"]["score"]
+            for r in client.post("/search", json={**body, **extra}).json()["results"]
+        ]
+        for extra in ({"k": 10}, {"k": 1}, {"k": 10, "exclude_session_id": "nobody"})
+    ]
+    assert scores[0] == scores[1] == scores[2]
