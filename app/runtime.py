@@ -97,9 +97,6 @@ class ModelRuntime:
             emb, pos, conf = self.module.embed_and_keypoints(torch.from_numpy(x))
         return Inference(emb.numpy(), pos.numpy(), conf.numpy())
 
-    def run_batch(self, batch: SignalBatch) -> Inference:
-        return Inference.concat([self.run(chunk) for chunk in batch])
-
 
 @dataclass
 class _Pending:
