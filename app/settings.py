@@ -31,8 +31,11 @@ class Settings(BaseSettings):
     threads: int = Field(1, ge=1)  # threads per model call; one per free core
     engine: Literal["onnx", "torchscript"] = "onnx"  # onnx falls back to TorchScript if unsure
     dynamic_batching: bool = True
-    batch_max_signals: int = Field(64, ge=1)  # gather concurrent requests up to this many signals
-    batch_max_wait_ms: float = Field(3.0, ge=0)  # ... or until the first has waited this long
+    # While the inference thread is busy, requests queue; the next call takes all that queued, up
+    # to batch_max_signals. Waiting for more (batch_max_wait_ms > 0) only paid on this 2-core box
+    # with a slow engine and cost throughput with ONNX Runtime (BENCHMARKS.md).
+    batch_max_signals: int = Field(64, ge=1)
+    batch_max_wait_ms: float = Field(0.0, ge=0)  # ... or until the first has waited this long
 
     # Search
     index_type: Literal["flat", "hnsw", "auto"] = "flat"

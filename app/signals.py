@@ -8,6 +8,7 @@ unpickled). Signals of different lengths may share a request.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -46,15 +47,56 @@ def parse_json_body(body: bytes) -> dict:
 
 
 def parse_npy_body(body: bytes, limits: SignalLimits) -> SignalBatch:
-    try:
-        array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError, OSError, EOFError... on bad files
-        raise InputError("body", f"not a readable .npy array ({exc})", kind="npy_invalid") from exc
+    array = _npy_view(body)
+    if array is None:  # not the plain numeric layout: numpy's reader decides, and explains
+        try:
+            array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+        except Exception as exc:  # numpy raises ValueError, OSError, EOFError... on bad files
+            raise InputError(
+                "body", f"not a readable .npy array ({exc})", kind="npy_invalid"
+            ) from exc
     if array.dtype.kind not in "fiu":
         raise InputError("body", f"the .npy array must be numeric, got dtype {array.dtype}")
     if array.ndim not in (2, 3):
         raise InputError("body", f"the .npy array must be (B, L) or (B, C, L), got {array.shape}")
     return _check_rectangular(array, limits, "body")
+
+
+def _npy_view(body: bytes) -> np.ndarray | None:
+    """The array of a version 1 or 2 .npy body holding exactly one numeric array, viewed in
+    place (no copy); None for anything else. The header is parsed once per distinct header:
+    numpy parses it with ``ast`` on every read, a sixth of a small request's CPU."""
+    if len(body) < 12 or body[:6] != b"\x93NUMPY" or body[6] not in (1, 2):
+        return None
+    size_bytes = 2 if body[6] == 1 else 4
+    start = 8 + size_bytes
+    header = body[: start + int.from_bytes(body[8:start], "little")]
+    layout = _npy_layout(header)
+    if layout is None:
+        return None
+    dtype, shape, order = layout
+    count = int(np.prod(shape))
+    if len(body) != len(header) + count * dtype.itemsize:
+        return None
+    return np.frombuffer(body, dtype, count, offset=len(header)).reshape(shape, order=order)
+
+
+@functools.lru_cache(maxsize=128)
+def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], str] | None:
+    stream = io.BytesIO(header)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read(stream)
+    except Exception:  # numpy raises ValueError and others on a malformed header
+        return None
+    if dtype.kind not in "fiu" or dtype.hasobject:
+        return None
+    return dtype, shape, "F" if fortran_order else "C"
 
 
 def parse_signals(raw: object, limits: SignalLimits, field: str = "signals") -> SignalBatch:
