@@ -1,8 +1,13 @@
 """FAISS search over reference embeddings, kept in step with the store.
 
-Exact inner product on unit vectors (``flat``) by default; ``hnsw`` (or ``auto`` past a size) for
-large sets. FAISS ids are the store's keys. Labels (id, element, session per key) live in memory so
-filters and the element vote need no database round trip.
+Index types: ``flat`` (exact inner product on unit vectors), ``ivf`` (inverted lists: the query
+scans the ``ivf_nprobe`` lists nearest to it), ``hnsw`` (a graph; cannot remove, so every
+replacement or deletion rebuilds it), and ``auto``, the default: flat up to
+``auto_approximate_above`` references, IVF past it. FAISS ids are the store's keys.
+
+The index keeps, per reference, only its key and integer codes of its element and session (in
+numpy arrays: about 16 bytes a reference), enough for filters and calibration; the ids and names
+of the few neighbours a search returns are read from the store.
 
 Anomaly scores are calibrated on the references themselves: each reference's leave-one-out
 distance (1 - mean cosine similarity to its ``anomaly_k`` nearest other references) forms an
@@ -14,9 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -30,135 +36,217 @@ log = logging.getLogger(__name__)
 faiss.cvar.distance_compute_blas_threshold = 20
 
 CALIBRATION_SAMPLE = 2000  # references whose leave-one-out distance calibrates anomaly scores
+IVF_TRAINING_PER_LIST = 40  # k-means sample per inverted list (FAISS warns below 39)
+SNAPSHOT_FORMAT = 2  # bump when what a snapshot holds changes: older ones are rebuilt
+
+IVF_MIN_REFERENCES = 1000  # fewer: an exact scan is as fast, and k-means has too little to learn
+IVF_REGROW = 4  # retrain (rebuild) an IVF index once it holds this many times nlist² vectors
+
+# keys (N,) int64 -> (the keys the store still holds, their embeddings (n, D) float32)
+VectorSource = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
 class Neighbor:
     key: int
-    id: str
-    element_id: str
-    session_id: str
     similarity: float
 
 
+class _Codes:
+    """Names <-> dense integer codes, for elements or sessions."""
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self.names: list[str] = list(names)
+        self.codes: dict[str, int] = {name: code for code, name in enumerate(self.names)}
+
+    def code(self, name: str) -> int:
+        """The name's code, made if new."""
+        if name not in self.codes:
+            self.codes[name] = len(self.names)
+            self.names.append(name)
+        return self.codes[name]
+
+
 class VectorIndex:
-    """Thread-safe FAISS index + in-memory labels + anomaly calibration."""
+    """Thread-safe FAISS index + compact labels + anomaly calibration."""
 
     def __init__(
         self,
         dim: int,
         kind: str,
+        vectors_of: VectorSource,
         hnsw_m: int = 32,
         ef_search: int = 128,
-        auto_hnsw_above: int = 200_000,
+        ivf_nprobe: int = 32,
+        auto_approximate_above: int = 200_000,
         anomaly_k: int = 3,
     ) -> None:
-        self.dim, self.kind, self.hnsw_m, self.ef_search = dim, kind, hnsw_m, ef_search
-        self.auto_hnsw_above, self.anomaly_k = auto_hnsw_above, anomaly_k
+        self.dim, self.kind, self.vectors_of = dim, kind, vectors_of
+        self.hnsw_m, self.ef_search, self.ivf_nprobe = hnsw_m, ef_search, ivf_nprobe
+        self.auto_approximate_above, self.anomaly_k = auto_approximate_above, anomaly_k
         self.lock = threading.RLock()
-        self.labels: dict[int, tuple[str, str, str]] = {}  # key -> (id, element, session)
-        self.by_element: dict[str, set[int]] = {}
-        self.by_session: dict[str, set[int]] = {}
-        self.index = self._new_index(0)
-        self._calibration: dict[str | None, np.ndarray] = {}
+        self.set_labels(Labels.empty())
+        self.index = self._new_index(self._resolved_kind(0))
+        self._set_search_breadth()
+        self._calibration: dict[str | None, np.ndarray] = {}  # element (None: all) -> distances
+        self._writes_since_global = 0
+
+    # -- labels: sorted keys and, in step, element and session codes --------------------------
+    def set_labels(self, labels: Labels) -> None:
+        with self.lock:
+            order = np.argsort(labels.keys, kind="stable")
+            self.keys = labels.keys[order]
+            self.element_of = labels.element_codes[order]
+            self.session_of = labels.session_codes[order]
+            self.elements = _Codes(labels.element_names)
+            self.sessions = _Codes(labels.session_names)
+
+    def _positions(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where ``keys`` sit in ``self.keys``, and which of them are there."""
+        at = np.searchsorted(self.keys, keys)
+        found = at < len(self.keys)
+        found[found] = self.keys[at[found]] == keys[found]
+        return at, found
+
+    def _label(self, keys: np.ndarray, refs: list) -> None:
+        """Set the labels of ``keys`` (existing ones change in place, new ones are added)."""
+        elements = np.array([self.elements.code(r.element_id) for r in refs], dtype=np.int32)
+        sessions = np.array([self.sessions.code(r.session_id) for r in refs], dtype=np.int32)
+        at, found = self._positions(keys)
+        self.element_of[at[found]] = elements[found]
+        self.session_of[at[found]] = sessions[found]
+        new = ~found
+        self.keys = np.concatenate([self.keys, keys[new]])
+        self.element_of = np.concatenate([self.element_of, elements[new]])
+        self.session_of = np.concatenate([self.session_of, sessions[new]])
+        if new.any() and len(self.keys) > 1 and (np.diff(self.keys) < 0).any():
+            order = np.argsort(self.keys, kind="stable")  # keys are AUTOINCREMENT: rarely needed
+            self.keys, self.element_of = self.keys[order], self.element_of[order]
+            self.session_of = self.session_of[order]
+
+    def has_element(self, element_id: str) -> bool:
+        code = self.elements.codes.get(element_id)
+        return code is not None and bool((self.element_of == code).any())
+
+    def _keys_where(self, codes: _Codes, of: np.ndarray, name: str) -> np.ndarray:
+        code = codes.codes.get(name)
+        return self.keys[of == code] if code is not None else self.keys[:0]
 
     # -- building ----------------------------------------------------------------------------
     def _resolved_kind(self, n: int) -> str:
         if self.kind == "auto":
-            return "hnsw" if n > self.auto_hnsw_above else "flat"
+            return "ivf" if n > self.auto_approximate_above else "flat"
+        if self.kind == "ivf" and n < IVF_MIN_REFERENCES:
+            return "flat"
         return self.kind
 
-    def _new_index(self, n: int) -> faiss.Index:
-        if self._resolved_kind(n) == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efSearch = self.ef_search
-        else:
-            inner = faiss.IndexFlatIP(self.dim)
-        return faiss.IndexIDMap2(inner)
+    def _needs_rebuild(self, n: int) -> bool:
+        """The type for ``n`` references differs from the current one, or an IVF index has
+        outgrown the lists it was trained with (about sqrt(n) of them)."""
+        if self._resolved_kind(n) != self.current_kind:
+            return True
+        return self.current_kind == "ivf" and n > IVF_REGROW * self.index.nlist**2
 
     @property
-    def supports_removal(self) -> bool:
-        return isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlat)
+    def current_kind(self) -> str:
+        inner = self.index
+        if isinstance(inner, faiss.IndexIDMap):
+            inner = faiss.downcast_index(inner.index)
+        if isinstance(inner, faiss.IndexIVF):
+            return "ivf"
+        return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
 
-    def set_labels(self, labels: Labels) -> None:
-        with self.lock:
-            self.labels, self.by_element, self.by_session = {}, {}, {}
-            for key, ref_id, element, session in zip(
-                labels.keys.tolist(),
-                labels.ids,
-                labels.element_ids,
-                labels.session_ids,
-                strict=True,
-            ):
-                self._label(key, ref_id, element, session)
-
-    def _label(self, key: int, ref_id: str, element: str, session: str) -> None:
-        self.labels[key] = (ref_id, element, session)
-        self.by_element.setdefault(element, set()).add(key)
-        self.by_session.setdefault(session, set()).add(key)
-
-    def _unlabel(self, key: int) -> None:
-        _, element, session = self.labels.pop(key)
-        for groups, name in ((self.by_element, element), (self.by_session, session)):
-            groups[name].discard(key)
-            if not groups[name]:
-                del groups[name]
+    def _new_index(self, kind: str, n: int = 0) -> faiss.Index:
+        """An empty index of ``kind``; IVF is trained on a sample of the stored references."""
+        if kind == "ivf":
+            lists = max(1, min(int(math.sqrt(n)), n // IVF_TRAINING_PER_LIST))
+            index = faiss.IndexIVFFlat(
+                faiss.IndexFlatIP(self.dim), self.dim, lists, faiss.METRIC_INNER_PRODUCT
+            )
+            sample = self.keys
+            if len(sample) > lists * IVF_TRAINING_PER_LIST:
+                rng = np.random.default_rng(0)
+                sample = np.sort(rng.choice(sample, lists * IVF_TRAINING_PER_LIST, replace=False))
+            _, vectors = self.vectors_of(sample)
+            index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            return index  # IVF stores the ids itself
+        if kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            inner = faiss.IndexFlatIP(self.dim)
+        return faiss.IndexIDMap(inner)
 
     def rebuild(self, labels: Labels, chunks) -> None:
         """Replace everything from the store: labels, and (keys, embeddings) chunks."""
         with self.lock:
             self.set_labels(labels)
-            self.index = self._new_index(len(labels.keys))
+            self.index = self._new_index(self._resolved_kind(len(labels.keys)), len(labels.keys))
             for keys, embeddings in chunks:
                 self.index.add_with_ids(np.ascontiguousarray(embeddings), keys)
+            self._set_search_breadth()
             self._calibration = {}
+
+    def _set_search_breadth(self) -> None:
+        inner = self.index
+        if isinstance(inner, faiss.IndexIDMap):
+            inner = faiss.downcast_index(inner.index)
+        if isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = min(self.ivf_nprobe, inner.nlist)
+        elif isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efSearch = self.ef_search
 
     # -- updates (the caller has committed them to the store first) --------------------------
     def upsert(self, keys: list[int], refs: list, embeddings: np.ndarray) -> bool:
-        """Add or replace; returns False when the index type cannot remove (caller rebuilds)."""
+        """Add or replace; False when the caller must rebuild instead: the index cannot remove
+        (HNSW), or the new size calls for another type or a retrained IVF."""
         with self.lock:
-            replaced = [k for k in keys if k in self.labels]
-            if replaced and not self.supports_removal:
+            key_array = np.array(keys, dtype=np.int64)
+            _, found = self._positions(key_array)
+            if self._needs_rebuild(len(self.keys) + int((~found).sum())):
                 return False
-            if replaced:
-                self.index.remove_ids(np.array(replaced, dtype=np.int64))
-                for k in replaced:
-                    self._unlabel(k)
-            for key, ref in zip(keys, refs, strict=True):
-                self._label(key, ref.id, ref.element_id, ref.session_id)
-            self.index.add_with_ids(
-                np.ascontiguousarray(embeddings, dtype=np.float32), np.array(keys, dtype=np.int64)
-            )
-            self._calibration = {}
+            if found.any():
+                if self.current_kind == "hnsw":
+                    return False
+                self.index.remove_ids(key_array[found])
+            touched = {r.element_id for r in refs} | self._element_names(key_array[found])
+            self._label(key_array, refs)
+            self.index.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), key_array)
+            self._recalibrate(touched, len(keys))
             return True
 
     def remove(self, key: int) -> bool:
         with self.lock:
-            if key not in self.labels:
+            at, found = self._positions(np.array([key], dtype=np.int64))
+            if not found[0]:
                 return True
-            if not self.supports_removal:
+            if self.current_kind == "hnsw":
                 return False
             self.index.remove_ids(np.array([key], dtype=np.int64))
-            self._unlabel(key)
-            self._calibration = {}
+            self._recalibrate({self.elements.names[self.element_of[at[0]]]}, 1)
+            self.keys = np.delete(self.keys, at[0])
+            self.element_of = np.delete(self.element_of, at[0])
+            self.session_of = np.delete(self.session_of, at[0])
             return True
 
     # -- search ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def _params(self, allowed: set[int] | None, excluded: set[int] | None):
-        if allowed is None and not excluded:
+    def _params(self, allowed: np.ndarray | None, excluded: np.ndarray | None):
+        if allowed is None and excluded is None:
             return None
         if allowed is not None:
-            allowed = allowed - (excluded or set())
-            selector = faiss.IDSelectorBatch(np.fromiter(allowed, dtype=np.int64))
+            selector = faiss.IDSelectorBatch(allowed)
         else:
-            selector = faiss.IDSelectorNot(
-                faiss.IDSelectorBatch(np.fromiter(excluded, dtype=np.int64))
-            )
-        if not self.supports_removal:  # HNSW
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded))
+        kind = self.current_kind
+        if kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.ef_search)
+        elif kind == "ivf":
+            # A filter to an element or session may have nothing in the nearest lists: scan
+            # them all (the selector is checked before any distance, so this stays cheap).
+            nprobe = self.index.nlist if allowed is not None else self.index.nprobe
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         else:
             params = faiss.SearchParameters(sel=selector)
         params._keep = selector  # the parameters hold a raw pointer: keep the selector alive
@@ -174,24 +262,29 @@ class VectorIndex:
     ) -> list[list[Neighbor]]:
         """Top-k neighbours per query (N, D), optionally restricted; fewer when fewer match."""
         with self.lock:
-            allowed: set[int] | None = None
+            allowed: np.ndarray | None = None
             if element_id is not None:
-                allowed = set(self.by_element.get(element_id, ()))
+                allowed = self._keys_where(self.elements, self.element_of, element_id)
             if session_id is not None:
-                in_session = self.by_session.get(session_id, set())
-                allowed = in_session if allowed is None else allowed & in_session
-            excluded = self.by_session.get(exclude_session_id) if exclude_session_id else None
-            if len(self) == 0 or (allowed is not None and not allowed):
+                in_session = self._keys_where(self.sessions, self.session_of, session_id)
+                allowed = in_session if allowed is None else np.intersect1d(allowed, in_session)
+            excluded = None
+            if exclude_session_id is not None:
+                excluded = self._keys_where(self.sessions, self.session_of, exclude_session_id)
+                if allowed is not None:
+                    allowed, excluded = np.setdiff1d(allowed, excluded), None
+                elif not len(excluded):
+                    excluded = None
+            if len(self) == 0 or (allowed is not None and not len(allowed)):
                 return [[] for _ in queries]
-            params = self._params(allowed, excluded)
             sims, keys = self.index.search(
                 np.ascontiguousarray(queries, dtype=np.float32),
                 min(k, len(self)),
-                params=params,
+                params=self._params(allowed, excluded),
             )
             return [
                 [
-                    Neighbor(int(key), *self.labels[int(key)], float(sim))
+                    Neighbor(int(key), float(sim))
                     for sim, key in zip(row_s, row_k, strict=True)
                     if key >= 0
                 ]
@@ -199,22 +292,40 @@ class VectorIndex:
             ]
 
     # -- anomaly calibration -----------------------------------------------------------------
+    def _element_names(self, keys: np.ndarray) -> set[str]:
+        at, found = self._positions(keys)
+        return {self.elements.names[code] for code in self.element_of[at[found]].tolist()}
+
+    def _recalibrate(self, elements: set[str], writes: int) -> None:
+        """After a write: the touched elements' calibrations are redone at their next use; the
+        global one only once the writes since it passed 1% of the references (it is a sample
+        of CALIBRATION_SAMPLE of them, which a few writes hardly move, and costs about a second
+        at a million), or always while it covers every reference."""
+        for element in elements:
+            self._calibration.pop(element, None)
+        self._writes_since_global += writes
+        if len(self) <= CALIBRATION_SAMPLE or self._writes_since_global > 0.01 * len(self):
+            self._calibration.pop(None, None)
 
     def calibration(self, element_id: str | None) -> np.ndarray:
         """Sorted leave-one-out distances of (a sample of) the references (of ``element_id``)."""
         with self.lock:
             if element_id in self._calibration:
                 return self._calibration[element_id]
-            pool = sorted(self.by_element.get(element_id, ()) if element_id else self.labels)
+            pool = (
+                self._keys_where(self.elements, self.element_of, element_id)
+                if element_id is not None
+                else self.keys
+            )
             if len(pool) < 2:
                 distances = np.array([], dtype=np.float64)
             else:
-                rng = np.random.default_rng(0)
-                sample = np.array(pool, dtype=np.int64)
+                sample = pool
                 if len(sample) > CALIBRATION_SAMPLE:
-                    sample = rng.choice(sample, CALIBRATION_SAMPLE, replace=False)
-                vectors = np.stack([self.index.reconstruct(int(k)) for k in sample])
+                    rng = np.random.default_rng(0)
+                    sample = np.sort(rng.choice(sample, CALIBRATION_SAMPLE, replace=False))
                 k = min(self.anomaly_k, len(pool) - 1)
+                sample, vectors = self.vectors_of(sample)  # less any deleted meanwhile
                 rows = self.search(vectors, k + 1, element_id=element_id)
                 distances = np.sort(
                     [
@@ -223,6 +334,8 @@ class VectorIndex:
                     ]
                 )
             self._calibration[element_id] = distances
+            if element_id is None:
+                self._writes_since_global = 0
             return distances
 
     def anomaly_scores(
@@ -251,37 +364,40 @@ class VectorIndex:
         return np.searchsorted(reference, distances, side="left") / len(reference)
 
     # -- snapshots ---------------------------------------------------------------------------
-    def save(self, path: Path, generation: int, model_version: str) -> None:
+    def _snapshot_meta(self, generation: int, model_version: str, count: int, kind: str) -> dict:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "generation": generation,
+            "model_version": model_version,
+            "count": count,
+            "kind": kind,
+        }
+
+    def save(self, path, generation: int, model_version: str) -> None:
         with self.lock:
             tmp = path.with_suffix(".tmp")
             faiss.write_index(self.index, str(tmp))
             tmp.replace(path)
-            meta = {
-                "generation": generation,
-                "model_version": model_version,
-                "count": len(self),
-                "kind": self.kind,
-            }
+            meta = self._snapshot_meta(generation, model_version, len(self), self.current_kind)
             path.with_suffix(".json").write_text(json.dumps(meta))
 
-    def load(self, path: Path, labels: Labels, generation: int, model_version: str) -> bool:
-        """Load a snapshot if it was made at this store generation; False if stale or broken."""
+    def load(self, path, labels: Labels, generation: int, model_version: str) -> bool:
+        """Load a snapshot if it was made at this store generation, of the index type this
+        size calls for; False if stale or broken."""
         meta_path = path.with_suffix(".json")
         if not path.is_file() or not meta_path.is_file():
             return False
+        count = len(labels.keys)
         try:
             meta = json.loads(meta_path.read_text())
-            expected = {
-                "generation": generation,
-                "model_version": model_version,
-                "count": len(labels.keys),
-                "kind": self.kind,
-            }
+            expected = self._snapshot_meta(
+                generation, model_version, count, self._resolved_kind(count)
+            )
             if meta != expected:
                 log.info("index snapshot is stale (%s, store at %s): rebuilding", meta, expected)
                 return False
             index = faiss.read_index(str(path))
-            if index.ntotal != len(labels.keys) or index.d != self.dim:
+            if index.ntotal != count or index.d != self.dim:
                 raise ValueError(f"snapshot holds {index.ntotal} vectors of dim {index.d}")
         except Exception as exc:  # a truncated or corrupt file: FAISS raises RuntimeError
             log.warning("index snapshot %s unusable (%s): rebuilding from the store", path, exc)
@@ -289,5 +405,6 @@ class VectorIndex:
         with self.lock:
             self.set_labels(labels)
             self.index = index
+            self._set_search_breadth()
             self._calibration = {}
         return True

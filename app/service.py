@@ -58,10 +58,12 @@ class SignalService:
         self.index = VectorIndex(
             self.runtime.dim,
             settings.index_type,
-            settings.hnsw_m,
-            settings.hnsw_ef_search,
-            settings.auto_hnsw_above,
-            settings.anomaly_k,
+            vectors_of=self.store.embeddings,
+            hnsw_m=settings.hnsw_m,
+            ef_search=settings.hnsw_ef_search,
+            ivf_nprobe=settings.ivf_nprobe,
+            auto_approximate_above=settings.auto_approximate_above,
+            anomaly_k=settings.anomaly_k,
         )
         self.write_lock = asyncio.Lock()
         self.ready = False
@@ -179,7 +181,7 @@ class SignalService:
         exclude_session_id: str | None = None,
         expected_element: str | None = None,
     ) -> list[dict]:
-        if expected_element is not None and expected_element not in self.index.by_element:
+        if expected_element is not None and not self.index.has_element(expected_element):
             raise InputError(
                 "expected_element",
                 f"no references of element {expected_element!r}",
@@ -211,23 +213,28 @@ class SignalService:
         scores = self.index.anomaly_scores(
             embeddings, expected_element, neighbors=rows if same_pool else None
         )
-        metadata = self.store.metadata(sorted({n.key for row in rows for n in row}))
+        described = self.store.describe(sorted({n.key for row in rows for n in row}))
         threshold = self.settings.anomaly_threshold
         results = []
         for row, score in zip(rows, scores, strict=True):
+            neighbors = []
+            for n in row:
+                if n.key not in described:  # deleted since the search found it
+                    continue
+                ref_id, element_id, session_id, metadata = described[n.key]
+                neighbors.append(
+                    {
+                        "id": ref_id,
+                        "element_id": element_id,
+                        "session_id": session_id,
+                        "similarity": n.similarity,
+                        "metadata": metadata,
+                    }
+                )
             results.append(
                 {
-                    "neighbors": [
-                        {
-                            "id": n.id,
-                            "element_id": n.element_id,
-                            "session_id": n.session_id,
-                            "similarity": n.similarity,
-                            "metadata": metadata.get(n.key, {}),
-                        }
-                        for n in row
-                    ],
-                    "predicted_element": vote(row),
+                    "neighbors": neighbors,
+                    "predicted_element": vote(neighbors),
                     "anomaly": None
                     if np.isnan(score)
                     else {
@@ -241,12 +248,12 @@ class SignalService:
         return results
 
 
-def vote(neighbors: list) -> dict | None:
+def vote(neighbors: list[dict]) -> dict | None:
     """kNN vote weighted by similarity (shifted to be positive): the element and its share."""
     if not neighbors:
         return None
     weights: dict[str, float] = {}
     for n in neighbors:
-        weights[n.element_id] = weights.get(n.element_id, 0.0) + (1.0 + n.similarity) / 2
+        weights[n["element_id"]] = weights.get(n["element_id"], 0.0) + (1.0 + n["similarity"]) / 2
     element = max(weights, key=weights.get)
     return {"element_id": element, "confidence": weights[element] / sum(weights.values())}

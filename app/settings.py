@@ -38,8 +38,10 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(0.0, ge=0)  # ... or until the first has waited this long
 
     # Search
-    index_type: Literal["flat", "hnsw", "auto"] = "flat"
-    auto_hnsw_above: int = Field(200_000, ge=1)  # with index_type=auto: HNSW past this many
+    # auto: exact (flat) up to auto_approximate_above references, IVF past it
+    index_type: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    auto_approximate_above: int = Field(200_000, ge=1)
+    ivf_nprobe: int = Field(32, ge=1)  # inverted lists a query scans (of about sqrt(N))
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_search: int = Field(128, ge=1)
     anomaly_k: int = Field(3, ge=1)  # neighbours averaged into a query's anomaly distance

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,12 +51,18 @@ class NewReference:
 
 @dataclass
 class Labels:
-    """The few fields search needs for every reference, kept in memory by the index."""
+    """What the index keeps of every reference: its key and integer codes of its element and
+    session (indexes into the name lists), compact enough for millions of references."""
 
     keys: np.ndarray  # (N,) int64
-    ids: list[str]
-    element_ids: list[str]
-    session_ids: list[str]
+    element_codes: np.ndarray  # (N,) int32
+    session_codes: np.ndarray  # (N,) int32
+    element_names: list[str]
+    session_names: list[str]
+
+    @staticmethod
+    def empty() -> Labels:
+        return Labels(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32), [], [])
 
 
 class ReferenceStore:
@@ -201,26 +208,50 @@ class ReferenceStore:
         ]
         return items, total
 
-    def metadata(self, keys: list[int]) -> dict[int, dict]:
-        if not keys:
-            return {}
-        marks = ",".join("?" * len(keys))
-        with self.lock:
-            rows = self.db.execute(
-                f"SELECT key, metadata FROM refs WHERE key IN ({marks})", keys
-            ).fetchall()
-        return {k: json.loads(m) for k, m in rows}
+    def describe(self, keys: list[int]) -> dict[int, tuple[str, str, str, dict]]:
+        """key -> (id, element_id, session_id, metadata) for the keys still stored."""
+        rows = self._rows_by_key("id, element_id, session_id, metadata", keys)
+        return {k: (i, e, s, json.loads(m)) for k, i, e, s, m in rows}
+
+    def embeddings(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the keys still stored, in the order given; their embeddings (n, D) float32)."""
+        found = dict(self._rows_by_key("embedding", keys.tolist()))
+        kept = [k for k in keys.tolist() if k in found]
+        vectors = [np.frombuffer(found[k], dtype=np.float32) for k in kept]
+        return np.array(kept, dtype=np.int64), (
+            np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
+        )
+
+    def _rows_by_key(self, columns: str, keys: list[int], chunk: int = 10_000) -> list[tuple]:
+        rows: list[tuple] = []
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            marks = ",".join("?" * len(part))
+            with self.lock:
+                rows += self.db.execute(
+                    f"SELECT key, {columns} FROM refs WHERE key IN ({marks})", part
+                ).fetchall()
+        return rows
 
     def labels(self) -> Labels:
+        """Every reference's key and element and session codes, streamed: no per-row strings
+        are kept, so a million references cost megabytes here, not hundreds of them."""
+        keys, element_codes, session_codes = array("q"), array("i"), array("i")
+        elements: dict[str, int] = {}
+        sessions: dict[str, int] = {}
         with self.lock:
-            rows = self.db.execute(
-                "SELECT key, id, element_id, session_id FROM refs ORDER BY key"
-            ).fetchall()
+            cursor = self.db.execute("SELECT key, element_id, session_id FROM refs ORDER BY key")
+            while rows := cursor.fetchmany(10_000):
+                for key, element, session in rows:
+                    keys.append(key)
+                    element_codes.append(elements.setdefault(element, len(elements)))
+                    session_codes.append(sessions.setdefault(session, len(sessions)))
         return Labels(
-            keys=np.array([r[0] for r in rows], dtype=np.int64),
-            ids=[r[1] for r in rows],
-            element_ids=[r[2] for r in rows],
-            session_ids=[r[3] for r in rows],
+            np.frombuffer(keys, dtype=np.int64).copy(),
+            np.frombuffer(element_codes, dtype=np.int32).copy(),
+            np.frombuffer(session_codes, dtype=np.int32).copy(),
+            list(elements),
+            list(sessions),
         )
 
     def iter_embeddings(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -27,14 +27,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "cache"  # generated inputs worth keeping between runs
 sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 import uvloop  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
+from app.index import VectorIndex  # noqa: E402
 from app.onnx_engine import derive_session  # noqa: E402
+from app.store import Labels  # noqa: E402
 from model import HierarchicalSignalNet, ModelConfig  # noqa: E402
 from training.export import load_export  # noqa: E402
 
@@ -358,62 +362,155 @@ def bench_batching(model_dir: Path, full: bool) -> dict:
 
 
 # -- 4. search --------------------------------------------------------------------------------
-def bench_search(full: bool, dim: int = 128) -> dict:
-    sizes = [10_000, 100_000] + ([1_000_000] if full else [])
+def synthetic_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Clustered unit vectors, like embeddings of elements: harder for ANN than uniform noise."""
+    centres = rng.normal(size=(max(n // 50, 10), dim)).astype(np.float32)
+    data = centres[rng.integers(0, len(centres), n)]
+    data += 0.35 * rng.normal(size=(n, dim)).astype(np.float32)
+    faiss.normalize_L2(data)
+    return data
+
+
+def real_embeddings(model_dir: Path, n: int) -> np.ndarray:
+    """``n`` embeddings by the served model of synthetic signals of many elements (each about
+    36 signals over 2 to 4 sessions), made once per model and size and cached beside the
+    results: a million take a few minutes."""
+    from training.synthetic import SynthConfig, generate
+
+    scripted, manifest = load_export(model_dir)
+    cache = CACHE / f"embeddings-{manifest['model_version']}-{n}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    session = derive_session(scripted, manifest, threads=os.cpu_count() or 1)
+    parts, done, chunk = [], 0, 0
+    bar = tqdm(total=n, desc="embedding synthetic signals", unit="signal")
+    while done < n:
+        data = generate(
+            SynthConfig(
+                elements=500,
+                length=manifest["trained_length"],
+                channels=manifest["in_channels"],
+                seed=1000 + chunk,
+            )
+        )
+        for start in range(0, len(data.signals), 256):
+            parts.append(session.run(None, {"x": data.signals[start : start + 256]})[0])
+        done += len(data.signals)
+        chunk += 1
+        bar.update(len(data.signals))
+    bar.close()
+    embeddings = np.ascontiguousarray(np.concatenate(parts)[:n], dtype=np.float32)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(cache, embeddings)
+    return embeddings
+
+
+def search_latencies(index: VectorIndex, queries: np.ndarray) -> list[float]:
+    latencies = []
+    for query in queries:
+        started = time.perf_counter()
+        index.search(query[None], 10)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def bench_search(model_dir: Path, full: bool) -> dict:
+    """Each index type as the service builds it (``VectorIndex``): build time, single-query
+    latency and recall@10 against exact search, on held-out queries; IVF and HNSW also at other
+    search breadths, for the recall-vs-speed curve."""
     rng = np.random.default_rng(2)
+    sizes = [10_000, 100_000] + ([1_000_000] if full else [])
+    datasets = [("synthetic", n) for n in sizes] + [("real", 100_000)]
+    if full:
+        datasets.append(("real", 1_000_000))
+    breadths = {"ivf": [4, 8, 16, 32, 64, 128], "hnsw": [16, 32, 64, 128, 256]}
     rows, results = [], []
-    for n in sizes:
-        # Clustered unit vectors, like embeddings of elements: harder for ANN than uniform noise.
-        centres = rng.normal(size=(max(n // 50, 10), dim)).astype(np.float32)
-        data = centres[rng.integers(0, len(centres), n)] + 0.35 * rng.normal(size=(n, dim)).astype(
-            np.float32
-        )
-        faiss.normalize_L2(data)
-        queries = data[rng.integers(0, n, 500)] + 0.05 * rng.normal(size=(500, dim)).astype(
-            np.float32
-        )
-        faiss.normalize_L2(queries)
-        flat = faiss.IndexFlatIP(dim)
-        flat.add(data)
-        _, truth = flat.search(queries, 10)
-        for kind in ("flat", "hnsw"):
+    for source, n in datasets:
+        dim = 128
+        if source == "synthetic":
+            data = synthetic_vectors(n + 500, dim, rng)
+        else:
+            data = real_embeddings(model_dir, n + 500)
+            dim = data.shape[1]
+        queries, data = data[:500], data[500:]  # held out: never in the index
+        keys = np.arange(n, dtype=np.int64)
+
+        def vectors_of(wanted: np.ndarray, data=data) -> tuple[np.ndarray, np.ndarray]:
+            return wanted, data[wanted]
+
+        labels = Labels(keys, np.zeros(n, np.int32), np.zeros(n, np.int32), ["e"], ["s"])
+        truth = None
+        for kind in ("flat", "ivf", "hnsw"):
+            if kind == "hnsw" and n > 100_000 and not full:
+                continue
+            index = VectorIndex(dim, kind, vectors_of=vectors_of)
             started = time.perf_counter()
-            if kind == "flat":
-                index = flat
-            else:
-                index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-                index.hnsw.efConstruction = 40
-                index.add(data)
-                index.hnsw.efSearch = 128
-            build = time.perf_counter() - started if kind == "hnsw" else 0.0
-            single = timed(
-                lambda i=index, q=queries: [i.search(q[j : j + 1], 10) for j in range(100)],
-                3,
-                warmup=1,
+            index.rebuild(labels, [(keys, data)])
+            build = time.perf_counter() - started
+            size_mib = faiss.serialize_index(index.index).nbytes / 2**20
+            if truth is None:  # flat comes first: exact
+                truth = np.array([[nb.key for nb in row] for row in index.search(queries, 10)])
+            inner = faiss.downcast_index(
+                index.index.index if isinstance(index.index, faiss.IndexIDMap) else index.index
             )
-            per_query = [t / 100 for t in single]
-            lat = []
-            for j in range(200):
-                t0 = time.perf_counter()
-                index.search(queries[j : j + 1], 10)
-                lat.append(time.perf_counter() - t0)
-            _, found = index.search(queries, 10)
-            recall = float(
-                np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
-            )
-            entry = {
-                "n": n,
-                "index": kind,
-                "build_s": build,
-                "qps_single": 1 / float(np.median(per_query)),
-                "p99_ms": float(np.percentile(lat, 99) * 1000),
-                "recall_at_10": recall,
-            }
-            results.append(entry)
-            rows.append([n, kind, build, entry["qps_single"], entry["p99_ms"], recall])
+            default_breadth = {"ivf": index.ivf_nprobe, "hnsw": index.ef_search}.get(kind)
+            for breadth in breadths.get(kind, [None]):
+                if kind == "ivf":
+                    inner.nprobe = min(breadth, inner.nlist)
+                elif kind == "hnsw":
+                    inner.hnsw.efSearch = breadth
+                latencies = search_latencies(index, queries[:300])
+                found = [[nb.key for nb in row] for row in index.search(queries, 10)]
+                recall = float(
+                    np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
+                )
+                setting = {
+                    "ivf": f"nprobe {breadth}/{inner.nlist}" if kind == "ivf" else "",
+                    "hnsw": f"M 32, efSearch {breadth}",
+                }.get(kind, "exact")
+                entry = {
+                    "vectors": source,
+                    "n": n,
+                    "index": kind,
+                    "setting": setting,
+                    "breadth": breadth,
+                    "service_default": breadth == default_breadth,
+                    "build_s": build,
+                    "index_mib": size_mib,
+                    "qps_single": 1 / float(np.median(latencies)),
+                    "p50_ms": float(np.percentile(latencies, 50) * 1000),
+                    "p99_ms": float(np.percentile(latencies, 99) * 1000),
+                    "recall_at_10": recall,
+                }
+                results.append(entry)
+                if entry["service_default"] or full:
+                    rows.append(
+                        [
+                            source,
+                            n,
+                            kind,
+                            setting,
+                            build,
+                            size_mib,
+                            entry["qps_single"],
+                            entry["p99_ms"],
+                            recall,
+                        ]
+                    )
+            del index
     table(
-        "Search, single queries, one thread (clustered synthetic unit vectors, d=128)",
-        ["references", "index", "build s", "queries/s", "p99 ms", "recall@10"],
+        "Search, one query at a time through the service's index, one thread (d = 128)",
+        [
+            "vectors",
+            "references",
+            "index",
+            "setting",
+            "build s",
+            "index MiB",
+            "queries/s",
+            "p99 ms",
+            "recall@10",
+        ],
         rows,
     )
     return {"search": results}
@@ -512,6 +609,56 @@ def bench_training() -> dict:
     return {"training_signals_per_s": 64 / seconds}
 
 
+def plot(results: dict, out: Path) -> list[Path]:
+    """Throughput vs concurrency (service) and recall vs queries/s (search), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if "service" in results:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, batch in zip(axes, (1, 64), strict=True):
+            for body in ("npy", "json"):
+                points = [
+                    (e["concurrency"], e["signals_per_s"])
+                    for e in results["service"]
+                    if e["batch"] == batch and e["body"] == body
+                ]
+                ax.plot(*zip(*points, strict=True), marker="o", label=f"service, {body} bodies")
+            for engine, value in results["in_process_signals_per_s"][str(batch)].items():
+                ax.axhline(value, linestyle="--", color="grey" if engine == "onnx" else "black")
+                ax.annotate(f"in-process {engine}", (1, value), fontsize=8, va="bottom")
+            ax.set(title=f"/embed, B = {batch}", xlabel="concurrent clients", ylabel="signals/s")
+            ax.set_xscale("log", base=2)
+            ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        written.append(out / "service_throughput.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    if "search" in results:
+        groups = sorted({(e["vectors"], e["n"]) for e in results["search"]})
+        fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 4), squeeze=False)
+        for ax, (source, n) in zip(axes[0], groups, strict=True):
+            for kind, style in (("flat", "s"), ("ivf", "o-"), ("hnsw", "^-")):
+                points = [
+                    (e["qps_single"], e["recall_at_10"])
+                    for e in results["search"]
+                    if (e["vectors"], e["n"], e["index"]) == (source, n, kind)
+                ]
+                if points:
+                    ax.plot(*zip(*points, strict=True), style, label=kind)
+            ax.set(title=f"{source} vectors, {n:,}", xlabel="queries/s (one thread)")
+            ax.set(ylabel="recall@10", xscale="log")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out / "search_recall_qps.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -531,23 +678,31 @@ def main() -> int:
         f"# Benchmarks {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or ''} "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {'full' if args.full else 'quick'}"
     )
-    results: dict = {
+    run = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "full" if args.full else "quick",
         "cores": os.cpu_count(),
     }
+    results: dict = {}
     sections = {
         "model": lambda: bench_model(args.model_dir, args.full),
         "service": lambda: bench_service(args.model_dir, args.full),
         "batching": lambda: bench_batching(args.model_dir, args.full),
-        "search": lambda: bench_search(args.full),
+        "search": lambda: bench_search(args.model_dir, args.full),
         "startup": lambda: bench_startup(args.model_dir, args.full),
         "training": bench_training,
     }
     for name in args.only:
         results.update(sections[name]())
+        results[f"{name}_run"] = run
+    # Sections run now replace their earlier figures; the others stay.
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=2))
+    path = args.out / "bench.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    results = {**earlier, **json.loads(json.dumps(results))}  # JSON keys: strings throughout
+    path.write_text(json.dumps(results, indent=2))
+    for path in plot(results, args.out):
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 
 

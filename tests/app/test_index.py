@@ -1,0 +1,202 @@
+"""VectorIndex on its own: compact labels, filters, the index type chosen by size, snapshots."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from app.index import IVF_MIN_REFERENCES, VectorIndex
+from app.store import Labels
+
+DIM = 16
+
+
+@dataclass
+class Ref:
+    element_id: str
+    session_id: str
+
+
+class Vectors:
+    """Stands in for the store: the embeddings the index was given, by key."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[int, np.ndarray] = {}
+
+    def __call__(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kept = np.array([k for k in keys.tolist() if k in self.by_key], dtype=np.int64)
+        return kept, np.stack([self.by_key[k] for k in kept.tolist()])
+
+    def labels(self, refs: dict[int, Ref]) -> Labels:
+        elements = sorted({r.element_id for r in refs.values()})
+        sessions = sorted({r.session_id for r in refs.values()})
+        keys = np.array(sorted(refs), dtype=np.int64)
+        return Labels(
+            keys,
+            np.array([elements.index(refs[k].element_id) for k in keys], dtype=np.int32),
+            np.array([sessions.index(refs[k].session_id) for k in keys], dtype=np.int32),
+            elements,
+            sessions,
+        )
+
+    def chunks(self):
+        keys = np.array(sorted(self.by_key), dtype=np.int64)
+        yield keys, np.stack([self.by_key[k] for k in keys.tolist()])
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng: np.random.Generator, elements: int, per_element: int):
+    """Unit vectors around one centre per element; refs label them e<i>, sessions s<i>_<j%2>."""
+    centres = unit(rng, elements)
+    vectors, refs = [], []
+    for e in range(elements):
+        for j in range(per_element):
+            v = centres[e] + 0.2 * rng.normal(size=DIM).astype(np.float32)
+            vectors.append(v / np.linalg.norm(v))
+            refs.append(Ref(f"e{e}", f"s{e}_{j % 2}"))
+    return np.stack(vectors), refs
+
+
+class Harness:
+    """An index and its 'store', written the way the service writes: upsert, or rebuild when
+    the index asks for it."""
+
+    def __init__(self, kind: str, **options) -> None:
+        self.vectors = Vectors()
+        self.refs: dict[int, Ref] = {}
+        self.index = VectorIndex(DIM, kind, vectors_of=self.vectors, **options)
+        self.rebuilds = 0
+
+    def upsert(self, keys: list[int], refs: list[Ref], embeddings: np.ndarray) -> None:
+        for key, ref, vector in zip(keys, refs, embeddings, strict=True):
+            self.refs[key], self.vectors.by_key[key] = ref, vector
+        if not self.index.upsert(keys, refs, embeddings):
+            self.rebuild()
+
+    def remove(self, key: int) -> None:
+        del self.refs[key], self.vectors.by_key[key]
+        if not self.index.remove(key):
+            self.rebuild()
+
+    def rebuild(self) -> None:
+        self.rebuilds += 1
+        self.index.rebuild(self.vectors.labels(self.refs), self.vectors.chunks())
+
+
+def test_filters_follow_replacements_and_removals():
+    rng = np.random.default_rng(0)
+    vectors, refs = clustered(rng, 4, 10)
+    harness = Harness("flat")
+    harness.upsert(list(range(40)), refs, vectors)
+    query = vectors[:1]
+    assert {n.key for n in harness.index.search(query, 40, element_id="e1")[0]} == set(
+        range(10, 20)
+    )
+    # key 3 moves to element e1; key 12 goes
+    harness.upsert([3], [Ref("e1", "s1_0")], vectors[3:4])
+    harness.remove(12)
+    found = {n.key for n in harness.index.search(query, 40, element_id="e1")[0]}
+    assert found == (set(range(10, 20)) | {3}) - {12}
+    in_session = {n.key for n in harness.index.search(query, 40, session_id="s1_0")[0]}
+    assert in_session == {3, 10, 14, 16, 18}
+    excluded = {n.key for n in harness.index.search(query, 40, exclude_session_id="s0_0")[0]}
+    assert excluded.isdisjoint({0, 2, 4, 6, 8}) and len(excluded) == 39 - 5
+    assert harness.index.has_element("e1") and not harness.index.has_element("nobody")
+    assert harness.rebuilds == 0
+
+
+def test_auto_switches_to_ivf_past_the_threshold_and_stays_exact_enough():
+    rng = np.random.default_rng(1)
+    vectors, refs = clustered(rng, 60, 40)  # 2,400 references
+    harness = Harness("auto", auto_approximate_above=IVF_MIN_REFERENCES, ivf_nprobe=8)
+    harness.upsert(list(range(IVF_MIN_REFERENCES)), refs[:IVF_MIN_REFERENCES], vectors[:1000])
+    assert harness.index.current_kind == "flat" and harness.rebuilds == 0
+    harness.upsert(list(range(1000, 2400)), refs[1000:], vectors[1000:])
+    assert harness.index.current_kind == "ivf" and harness.rebuilds == 1
+    assert len(harness.index) == 2400
+    # every stored vector finds itself, and an element filter finds members wherever they are
+    top = harness.index.search(vectors, 1)
+    assert np.mean([row[0].key == i for i, row in enumerate(top)]) > 0.97
+    far = -vectors[:1]  # the opposite direction: no list near it holds e5's vectors
+    members = {n.key for n in harness.index.search(far, 100, element_id="e5")[0]}
+    assert members == set(range(200, 240))
+    # IVF removes and replaces without a rebuild
+    harness.remove(0)
+    harness.upsert([1], [Ref("e9", "s9_0")], vectors[1:2])
+    assert harness.rebuilds == 1 and len(harness.index) == 2399
+    assert 1 in {n.key for n in harness.index.search(vectors[1:2], 5, element_id="e9")[0]}
+
+
+def test_ivf_is_retrained_once_it_outgrows_its_lists():
+    rng = np.random.default_rng(2)
+    vectors, refs = clustered(rng, 100, 100)
+    harness = Harness("ivf")
+    harness.upsert(list(range(1000)), refs[:1000], vectors[:1000])
+    lists = harness.index.index.nlist
+    assert harness.index.current_kind == "ivf" and harness.rebuilds == 1
+    harness.upsert(list(range(1000, 10_000)), refs[1000:], vectors[1000:])
+    assert harness.rebuilds == 2 and harness.index.index.nlist > lists
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_snapshot_round_trip(tmp_path, kind):
+    rng = np.random.default_rng(3)
+    vectors, refs = clustered(rng, 30, 50)
+    harness = Harness(kind)
+    harness.upsert(list(range(1500)), refs, vectors)
+    path = tmp_path / "index.faiss"
+    harness.index.save(path, generation=7, model_version="m1")
+    expected = harness.index.search(vectors[:20], 5, element_id="e2")
+
+    labels = harness.vectors.labels(harness.refs)
+    fresh = VectorIndex(DIM, kind, vectors_of=harness.vectors)
+    assert fresh.load(path, labels, generation=7, model_version="m1")
+    assert fresh.current_kind == harness.index.current_kind
+    assert fresh.search(vectors[:20], 5, element_id="e2") == expected
+    # a later store generation, another model or another type for this size: rebuild instead
+    assert not fresh.load(path, labels, generation=8, model_version="m1")
+    assert not fresh.load(path, labels, generation=7, model_version="m2")
+    other = "flat" if kind != "flat" else "ivf"
+    assert not VectorIndex(DIM, other, vectors_of=harness.vectors).load(path, labels, 7, "m1")
+
+
+def test_store_labels_are_codes(tmp_path):
+    from app.store import NewReference, ReferenceStore
+
+    store = ReferenceStore(tmp_path / "refs.sqlite3")
+    signal = np.zeros((1, 8), np.float32)
+    rows = [
+        NewReference(f"r{i}", f"e{i % 3}", f"s{i % 2}", {}, signal, np.ones(DIM, np.float32))
+        for i in range(6)
+    ]
+    keys = store.upsert(rows, "m")
+    labels = store.labels()
+    assert labels.keys.tolist() == keys
+    assert [labels.element_names[c] for c in labels.element_codes] == [r.element_id for r in rows]
+    assert [labels.session_names[c] for c in labels.session_codes] == [r.session_id for r in rows]
+    store.delete("r2")
+    found, vectors = store.embeddings(np.array(keys, dtype=np.int64))
+    assert found.tolist() == keys[:2] + keys[3:] and vectors.shape == (5, DIM)
+    store.close()
+
+
+def test_a_write_recalibrates_only_what_it_can_move():
+    rng = np.random.default_rng(4)
+    vectors, refs = clustered(rng, 50, 60)  # 3,000 references: the global calibration samples
+    harness = Harness("flat")
+    harness.upsert(list(range(3000)), refs, vectors)
+    index = harness.index
+    e1, e2, everyone = (index.calibration(name) for name in ("e1", "e2", None))
+    harness.upsert([3000], [Ref("e1", "s1_0")], vectors[60:61])
+    assert index.calibration("e2") is e2  # untouched element: kept
+    assert index.calibration(None) is everyone  # one write in 3,000: kept
+    new_e1 = index.calibration("e1")
+    assert new_e1 is not e1 and len(new_e1) == len(e1) + 1
+    harness.upsert(list(range(3001, 3040)), [Ref("e3", "s3_0")] * 39, vectors[:39])
+    assert index.calibration(None) is not everyone  # 40 writes > 1%: redone
+    harness.remove(150)  # e2's
+    assert len(index.calibration("e2")) == len(e2) - 1
