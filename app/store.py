@@ -62,7 +62,19 @@ class Labels:
 
     @staticmethod
     def empty() -> Labels:
-        return Labels(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32), [], [])
+        return Labels.from_names(np.zeros(0, np.int64), [], [])
+
+    @staticmethod
+    def from_names(keys: np.ndarray, element_ids: list[str], session_ids: list[str]) -> Labels:
+        elements, element_codes = np.unique(np.asarray(element_ids, str), return_inverse=True)
+        sessions, session_codes = np.unique(np.asarray(session_ids, str), return_inverse=True)
+        return Labels(
+            np.asarray(keys, dtype=np.int64),
+            element_codes.astype(np.int32),
+            session_codes.astype(np.int32),
+            elements.tolist(),
+            sessions.tolist(),
+        )
 
 
 class ReferenceStore:

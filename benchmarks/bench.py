@@ -383,7 +383,7 @@ def real_embeddings(model_dir: Path, n: int) -> np.ndarray:
         return np.load(cache)
     session = derive_session(scripted, manifest, threads=os.cpu_count() or 1)
     parts, done, chunk = [], 0, 0
-    bar = tqdm(total=n, desc="embedding synthetic signals", unit="signal")
+    bar = tqdm(total=n, desc="embedding synthetic signals", unit="signal", disable=None)
     while done < n:
         data = generate(
             SynthConfig(
@@ -632,6 +632,7 @@ def plot(results: dict, out: Path) -> list[Path]:
                 ax.annotate(f"in-process {engine}", (1, value), fontsize=8, va="bottom")
             ax.set(title=f"/embed, B = {batch}", xlabel="concurrent clients", ylabel="signals/s")
             ax.set_xscale("log", base=2)
+            ax.set_ylim(bottom=0)
             ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         written.append(out / "service_throughput.png")

@@ -144,15 +144,13 @@ def anomaly(model, data: SignalData, anomaly_k: int) -> dict:
     embeddings, _, _ = predict(model, data.signals)
     raw = raw_window_embeddings(data.signals)
     raw /= np.linalg.norm(raw, axis=1, keepdims=True)
-    index = VectorIndex(embeddings.shape[1], "flat", anomaly_k=anomaly_k)
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    index = VectorIndex(
+        vectors.shape[1], "flat", vectors_of=lambda keys: (keys, vectors[keys]), anomaly_k=anomaly_k
+    )
     index.rebuild(
-        Labels(
-            keys=refs.astype(np.int64),
-            ids=[str(i) for i in refs],
-            element_ids=data.element_ids[refs].tolist(),
-            session_ids=data.session_ids[refs].tolist(),
-        ),
-        [(refs.astype(np.int64), np.ascontiguousarray(embeddings[refs], dtype=np.float32))],
+        Labels.from_names(refs, data.element_ids[refs].tolist(), data.session_ids[refs].tolist()),
+        [(refs.astype(np.int64), vectors[refs])],
     )
 
     def per_record(record: str, q: np.ndarray, mode: str) -> np.ndarray:

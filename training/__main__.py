@@ -126,6 +126,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="epochs without improvement before early stopping",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--device",
+        default=d.device,
+        help="torch device to train on, e.g. cuda; the exported model always runs on CPU",
+    )
     p.add_argument("--embedding-dim", type=int)
     p.add_argument(
         "--conv-channels",

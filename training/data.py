@@ -27,6 +27,12 @@ class SignalDataset(Dataset):
         kp = data.keypoints if data.keypoints is not None else np.full((len(data), k), -1)
         self.keypoints = torch.from_numpy(kp.astype(np.int64))
 
+    def to(self, device: torch.device) -> SignalDataset:
+        """Moves the tensors (signals, keypoints, codes) to ``device``, e.g. a GPU, once."""
+        for name in ("signals", "keypoints", "element_codes", "session_codes"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def __len__(self) -> int:
         return len(self.data)
 

@@ -18,12 +18,13 @@ def predict(
     Works on the eager network and on its TorchScript export alike (both have
     ``embed_and_keypoints``); the eager one must already be in eval mode.
     """
+    device = next(model.parameters()).device
     outputs: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, len(signals), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(signals[start : start + batch_size]))
-        outputs.append(model.embed_and_keypoints(x))
+        outputs.append(model.embed_and_keypoints(x.to(device)))
     embeddings, positions, confidences = (
-        torch.cat(parts).numpy() for parts in zip(*outputs, strict=True)
+        torch.cat(parts).cpu().numpy() for parts in zip(*outputs, strict=True)
     )
     return embeddings, positions, confidences
 

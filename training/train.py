@@ -61,6 +61,7 @@ class TrainConfig:
     augment_noise: float = 0.0
     augment_wander: float = 0.0  # times each training element's gold window is added to training
     model: dict = field(default_factory=dict)  # ModelConfig overrides
+    device: str = "cpu"  # where training runs ("cuda" on a GPU); the export is always for CPU
 
 
 class Trainer:
@@ -98,6 +99,7 @@ class Trainer:
             )
             if self.val_data is not None:
                 self.gold_val = gold.only_elements(set(self.val_data.element_ids))
+        self.device = torch.device(config.device)
         self.train_set = SignalDataset(self.train_data)
 
         torch.manual_seed(config.seed)
@@ -114,7 +116,7 @@ class Trainer:
                 f"signals of {data.length} samples are shorter than the model's minimum "
                 f"{model_config.min_length}"
             )
-        self.model = HierarchicalSignalNet(model_config)
+        self.model = HierarchicalSignalNet(model_config).to(self.device)
         self.loss = HierarchicalLoss(
             stride=model_config.stride,
             lambda_metric=config.lambda_metric,
@@ -130,6 +132,7 @@ class Trainer:
             k=config.k,
             seed=config.seed,
         )
+        self.train_set.to(self.device)  # after the sampler has read the codes on the CPU
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -165,7 +168,7 @@ class Trainer:
         path = self.out_dir / CHECKPOINT_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=self.device)
         if state["model_config"] != self.model.config.to_dict():
             raise ValueError(f"{path}: checkpoint was made with another model configuration")
         self.model.load_state_dict(state["model"])
@@ -199,7 +202,7 @@ class Trainer:
             if deadline is not None and time.monotonic() > deadline:
                 out_of_time = True
                 break
-            index = torch.tensor(batch)
+            index = torch.tensor(batch, device=self.device)
             embeddings, logits = self.model(self.augment(self.train_set.signals[index]))
             parts = self.loss(
                 embeddings,
@@ -274,10 +277,10 @@ class Trainer:
         b, c, length = x.shape
         out = x + noise * scale * torch.randn_like(x)
         if wander:
-            t = torch.linspace(0, 1, length).view(1, 1, length)
-            cycles = 0.3 + 1.7 * torch.rand(b, c, 1)
-            phase = 2 * math.pi * torch.rand(b, c, 1)
-            amplitude = wander * scale * torch.rand(b, c, 1)
+            t = torch.linspace(0, 1, length, device=x.device).view(1, 1, length)
+            cycles = 0.3 + 1.7 * torch.rand(b, c, 1, device=x.device)
+            phase = 2 * math.pi * torch.rand(b, c, 1, device=x.device)
+            amplitude = wander * scale * torch.rand(b, c, 1, device=x.device)
             out = out + amplitude * torch.sin(2 * math.pi * cycles * t + phase)
         return out
 
@@ -344,6 +347,7 @@ class Trainer:
             self.best_metrics, self.best_score = self.validate()
             self.best_state = self.model.state_dict()
         self.model.load_state_dict(self.best_state)
+        self.model.to("cpu")  # the export serves on CPU
         offsets = self.calibrate_keypoints()
         manifest = export_model(
             self.model,

@@ -28,15 +28,9 @@ class Vectors:
         return kept, np.stack([self.by_key[k] for k in kept.tolist()])
 
     def labels(self, refs: dict[int, Ref]) -> Labels:
-        elements = sorted({r.element_id for r in refs.values()})
-        sessions = sorted({r.session_id for r in refs.values()})
-        keys = np.array(sorted(refs), dtype=np.int64)
-        return Labels(
-            keys,
-            np.array([elements.index(refs[k].element_id) for k in keys], dtype=np.int32),
-            np.array([sessions.index(refs[k].session_id) for k in keys], dtype=np.int32),
-            elements,
-            sessions,
+        keys = sorted(refs)
+        return Labels.from_names(
+            np.array(keys), [refs[k].element_id for k in keys], [refs[k].session_id for k in keys]
         )
 
     def chunks(self):
