@@ -69,3 +69,13 @@ def test_augmentation_is_off_by_default_and_bounded_when_on(tiny_data, tmp_path)
     change = (noisy.augment(x) - x) / x.std(dim=-1, keepdim=True)
     assert 0.05 < change.std() < 0.3
     assert change.abs().max() < 0.1 * 6 + 0.2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_a_gpu_exports_a_model_for_the_cpu(tiny_data, tmp_path):
+    config = TrainConfig(epochs=2, p=4, k=4, model=TINY_MODEL, augment_wander=0.2, device="cuda")
+    Trainer(config, tiny_data, tmp_path).fit()
+    exported = torch.jit.load(str(tmp_path / "model.pt"), map_location="cpu")
+    assert all(p.device.type == "cpu" for p in exported.parameters())
+    embeddings, _, _ = predict(exported, tiny_data.signals[:4])
+    assert np.isfinite(embeddings).all()
