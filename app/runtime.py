@@ -1,9 +1,10 @@
 """The exported model in the service: loading it safely and feeding it batches.
 
 ``ModelRuntime`` loads ``model.pt`` only from the configured directory, after checking the
-manifest's format version and the weights' SHA-256. ``DynamicBatcher`` gathers the signals of
-concurrent requests into one model call (up to ``max_signals``, waiting at most ``max_wait_s`` for
-company) and runs it on a single inference thread, so the event loop never blocks on torch.
+manifest's format version and the weights' SHA-256. ``DynamicBatcher`` runs model calls on
+``workers`` inference threads, so the event loop never blocks on the model; requests that queue
+while every worker is busy go into one call (up to ``max_signals``; ``max_wait_s`` > 0 also holds
+a call back for company while requests arrive together).
 """
 
 from __future__ import annotations
@@ -114,15 +115,19 @@ class DynamicBatcher:
         max_signals: int,
         max_wait_s: float,
         observe=None,  # callback(batch_signals: int, seconds: float) for metrics
+        workers: int = 1,
     ) -> None:
         self.runtime = runtime
         self.enabled = enabled
         self.max_signals = max_signals
         self.max_wait_s = max_wait_s
         self.observe = observe or (lambda n, s: None)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task | None = None
+        self.calls: set[asyncio.Task] = set()  # model calls in flight
+        self.free_workers = asyncio.Semaphore(workers)
         self.last_merged = 0  # requests in the previous model call
 
     def start(self) -> None:
@@ -136,6 +141,7 @@ class DynamicBatcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
+        await asyncio.gather(*self.calls, return_exceptions=True)
         self.executor.shutdown(wait=True)
 
     async def infer(self, batch: SignalBatch) -> Inference:
@@ -149,41 +155,60 @@ class DynamicBatcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self.queue.get()]
-            size = sum(len(c) for c in items[0].batch)
-            # Wait for company only while requests have been arriving together: a lone client
-            # should not pay max_wait on every call.
-            wait = self.max_wait_s if self.last_merged > 1 else 0.0
-            deadline = loop.time() + wait
-            while size < self.max_signals:
-                try:
-                    nxt = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(self.queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                items.append(nxt)
-                size += sum(len(c) for c in nxt.batch)
-            self.last_merged = len(items)
+            # A worker first, then the requests: whatever queued while all were busy goes into
+            # the next call.
+            await self.free_workers.acquire()
             try:
-                results = await loop.run_in_executor(
-                    self.executor, self._run, [i.batch for i in items]
-                )
-            except Exception as exc:  # a model failure fails the requests, not the loop
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            offset = 0
+                items = await self._gather(loop)
+            except BaseException:
+                self.free_workers.release()
+                raise
+            call = loop.create_task(self._call(loop, items))
+            self.calls.add(call)
+            call.add_done_callback(self._finished)
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[_Pending]:
+        """The oldest queued request and those behind it, up to ``max_signals``."""
+        items = [await self.queue.get()]
+        size = sum(len(c) for c in items[0].batch)
+        # Wait for company only while requests have been arriving together: a lone client
+        # should not pay max_wait on every call.
+        wait = self.max_wait_s if self.last_merged > 1 else 0.0
+        deadline = loop.time() + wait
+        while size < self.max_signals:
+            try:
+                nxt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = await asyncio.wait_for(self.queue.get(), remaining)
+                except TimeoutError:
+                    break
+            items.append(nxt)
+            size += sum(len(c) for c in nxt.batch)
+        self.last_merged = len(items)
+        return items
+
+    def _finished(self, call: asyncio.Task) -> None:
+        self.calls.discard(call)
+        self.free_workers.release()
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, items: list[_Pending]) -> None:
+        try:
+            results = await loop.run_in_executor(self.executor, self._run, [i.batch for i in items])
+        except Exception as exc:  # a model failure fails the requests, not the loop
             for item in items:
-                n = sum(len(c) for c in item.batch)
-                if not item.future.done():  # the client may have gone away
-                    item.future.set_result(results.slice(offset, offset + n))
-                offset += n
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        offset = 0
+        for item in items:
+            n = sum(len(c) for c in item.batch)
+            if not item.future.done():  # the client may have gone away
+                item.future.set_result(results.slice(offset, offset + n))
+            offset += n
 
     def _run(self, batches: list[SignalBatch]) -> Inference:
         """Merge chunks of equal length across requests into one call each; keep the order."""

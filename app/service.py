@@ -53,6 +53,13 @@ class SignalService:
             max_signals=settings.batch_max_signals,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             observe=metrics.observe_inference,
+            workers=settings.workers,
+        )
+        log.info(
+            "%d inference worker(s) x %d thread(s), dynamic batching %s",
+            settings.workers,
+            settings.threads,
+            "on" if settings.dynamic_batching else "off",
         )
         self.store = ReferenceStore(settings.data_dir / DB_FILE)
         self.index = VectorIndex(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +30,11 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1)
 
     # Inference
-    threads: int = Field(1, ge=1)  # threads per model call; one per free core
+    # Model calls run on inference_workers threads at once (0: one per usable core, less one for
+    # the event loop), each call on `threads` threads: for this GRU, parallel calls scale with
+    # cores and threads within one call hardly do (BENCHMARKS.md).
+    inference_workers: int = Field(0, ge=0)
+    threads: int = Field(1, ge=1)
     engine: Literal["onnx", "torchscript"] = "onnx"  # onnx falls back to TorchScript if unsure
     dynamic_batching: bool = True
     # While the inference thread is busy, requests queue; the next call takes all that queued, up
@@ -49,7 +55,25 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    @property
+    def workers(self) -> int:
+        return self.inference_workers or max(1, usable_cores() - 1)
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _empty_key_is_no_key(cls, value: object) -> object:
         return None if value == "" else value  # HSN_API_KEY= (empty) leaves auth off
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container started with --cpus), which os.cpu_count() does not see."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores

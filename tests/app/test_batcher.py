@@ -57,3 +57,35 @@ def test_a_lone_client_does_not_wait(model_dir, service_data):
     latencies, calls = run_batcher(model_dir, one_after_another, max_wait_s=0.5)
     assert calls == [1] * 5
     assert max(latencies) < 0.25  # far below the 0.5 s it would wait for company
+
+
+def test_with_two_workers_two_model_calls_run_at_once(model_dir, service_data):
+    runtime = ModelRuntime(model_dir, max_batch=256, threads=1, engine="onnx")
+    run, spans = runtime.run, []
+
+    def slow_run(x):  # long enough that overlapping calls cannot be a coincidence
+        started = time.perf_counter()
+        time.sleep(0.3)
+        result = run(x)
+        spans.append((started, time.perf_counter()))
+        return result
+
+    runtime.run = slow_run
+    x = service_data.signals[:2]
+
+    async def main(workers):
+        batcher = DynamicBatcher(runtime, True, max_signals=1, max_wait_s=0.0, workers=workers)
+        batcher.start()
+        try:
+            return await asyncio.gather(batcher.infer([x[:1]]), batcher.infer([x[1:]]))
+        finally:
+            await batcher.stop()
+
+    first, second = asyncio.run(main(workers=2))
+    (a_start, a_end), (b_start, b_end) = spans
+    assert max(a_start, b_start) < min(a_end, b_end)  # overlapped
+    np.testing.assert_allclose(second.embeddings, run(x[1:]).embeddings, atol=1e-5)
+    spans.clear()
+    asyncio.run(main(workers=1))
+    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    assert b_start >= a_end  # one at a time
