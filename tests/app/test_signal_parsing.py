@@ -114,3 +114,25 @@ def test_a_valid_body_round_trips():
     body = orjson.dumps({"signals": [[float(i) for i in range(16)]] * 3})
     batch = parse_signals(parse_json_body(body)["signals"], LIMITS)
     assert batch[0].shape == (3, 1, 16)
+
+
+@FAST
+@given(
+    st.sampled_from(["<f4", ">f4", "<f8", ">i2", "<u1"]),
+    st.booleans(),
+    st.integers(1, 4),
+    st.integers(8, 64),
+    st.integers(0, 2**31),
+)
+def test_npy_bodies_read_in_place_equal_numpys_reader(dtype, fortran, batch, length, seed):
+    """Bodies are viewed without a copy and their header parsed once per layout; the values are
+    exactly what numpy's own reader gives, whatever the byte order or memory order."""
+    values = np.random.default_rng(seed).uniform(0, 100, (batch, 1, length)).astype(dtype)
+    buffer = io.BytesIO()
+    np.save(buffer, np.asfortranarray(values) if fortran else values)
+    body = buffer.getvalue()
+    expected = np.load(io.BytesIO(body)).astype(np.float32)
+    np.testing.assert_array_equal(parse_npy_body(body, LIMITS)[0], expected)
+    # Not the exact layout: numpy's reader decides, as before (a trailing byte is ignored).
+    np.testing.assert_array_equal(parse_npy_body(body + b"\0", LIMITS)[0], expected)
+    assert accepted_or_refused(parse_npy_body, body[:-1], LIMITS) is None  # truncated
