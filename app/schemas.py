@@ -198,4 +198,6 @@ class Ready(BaseModel):
     references: int = Field(description="vectors in the search index")
     stored: int = Field(description="references in the database; equal once ready")
     engine: str = Field(description="what runs the model: onnx or torchscript")
+    index: str = Field(description="the search index type in use: flat (exact), ivf or hnsw")
+    inference_workers: int = Field(description="model calls that may run at once")
     model_version: str | None

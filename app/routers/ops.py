@@ -32,6 +32,8 @@ async def ready(service: Service):
             "stored": await run_in_threadpool(service.store.count),
             "model_version": service.runtime.version,
             "engine": service.runtime.engine,
+            "index": service.index.current_kind,
+            "inference_workers": service.batcher.workers,
         },
         status_code=200 if service.ready else 503,
     )

@@ -7,6 +7,7 @@ def test_health_ready_and_model(client):
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
     assert ready["ready"] is True and ready["references"] == 0
+    assert ready["index"] == "flat" and ready["inference_workers"] >= 1  # auto: exact when small
     manifest = client.get("/model").json()
     assert manifest["format_version"] == 1 and manifest["model_version"] == ready["model_version"]
 
