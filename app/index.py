@@ -115,11 +115,11 @@ class VectorIndex:
         at, found = self._positions(keys)
         self.element_of[at[found]] = elements[found]
         self.session_of[at[found]] = sessions[found]
-        new = ~found
+        new, kept = ~found, len(self.keys)
         self.keys = np.concatenate([self.keys, keys[new]])
         self.element_of = np.concatenate([self.element_of, elements[new]])
         self.session_of = np.concatenate([self.session_of, sessions[new]])
-        if new.any() and len(self.keys) > 1 and (np.diff(self.keys) < 0).any():
+        if (np.diff(self.keys[max(0, kept - 1) :]) < 0).any():  # the appended part out of order
             order = np.argsort(self.keys, kind="stable")  # keys are AUTOINCREMENT: rarely needed
             self.keys, self.element_of = self.keys[order], self.element_of[order]
             self.session_of = self.session_of[order]

@@ -100,6 +100,11 @@ def test_filters_follow_replacements_and_removals():
     excluded = {n.key for n in harness.index.search(query, 40, exclude_session_id="s0_0")[0]}
     assert excluded.isdisjoint({0, 2, 4, 6, 8}) and len(excluded) == 39 - 5
     assert harness.index.has_element("e1") and not harness.index.has_element("nobody")
+    # a key below the largest comes back (keys are AUTOINCREMENT, but the index does not rely on it)
+    harness.upsert([12, 41], [Ref("e3", "s3_0"), Ref("e3", "s3_1")], vectors[12:14])
+    e3 = {n.key for n in harness.index.search(query, 40, element_id="e3")[0]}
+    assert e3 == set(range(30, 40)) | {12, 41}
+    assert harness.index.keys.tolist() == sorted(harness.index.keys.tolist())
     assert harness.rebuilds == 0
 
 
