@@ -67,6 +67,15 @@ class _Codes:
         return self.codes[name]
 
 
+def kind_of(index: faiss.Index) -> str:
+    """flat, ivf or hnsw: what an index built here (or read from a snapshot) is."""
+    if isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexIVF):
+        return "ivf"
+    return "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat"
+
+
 class VectorIndex:
     """Thread-safe FAISS index + compact labels + anomaly calibration."""
 
@@ -133,28 +142,34 @@ class VectorIndex:
         return self.keys[of == code] if code is not None else self.keys[:0]
 
     # -- building ----------------------------------------------------------------------------
-    def _resolved_kind(self, n: int) -> str:
+    @property
+    def _approximate_above(self) -> int:
+        """Past this many references ``auto`` and ``ivf`` use IVF (below: exact search)."""
         if self.kind == "auto":
-            return "ivf" if n > self.auto_approximate_above else "flat"
-        if self.kind == "ivf" and n < IVF_MIN_REFERENCES:
-            return "flat"
+            return max(self.auto_approximate_above, IVF_MIN_REFERENCES)
+        return IVF_MIN_REFERENCES
+
+    def _resolved_kind(self, n: int) -> str:
+        if self.kind in ("auto", "ivf"):
+            return "ivf" if n > self._approximate_above else "flat"
         return self.kind
 
-    def _needs_rebuild(self, n: int) -> bool:
-        """The type for ``n`` references differs from the current one, or an IVF index has
-        outgrown the lists it was trained with (about sqrt(n) of them)."""
-        if self._resolved_kind(n) != self.current_kind:
+    def _needs_rebuild(self, n: int, index: faiss.Index | None = None) -> bool:
+        """Whether ``index`` (the current one by default) is the wrong type for ``n``
+        references, or an IVF index that has outgrown its lists (about sqrt(n) of them)."""
+        index = self.index if index is None else index
+        kind, wanted = kind_of(index), self._resolved_kind(n)
+        if kind == "ivf" and wanted == "flat" and self.kind in ("auto", "ivf"):
+            # An IVF index stays until the set shrinks to half the threshold: a size hovering
+            # at the threshold must not rebuild on every write.
+            return n <= self._approximate_above // 2
+        if kind != wanted:
             return True
-        return self.current_kind == "ivf" and n > IVF_REGROW * self.index.nlist**2
+        return kind == "ivf" and n > IVF_REGROW * faiss.extract_index_ivf(index).nlist ** 2
 
     @property
     def current_kind(self) -> str:
-        inner = self.index
-        if isinstance(inner, faiss.IndexIDMap):
-            inner = faiss.downcast_index(inner.index)
-        if isinstance(inner, faiss.IndexIVF):
-            return "ivf"
-        return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+        return kind_of(self.index)
 
     def _new_index(self, kind: str, n: int = 0) -> faiss.Index:
         """An empty index of ``kind``; IVF is trained on a sample of the stored references."""
@@ -232,7 +247,7 @@ class VectorIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def _params(self, allowed: np.ndarray | None, excluded: np.ndarray | None):
+    def _params(self, allowed: np.ndarray | None, excluded: np.ndarray | None, nprobe: int):
         if allowed is None and excluded is None:
             return None
         if allowed is not None:
@@ -245,7 +260,7 @@ class VectorIndex:
         elif kind == "ivf":
             # A filter to an element or session may have nothing in the nearest lists: scan
             # them all (the selector is checked before any distance, so this stays cheap).
-            nprobe = self.index.nlist if allowed is not None else self.index.nprobe
+            nprobe = self.index.nlist if allowed is not None else nprobe
             params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         else:
             params = faiss.SearchParameters(sel=selector)
@@ -277,11 +292,19 @@ class VectorIndex:
                     excluded = None
             if len(self) == 0 or (allowed is not None and not len(allowed)):
                 return [[] for _ in queries]
-            sims, keys = self.index.search(
-                np.ascontiguousarray(queries, dtype=np.float32),
-                min(k, len(self)),
-                params=self._params(allowed, excluded),
-            )
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
+            k = min(k, len(self))
+            nprobe = getattr(self.index, "nprobe", 0)
+            params = self._params(allowed, excluded, nprobe)
+            sims, keys = self.index.search(queries, k, params=params)
+            if excluded is not None and self.current_kind == "ivf":
+                # The lists nearest a query may hold little but the excluded session: probe
+                # more of them until every query has what is there to find.
+                eligible = min(k, len(self) - len(excluded))
+                while (keys[:, :eligible] < 0).any() and nprobe < self.index.nlist:
+                    nprobe = min(self.index.nlist, 2 * nprobe)
+                    params = self._params(None, excluded, nprobe)
+                    sims, keys = self.index.search(queries, k, params=params)
             return [
                 [
                     Neighbor(int(key), float(sim))
@@ -390,15 +413,17 @@ class VectorIndex:
         count = len(labels.keys)
         try:
             meta = json.loads(meta_path.read_text())
-            expected = self._snapshot_meta(
-                generation, model_version, count, self._resolved_kind(count)
-            )
+            expected = self._snapshot_meta(generation, model_version, count, meta.get("kind"))
             if meta != expected:
                 log.info("index snapshot is stale (%s, store at %s): rebuilding", meta, expected)
                 return False
             index = faiss.read_index(str(path))
             if index.ntotal != count or index.d != self.dim:
                 raise ValueError(f"snapshot holds {index.ntotal} vectors of dim {index.d}")
+            if self._needs_rebuild(count, index):
+                kind = kind_of(index)
+                log.info("a %s snapshot does not suit %d references: rebuilding", kind, count)
+                return False
         except Exception as exc:  # a truncated or corrupt file: FAISS raises RuntimeError
             log.warning("index snapshot %s unusable (%s): rebuilding from the store", path, exc)
             return False

@@ -84,6 +84,7 @@ class SignalService:
         # Everything loaded so far (torch, ONNX Runtime, the app) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise took ~100 ms each under
         # load and stalled every request in flight.
+        gc.collect()  # what is garbage now would otherwise never be collected
         gc.freeze()
         self.ready = True
 
@@ -224,9 +225,12 @@ class SignalService:
         threshold = self.settings.anomaly_threshold
         results = []
         for row, score in zip(rows, scores, strict=True):
+            # Names come from the store as committed now: a write racing this search may have
+            # moved a neighbour to another element since the index filtered it; it is shown as
+            # it now is, and a deleted one is left out.
             neighbors = []
             for n in row:
-                if n.key not in described:  # deleted since the search found it
+                if n.key not in described:
                     continue
                 ref_id, element_id, session_id, metadata = described[n.key]
                 neighbors.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ import orjson
 from app.errors import InputError
 
 NPY_MEDIA_TYPE = "application/x-npy"
+MAX_NPY_HEADER = 10_000  # bytes; numpy's own limit for reading untrusted files
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,25 @@ def parse_npy_body(body: bytes, limits: SignalLimits) -> SignalBatch:
 
 
 def _npy_view(body: bytes) -> np.ndarray | None:
-    """The array of a version 1 or 2 .npy body holding exactly one numeric array, viewed in
+    """The array of a version 1.0 or 2.0 .npy body holding exactly one numeric array, viewed in
     place (no copy); None for anything else. The header is parsed once per distinct header:
     numpy parses it with ``ast`` on every read, a sixth of a small request's CPU."""
-    if len(body) < 12 or body[:6] != b"\x93NUMPY" or body[6] not in (1, 2):
+    if len(body) < 12 or body[:6] != b"\x93NUMPY" or body[6] not in (1, 2) or body[7] != 0:
         return None
     size_bytes = 2 if body[6] == 1 else 4
     start = 8 + size_bytes
-    header = body[: start + int.from_bytes(body[8:start], "little")]
-    layout = _npy_layout(header)
+    header_size = int.from_bytes(body[8:start], "little")
+    if header_size > MAX_NPY_HEADER:  # numpy refuses these; and never cache a huge key
+        return None
+    layout = _npy_layout(body[: start + header_size])
     if layout is None:
         return None
     dtype, shape, order = layout
-    count = int(np.prod(shape))
-    if len(body) != len(header) + count * dtype.itemsize:
+    count = math.prod(shape)  # Python ints: a crafted shape cannot wrap around
+    if len(body) != start + header_size + count * dtype.itemsize:
         return None
-    return np.frombuffer(body, dtype, count, offset=len(header)).reshape(shape, order=order)
+    data = np.frombuffer(body, dtype, count, offset=start + header_size)
+    return data.reshape(shape, order=order)
 
 
 @functools.lru_cache(maxsize=128)
@@ -94,9 +99,9 @@ def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], str] | None:
         shape, fortran_order, dtype = read(stream)
     except Exception:  # numpy raises ValueError and others on a malformed header
         return None
-    if dtype.kind not in "fiu" or dtype.hasobject:
+    if dtype.kind not in "fiu" or dtype.hasobject or any(n < 0 for n in shape):
         return None
-    return dtype, shape, "F" if fortran_order else "C"
+    return dtype, tuple(int(n) for n in shape), "F" if fortran_order else "C"
 
 
 def parse_signals(raw: object, limits: SignalLimits, field: str = "signals") -> SignalBatch:

@@ -134,11 +134,44 @@ def test_ivf_is_retrained_once_it_outgrows_its_lists():
     rng = np.random.default_rng(2)
     vectors, refs = clustered(rng, 100, 100)
     harness = Harness("ivf")
-    harness.upsert(list(range(1000)), refs[:1000], vectors[:1000])
+    harness.upsert(list(range(1200)), refs[:1200], vectors[:1200])
     lists = harness.index.index.nlist
     assert harness.index.current_kind == "ivf" and harness.rebuilds == 1
-    harness.upsert(list(range(1000, 10_000)), refs[1000:], vectors[1000:])
+    harness.upsert(list(range(1200, 10_000)), refs[1200:], vectors[1200:])
     assert harness.rebuilds == 2 and harness.index.index.nlist > lists
+
+
+def test_a_size_hovering_at_the_threshold_does_not_rebuild_on_every_write():
+    rng = np.random.default_rng(5)
+    vectors, refs = clustered(rng, 20, 60)
+    harness = Harness("auto", auto_approximate_above=1, ivf_nprobe=4)  # floor: 1,000
+    harness.upsert(list(range(1000)), refs[:1000], vectors[:1000])
+    assert harness.index.current_kind == "flat" and harness.rebuilds == 0
+    harness.upsert([1000], refs[1000:1001], vectors[1000:1001])
+    assert harness.index.current_kind == "ivf" and harness.rebuilds == 1
+    for cycle in range(10):  # a retention job deleting while new data arrives
+        harness.remove(cycle)
+        harness.upsert([5], [Ref("e0", "s0_1")], vectors[5:6])
+        harness.upsert([2000 + cycle], refs[cycle : cycle + 1], vectors[cycle : cycle + 1])
+    assert harness.rebuilds == 1
+    for key in range(10, 600):  # shrinking to half the threshold goes back to exact search
+        harness.remove(key)
+    harness.upsert([3000], refs[:1], vectors[:1])
+    assert harness.index.current_kind == "flat" and harness.rebuilds == 2
+
+
+def test_excluding_a_session_still_finds_k_on_ivf():
+    """The lists nearest a query may hold nothing but the excluded session."""
+    rng = np.random.default_rng(6)
+    centres = unit(rng, 4)
+    vectors = np.concatenate([centres[s] + 0.05 * unit(rng, 1500) for s in range(4)])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    refs = [Ref(f"e{s}", f"rec{s}") for s in range(4) for _ in range(1500)]
+    harness = Harness("ivf", ivf_nprobe=2)
+    harness.upsert(list(range(6000)), refs, vectors)
+    rows = harness.index.search(vectors[:5], 10, exclude_session_id="rec0")
+    assert [len(row) for row in rows] == [10] * 5
+    assert all(n.key >= 1500 for row in rows for n in row)
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])

@@ -136,3 +136,23 @@ def test_npy_bodies_read_in_place_equal_numpys_reader(dtype, fortran, batch, len
     # Not the exact layout: numpy's reader decides, as before (a trailing byte is ignored).
     np.testing.assert_array_equal(parse_npy_body(body + b"\0", LIMITS)[0], expected)
     assert accepted_or_refused(parse_npy_body, body[:-1], LIMITS) is None  # truncated
+
+
+def npy_with_header(shape, data: bytes, version=(1, 0), padding=0) -> bytes:
+    header = repr({"descr": "<f4", "fortran_order": False, "shape": shape}).encode()
+    header += b" " * padding + b"\n"
+    size = len(header).to_bytes(2 if version[0] == 1 else 4, "little")
+    return b"\x93NUMPY" + bytes(version) + size + header + data
+
+
+def test_crafted_npy_headers_are_refused_with_a_4xx():
+    eight = np.zeros(8, np.float32).tobytes()
+    bodies = [
+        npy_with_header((2**61 + 1, 8), eight),  # element count wraps around in int64
+        npy_with_header((2**32, 2**32), b""),
+        npy_with_header((-2, -2), np.zeros(4, np.float32).tobytes()),
+        npy_with_header((1, 8), eight, version=(2, 1)),  # no such format version
+        npy_with_header((1, 8), eight, version=(2, 0), padding=20_000),  # header over numpy's limit
+    ]
+    for body in bodies:
+        assert accepted_or_refused(parse_npy_body, body, LIMITS) is None
