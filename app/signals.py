@@ -110,13 +110,7 @@ def parse_signals(raw: object, limits: SignalLimits, field: str = "signals") -> 
         raise InputError(field, "must be a list of signals", kind="list_type")
     if not raw:
         raise InputError(field, "is empty: send at least one signal", kind="too_short")
-    if len(raw) > limits.max_batch:
-        raise InputError(
-            field,
-            f"{len(raw)} signals, over the limit of {limits.max_batch}",
-            status=413,
-            kind="too_long",
-        )
+    _check_batch_size(len(raw), limits, field)
     try:
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
             array = np.asarray(raw, dtype=np.float32)
@@ -157,14 +151,18 @@ def _has_bools(raw: list) -> bool:
 
 
 def _check_rectangular(array: np.ndarray, limits: SignalLimits, field: str) -> SignalBatch:
-    if len(array) > limits.max_batch:
+    _check_batch_size(len(array), limits, field)
+    return [check_array(array, limits, field)]
+
+
+def _check_batch_size(signals: int, limits: SignalLimits, field: str) -> None:
+    if signals > limits.max_batch:
         raise InputError(
             field,
-            f"{len(array)} signals, over the limit of {limits.max_batch}",
+            f"{signals} signals, over the limit of {limits.max_batch}",
             status=413,
             kind="too_long",
         )
-    return [check_array(array, limits, field)]
 
 
 def check_array(array: np.ndarray, limits: SignalLimits, field: str) -> np.ndarray:
