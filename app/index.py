@@ -67,13 +67,17 @@ class _Codes:
         return self.codes[name]
 
 
+def unwrapped(index: faiss.Index) -> faiss.Index:
+    """The index that searches: flat and HNSW sit inside an id map, IVF keeps ids itself."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
 def kind_of(index: faiss.Index) -> str:
     """flat, ivf or hnsw: what an index built here (or read from a snapshot) is."""
-    if isinstance(index, faiss.IndexIDMap):
-        index = faiss.downcast_index(index.index)
-    if isinstance(index, faiss.IndexIVF):
+    inner = unwrapped(index)
+    if isinstance(inner, faiss.IndexIVF):
         return "ivf"
-    return "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat"
+    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
 
 
 class VectorIndex:
@@ -202,9 +206,7 @@ class VectorIndex:
             self._calibration = {}
 
     def _set_search_breadth(self) -> None:
-        inner = self.index
-        if isinstance(inner, faiss.IndexIDMap):
-            inner = faiss.downcast_index(inner.index)
+        inner = unwrapped(self.index)
         if isinstance(inner, faiss.IndexIVF):
             inner.nprobe = min(self.ivf_nprobe, inner.nlist)
         elif isinstance(inner, faiss.IndexHNSW):

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import uvloop  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from app.index import VectorIndex  # noqa: E402
+from app.index import VectorIndex, unwrapped  # noqa: E402
 from app.onnx_engine import derive_session  # noqa: E402
 from app.store import Labels  # noqa: E402
 from model import HierarchicalSignalNet, ModelConfig  # noqa: E402
@@ -450,9 +450,7 @@ def bench_search(model_dir: Path, full: bool) -> dict:
             size_mib = faiss.serialize_index(index.index).nbytes / 2**20
             if truth is None:  # flat comes first: exact
                 truth = np.array([[nb.key for nb in row] for row in index.search(queries, 10)])
-            inner = faiss.downcast_index(
-                index.index.index if isinstance(index.index, faiss.IndexIDMap) else index.index
-            )
+            inner = unwrapped(index.index)
             default_breadth = {"ivf": index.ivf_nprobe, "hnsw": index.ef_search}.get(kind)
             for breadth in breadths.get(kind, [None]):
                 if kind == "ivf":
