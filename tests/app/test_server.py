@@ -138,11 +138,14 @@ def test_a_kill_mid_stream_loses_nothing_acknowledged(server_factory, service_da
                 if stop.is_set():
                     return
                 i = (worker * 31 + n) % len(x)
+                # Noise, not an offset: the model z-scores its input, so signals that differ by
+                # a constant embed identically and tie for nearest neighbour.
+                noise = np.random.default_rng(worker * 100_000 + n).normal(0, 0.05, x.shape[1])
                 ref = {
                     "id": f"w{worker}-{n}",
                     "element_id": str(service_data.element_ids[i]),
                     "session_id": str(service_data.session_ids[i]),
-                    "signal": (x[i] + 0.01 * n).tolist(),
+                    "signal": (x[i] + noise).tolist(),
                 }
                 try:
                     response = http.post("/references", json={"references": [ref]})
