@@ -110,7 +110,7 @@ def parse_signals(raw: object, limits: SignalLimits, field: str = "signals") -> 
         raise InputError(field, "must be a list of signals", kind="list_type")
     if not raw:
         raise InputError(field, "is empty: send at least one signal", kind="too_short")
-    _check_batch_size(len(raw), limits, field)
+    check_batch_size(len(raw), limits, field)
     try:
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
             array = np.asarray(raw, dtype=np.float32)
@@ -151,15 +151,16 @@ def _has_bools(raw: list) -> bool:
 
 
 def _check_rectangular(array: np.ndarray, limits: SignalLimits, field: str) -> SignalBatch:
-    _check_batch_size(len(array), limits, field)
+    check_batch_size(len(array), limits, field)
     return [check_array(array, limits, field)]
 
 
-def _check_batch_size(signals: int, limits: SignalLimits, field: str) -> None:
-    if signals > limits.max_batch:
+def check_batch_size(count: int, limits: SignalLimits, field: str, what: str = "signals") -> None:
+    """413 when one request carries more than ``max_batch`` signals (or references)."""
+    if count > limits.max_batch:
         raise InputError(
             field,
-            f"{signals} signals, over the limit of {limits.max_batch}",
+            f"{count} {what}, over the limit of {limits.max_batch}",
             status=413,
             kind="too_long",
         )

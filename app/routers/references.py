@@ -19,7 +19,7 @@ from app.schemas import (
     error_responses,
 )
 from app.service import ReferenceInput
-from app.signals import check_array, parse_one
+from app.signals import check_array, check_batch_size, parse_one
 from model.data_format import DataFormatError, load_npz
 
 router = APIRouter(
@@ -38,13 +38,7 @@ async def upsert_references(body: ReferencesRequest, service: Service):
     """Embeds and stores each reference; answers once they are committed. An existing id is
     replaced (upsert); a missing id gets a new one."""
     limits = service.runtime.limits
-    if len(body.references) > limits.max_batch:
-        raise InputError(
-            "body.references",
-            f"{len(body.references)} references, over the limit of {limits.max_batch}",
-            status=413,
-            kind="too_long",
-        )
+    check_batch_size(len(body.references), limits, "body.references", what="references")
     refs = [
         ReferenceInput(
             element_id=r.element_id,
