@@ -118,6 +118,23 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="an extra key of the NPZ whose values define sessions within each element "
         "(e.g. beat_labels), instead of session_ids",
     )
+    p.add_argument(
+        "--reconstruct-keypoint",
+        help="a keypoint name (e.g. R_peak): the embedding must also rebuild the signal "
+        "re-centred on it, keeping the shape that triplets would discard (for anomaly scores)",
+    )
+    p.add_argument(
+        "--reconstruct-width",
+        type=int,
+        default=d.reconstruct_width,
+        help="samples of the re-centred segment to rebuild (default: the signal length)",
+    )
+    p.add_argument(
+        "--lambda-reconstruct",
+        type=float,
+        default=d.lambda_reconstruct,
+        help="weight of the segment reconstruction term",
+    )
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the test split")
     p.add_argument(
         "--patience",

@@ -1,4 +1,5 @@
-"""HierarchicalLoss = keypoint cross-entropy + lambda * (session triplet + element triplet)."""
+"""HierarchicalLoss = keypoint cross-entropy + lambda * (session triplet + element triplet)
++ lambda_reconstruct * reconstruction of the segment around a keypoint (optional)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class LossParts:
     keypoint: torch.Tensor
     session: torch.Tensor
     element: torch.Tensor
+    reconstruct: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in vars(self).items()}
@@ -86,6 +88,47 @@ def keypoint_cross_entropy(
     return per_keypoint[present].mean()
 
 
+def segments_around(
+    signals: torch.Tensor, anchors: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``width`` samples of each signal centred on its anchor.
+
+    signals (B, C, L), anchors (B,) sample positions (-1: none) -> segments (B, C, width), each
+    channel z-scored over its samples inside the signal, and a (B, 1, width) mask of those samples
+    (none for a signal without an anchor). With ``width`` = L this is the signal re-centred on the
+    anchor: for a beat anchored on its R peak, its own waves and how close its neighbours are.
+    """
+    b, c, length = signals.shape
+    positions = anchors[:, None] - width // 2 + torch.arange(width, device=signals.device)
+    inside = ((positions >= 0) & (positions < length) & (anchors[:, None] >= 0)).unsqueeze(1)
+    index = positions.clamp(0, length - 1).unsqueeze(1).expand(b, c, width)
+    segments = signals.gather(2, index)  # (B, C, width)
+    weight = inside.to(signals.dtype)
+    count = weight.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    mean = (segments * weight).sum(dim=-1, keepdim=True) / count
+    std = (((segments - mean) * weight) ** 2).sum(dim=-1, keepdim=True).div(count).sqrt()
+    return (segments - mean) / (std + 1e-6) * weight, inside
+
+
+class SegmentDecoder(nn.Module):
+    """Training-only head: the segment around a keypoint (``segments_around``), from the embedding.
+
+    Asking the embedding to hold the shape of, say, the beat around its R peak keeps what the
+    triplet terms alone would discard as within-element variation: the morphology that tells an
+    ectopic beat from its record's normal ones. It is not part of the exported model.
+    """
+
+    def __init__(self, embedding_dim: int, channels: int, width: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.channels, self.width = channels, width
+        self.net = nn.Sequential(
+            nn.Linear(embedding_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels * width)
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.net(embeddings).view(-1, self.channels, self.width)  # (B, D) -> (B, C, W)
+
+
 class HierarchicalLoss(nn.Module):
     """Loss on one P-K batch.
 
@@ -95,7 +138,9 @@ class HierarchicalLoss(nn.Module):
     - session triplet: anchor and positive from one session, negative from another session of the
       same element, with ``margin_session``;
     - element triplet: anchor and positive from one element (any session, so an element's sessions
-      are pulled together), negative from another element, with ``margin_element``.
+      are pulled together), negative from another element, with ``margin_element``;
+    - with a ``decoder``: mean squared error of the segment it rebuilds from each embedding against
+      the signal's segment around keypoint ``reconstruct_keypoint`` (signals without it count not).
     """
 
     def __init__(
@@ -106,8 +151,14 @@ class HierarchicalLoss(nn.Module):
         margin_element: float = 0.3,
         mining: str = "all",
         keypoint_sigma: float = 1.0,
+        decoder: SegmentDecoder | None = None,
+        reconstruct_keypoint: int = 0,
+        lambda_reconstruct: float = 1.0,
     ) -> None:
         super().__init__()
+        self.decoder = decoder
+        self.reconstruct_keypoint = reconstruct_keypoint
+        self.lambda_reconstruct = lambda_reconstruct
         self.stride = stride
         self.lambda_metric = lambda_metric
         self.margin_session = margin_session
@@ -122,7 +173,9 @@ class HierarchicalLoss(nn.Module):
         positions: torch.Tensor,
         elements: torch.Tensor,
         sessions: torch.Tensor,
+        signals: torch.Tensor | None = None,
     ) -> LossParts:
+        """``signals`` (B, C, L): what the decoder rebuilds segments of (needed with one)."""
         distances = pairwise_distances(embeddings)
         not_self = ~torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
         same_element = elements.unsqueeze(0) == elements.unsqueeze(1)
@@ -143,4 +196,20 @@ class HierarchicalLoss(nn.Module):
         )
         keypoint = keypoint_cross_entropy(logits, positions, self.stride, self.keypoint_sigma)
         total = keypoint + self.lambda_metric * (session + element)
-        return LossParts(total=total, keypoint=keypoint, session=session, element=element)
+        reconstruct = total.new_zeros(())
+        if self.decoder is not None:
+            if signals is None:
+                raise ValueError("a loss with a decoder needs the signals")
+            anchors = positions[:, self.reconstruct_keypoint]
+            if (anchors >= 0).any():
+                target, inside = segments_around(signals, anchors, self.decoder.width)
+                error = (self.decoder(embeddings) - target) ** 2 * inside
+                reconstruct = error.sum() / (inside.sum() * signals.shape[1])
+            total = total + self.lambda_reconstruct * reconstruct
+        return LossParts(
+            total=total,
+            keypoint=keypoint,
+            session=session,
+            element=element,
+            reconstruct=reconstruct,
+        )

@@ -25,7 +25,7 @@ from model.data_format import SignalData
 from training.data import SignalDataset, split_by_element
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
-from training.loss import HierarchicalLoss
+from training.loss import HierarchicalLoss, SegmentDecoder
 from training.sampler import HierarchicalSampler
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ class TrainConfig:
     grad_clip: float = 5.0
     gold_repeat: int = 4
     session_key: str | None = None  # an extras key whose values define the sessions instead
+    # Rebuild each signal's segment around this keypoint (a name, e.g. "R_peak") from its
+    # embedding, so the embedding keeps that segment's shape (see loss.SegmentDecoder).
+    reconstruct_keypoint: str | None = None
+    reconstruct_width: int | None = None  # samples; None: the signals' length
+    lambda_reconstruct: float = 1.0
     # Augmentation, in units of each signal's own standard deviation (0 = off): white noise,
     # and a slow baseline drift (a random sinusoid of 0.3 to 2 cycles per window).
     augment_noise: float = 0.0
@@ -117,6 +122,18 @@ class Trainer:
                 f"{model_config.min_length}"
             )
         self.model = HierarchicalSignalNet(model_config).to(self.device)
+        decoder, reconstruct_index = None, 0
+        if config.reconstruct_keypoint:
+            names = list(data.keypoint_names)
+            if config.reconstruct_keypoint not in names:
+                raise ValueError(
+                    f"reconstruct_keypoint {config.reconstruct_keypoint!r} is not one of the "
+                    f"data's keypoints {names}"
+                )
+            reconstruct_index = names.index(config.reconstruct_keypoint)
+            decoder = SegmentDecoder(
+                model_config.embedding_dim, data.channels, config.reconstruct_width or data.length
+            )
         self.loss = HierarchicalLoss(
             stride=model_config.stride,
             lambda_metric=config.lambda_metric,
@@ -124,7 +141,10 @@ class Trainer:
             margin_element=config.margin_element,
             mining=config.mining,
             keypoint_sigma=config.keypoint_sigma,
-        )
+            decoder=decoder,
+            reconstruct_keypoint=reconstruct_index,
+            lambda_reconstruct=config.lambda_reconstruct,
+        ).to(self.device)
         self.sampler = HierarchicalSampler(
             self.train_set.element_codes,
             self.train_set.session_codes,
@@ -134,7 +154,9 @@ class Trainer:
         )
         self.train_set.to(self.device)  # after the sampler has read the codes on the CPU
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            [*self.model.parameters(), *self.loss.parameters()],  # the loss's decoder, if any
+            lr=config.lr,
+            weight_decay=config.weight_decay,
         )
         self.total_steps = max(1, config.epochs * len(self.sampler))
         self.step = 0
@@ -151,6 +173,7 @@ class Trainer:
             "train_config": asdict(self.config),
             "model_config": self.model.config.to_dict(),
             "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "seconds": self.seconds_before + time.monotonic() - self.started,
@@ -172,6 +195,7 @@ class Trainer:
         if state["model_config"] != self.model.config.to_dict():
             raise ValueError(f"{path}: checkpoint was made with another model configuration")
         self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state.get("loss", {}))  # older checkpoints: no decoder
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.seconds_before = state["seconds"]
@@ -203,17 +227,21 @@ class Trainer:
                 out_of_time = True
                 break
             index = torch.tensor(batch, device=self.device)
-            embeddings, logits = self.model(self.augment(self.train_set.signals[index]))
+            signals = self.train_set.signals[index]
+            embeddings, logits = self.model(self.augment(signals))
             parts = self.loss(
                 embeddings,
                 logits,
                 self.train_set.keypoints[index],
                 self.train_set.element_codes[index],
                 self.train_set.session_codes[index],
+                signals,  # clean: the decoder rebuilds what augmentation hid
             )
             self.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(
+                self.optimizer.param_groups[0]["params"], self.config.grad_clip
+            )
             self.optimizer.step()
             self.step += 1
             self._set_learning_rate()

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from model import HierarchicalSignalNet, ModelConfig
-from training.loss import HierarchicalLoss, keypoint_cross_entropy, pairwise_distances, triplet_loss
+from training.loss import (
+    HierarchicalLoss,
+    SegmentDecoder,
+    keypoint_cross_entropy,
+    pairwise_distances,
+    segments_around,
+    triplet_loss,
+)
 
 SQRT2 = math.sqrt(2)
 
@@ -118,3 +125,44 @@ def test_gradients_reach_both_heads_and_the_trunk():
     ):
         grad = dict(net.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_segments_are_centred_on_the_anchor_z_scored_and_masked_outside_the_signal():
+    signals = torch.arange(20, dtype=torch.float32).repeat(3, 2, 1)  # (3, 2, 20): 0..19
+    segments, inside = segments_around(signals, torch.tensor([10, 1, -1]), width=6)
+    # Anchor 10: samples 7..12, all inside; z-scored: mean 9.5, std sqrt(35/12).
+    expected = (torch.arange(7, 13.0) - 9.5) / math.sqrt(35 / 12)
+    torch.testing.assert_close(segments[0, 0], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(segments[0, 1], expected, atol=1e-4, rtol=0)
+    # Anchor 1: samples -2..3, the first two outside the signal: masked and zero.
+    assert inside[1, 0].tolist() == [False, False, True, True, True, True]
+    assert segments[1, :, :2].abs().max() == 0
+    torch.testing.assert_close(segments[1, 0, 2:].mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    # No anchor: nothing to rebuild.
+    assert not inside[2].any() and segments[2].abs().max() == 0
+
+
+def test_the_reconstruction_term_is_the_decoders_squared_error_on_signals_with_the_keypoint():
+    torch.manual_seed(0)
+    decoder = SegmentDecoder(embedding_dim=2, channels=1, width=8)
+    torch.nn.init.zeros_(decoder.net[-1].weight)
+    torch.nn.init.zeros_(decoder.net[-1].bias)  # predicts zeros: the error is the target's power
+    loss = HierarchicalLoss(stride=4, decoder=decoder, reconstruct_keypoint=0, lambda_reconstruct=2)
+    signals = torch.randn(4, 1, 32)
+    positions = torch.tensor([[16], [3], [-1], [20]])  # one signal without the keypoint
+    args = (
+        unit([1, 0], [0, 1], [1, 0], [0, 1]),
+        torch.zeros(4, 8, 1),
+        positions,
+        torch.tensor([0, 0, 1, 1]),
+        torch.tensor([0, 1, 2, 3]),
+    )
+    parts = loss(*args, signals)
+    assert parts.reconstruct.item() == pytest.approx(1.0, abs=1e-4)  # z-scored: unit power
+    without = HierarchicalLoss(stride=4)(*args)
+    assert without.reconstruct.item() == 0.0
+    assert parts.total.item() == pytest.approx(without.total.item() + 2.0, abs=1e-4)
+    parts.total.backward()
+    assert decoder.net[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs the signals"):
+        loss(*args)

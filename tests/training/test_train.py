@@ -79,3 +79,33 @@ def test_training_on_a_gpu_exports_a_model_for_the_cpu(tiny_data, tmp_path):
     assert all(p.device.type == "cpu" for p in exported.parameters())
     embeddings, _, _ = predict(exported, tiny_data.signals[:4])
     assert np.isfinite(embeddings).all()
+
+
+def test_reconstruction_trains_a_decoder_that_stays_out_of_the_export(tiny_data, tmp_path):
+    config = TrainConfig(
+        epochs=2, p=4, k=4, model=TINY_MODEL, reconstruct_keypoint="main_peak", val_fraction=0.25
+    )
+    trainer = Trainer(config, tiny_data, tmp_path)
+    decoder = trainer.loss.decoder
+    assert decoder.width == tiny_data.length  # default: the whole signal, re-centred
+    before = [p.detach().clone() for p in decoder.parameters()]
+    trainer.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(before, decoder.parameters(), strict=True))
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert any(k.startswith("decoder.") for k in checkpoint["loss"])
+    exported = torch.jit.load(str(tmp_path / "model.pt"))
+    assert sum(p.numel() for p in exported.parameters()) == sum(
+        p.numel() for p in trainer.model.parameters()
+    )
+
+    resumed = Trainer(TrainConfig(**{**vars(config), "epochs": 3}), tiny_data, tmp_path)
+    resumed.load_checkpoint()
+    for a, b in zip(decoder.parameters(), resumed.loss.decoder.parameters(), strict=True):
+        torch.testing.assert_close(a.detach(), b.detach())
+
+
+def test_an_unknown_reconstruction_keypoint_names_the_known_ones(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="'R_peak' is not one of .*main_peak"):
+        Trainer(
+            TrainConfig(model=TINY_MODEL, p=4, reconstruct_keypoint="R_peak"), tiny_data, tmp_path
+        )
