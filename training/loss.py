@@ -139,8 +139,9 @@ class HierarchicalLoss(nn.Module):
       same element, with ``margin_session``;
     - element triplet: anchor and positive from one element (any session, so an element's sessions
       are pulled together), negative from another element, with ``margin_element``;
-    - with a ``decoder``: mean squared error of the segment it rebuilds from each embedding against
-      the signal's segment around keypoint ``reconstruct_keypoint`` (signals without it count not).
+    - with a ``decoder``: mean squared error of the segment it rebuilds from each embedding
+      against the signal's segment around keypoint ``reconstruct_keypoint`` (signals without
+      that keypoint add nothing).
     """
 
     def __init__(

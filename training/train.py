@@ -130,6 +130,10 @@ class Trainer:
                     f"reconstruct_keypoint {config.reconstruct_keypoint!r} is not one of the "
                     f"data's keypoints {names}"
                 )
+            if config.reconstruct_width is not None and config.reconstruct_width < 1:
+                raise ValueError(
+                    f"reconstruct_width must be at least 1 sample, got {config.reconstruct_width}"
+                )
             reconstruct_index = names.index(config.reconstruct_keypoint)
             decoder = SegmentDecoder(
                 model_config.embedding_dim, data.channels, config.reconstruct_width or data.length
