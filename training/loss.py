@@ -205,7 +205,7 @@ class HierarchicalLoss(nn.Module):
             if (anchors >= 0).any():
                 target, inside = segments_around(signals, anchors, self.decoder.width)
                 error = (self.decoder(embeddings) - target) ** 2 * inside
-                reconstruct = error.sum() / (inside.sum() * signals.shape[1])
+                reconstruct = error.sum() / (inside.sum().clamp_min(1) * signals.shape[1])
             total = total + self.lambda_reconstruct * reconstruct
         return LossParts(
             total=total,

@@ -134,6 +134,10 @@ class Trainer:
                 raise ValueError(
                     f"reconstruct_width must be at least 1 sample, got {config.reconstruct_width}"
                 )
+            if config.lambda_reconstruct < 0:
+                raise ValueError(
+                    f"lambda_reconstruct must not be negative, got {config.lambda_reconstruct}"
+                )
             reconstruct_index = names.index(config.reconstruct_keypoint)
             decoder = SegmentDecoder(
                 model_config.embedding_dim, data.channels, config.reconstruct_width or data.length
@@ -198,8 +202,14 @@ class Trainer:
         state = torch.load(path, weights_only=True, map_location=self.device)
         if state["model_config"] != self.model.config.to_dict():
             raise ValueError(f"{path}: checkpoint was made with another model configuration")
+        saved_loss = state.get("loss", {})  # checkpoints from before the decoder have none
+        if _shapes(saved_loss) != _shapes(self.loss.state_dict()):
+            raise ValueError(
+                f"{path}: checkpoint was made with other reconstruction settings "
+                "(reconstruct_keypoint, reconstruct_width): resume with the run's own"
+            )
         self.model.load_state_dict(state["model"])
-        self.loss.load_state_dict(state.get("loss", {}))  # older checkpoints: no decoder
+        self.loss.load_state_dict(saved_loss)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.seconds_before = state["seconds"]
@@ -243,7 +253,7 @@ class Trainer:
             )
             self.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
-            torch.nn.utils.clip_grad_norm_(
+            torch.nn.utils.clip_grad_norm_(  # the network's and the decoder's, as one norm
                 self.optimizer.param_groups[0]["params"], self.config.grad_clip
             )
             self.optimizer.step()
@@ -431,3 +441,7 @@ def _epoch_line(record: dict) -> str:
             parts.append(f"kp median err {np.mean(medians):.2f} samples")
     parts.append(f"score {record['score']:.4f}" + (" *" if record["best"] else ""))
     return " | ".join(parts)
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(value.shape) for name, value in state.items()}

@@ -147,12 +147,13 @@ def test_the_reconstruction_term_is_the_decoders_squared_error_on_signals_with_t
     decoder = SegmentDecoder(embedding_dim=2, channels=1, width=8)
     torch.nn.init.zeros_(decoder.net[-1].weight)
     torch.nn.init.zeros_(decoder.net[-1].bias)  # predicts zeros: the error is the target's power
-    loss = HierarchicalLoss(stride=4, decoder=decoder, reconstruct_keypoint=0, lambda_reconstruct=2)
+    loss = HierarchicalLoss(stride=4, decoder=decoder, reconstruct_keypoint=1, lambda_reconstruct=2)
     signals = torch.randn(4, 1, 32)
-    positions = torch.tensor([[16], [3], [-1], [20]])  # one signal without the keypoint
+    # Column 1 is the anchor (column 0 is absent throughout); one signal lacks it.
+    positions = torch.tensor([[-1, 16], [-1, 3], [-1, -1], [-1, 20]])
     args = (
         unit([1, 0], [0, 1], [1, 0], [0, 1]),
-        torch.zeros(4, 8, 1),
+        torch.zeros(4, 8, 2),
         positions,
         torch.tensor([0, 0, 1, 1]),
         torch.tensor([0, 1, 2, 3]),
@@ -166,3 +167,6 @@ def test_the_reconstruction_term_is_the_decoders_squared_error_on_signals_with_t
     assert decoder.net[-1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs the signals"):
         loss(*args)
+    # Anchors present but every segment sample outside the signal: nothing to rebuild, not NaN.
+    far = (args[0], args[1], torch.tensor([[-1, 100]] * 4), *args[3:])
+    assert loss(*far, signals).reconstruct.item() == 0.0

@@ -102,6 +102,10 @@ def test_reconstruction_trains_a_decoder_that_stays_out_of_the_export(tiny_data,
     resumed.load_checkpoint()
     for a, b in zip(decoder.parameters(), resumed.loss.decoder.parameters(), strict=True):
         torch.testing.assert_close(a.detach(), b.detach())
+    for change in ({"reconstruct_keypoint": None}, {"reconstruct_width": 8}):
+        other = Trainer(TrainConfig(**{**vars(config), **change}), tiny_data, tmp_path)
+        with pytest.raises(ValueError, match="other reconstruction settings"):
+            other.load_checkpoint()
 
 
 def test_an_unknown_reconstruction_keypoint_names_the_known_ones(tiny_data, tmp_path):
@@ -109,3 +113,10 @@ def test_an_unknown_reconstruction_keypoint_names_the_known_ones(tiny_data, tmp_
         Trainer(
             TrainConfig(model=TINY_MODEL, p=4, reconstruct_keypoint="R_peak"), tiny_data, tmp_path
         )
+    for bad, message in (
+        ({"reconstruct_width": 0}, "reconstruct_width must be at least 1"),
+        ({"lambda_reconstruct": -1.0}, "lambda_reconstruct must not be negative"),
+    ):
+        config = TrainConfig(model=TINY_MODEL, p=4, reconstruct_keypoint="end", **bad)
+        with pytest.raises(ValueError, match=message):
+            Trainer(config, tiny_data, tmp_path)
