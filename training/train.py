@@ -122,26 +122,7 @@ class Trainer:
                 f"{model_config.min_length}"
             )
         self.model = HierarchicalSignalNet(model_config).to(self.device)
-        decoder, reconstruct_index = None, 0
-        if config.reconstruct_keypoint:
-            names = list(data.keypoint_names)
-            if config.reconstruct_keypoint not in names:
-                raise ValueError(
-                    f"reconstruct_keypoint {config.reconstruct_keypoint!r} is not one of the "
-                    f"data's keypoints {names}"
-                )
-            if config.reconstruct_width is not None and config.reconstruct_width < 1:
-                raise ValueError(
-                    f"reconstruct_width must be at least 1 sample, got {config.reconstruct_width}"
-                )
-            if config.lambda_reconstruct < 0:
-                raise ValueError(
-                    f"lambda_reconstruct must not be negative, got {config.lambda_reconstruct}"
-                )
-            reconstruct_index = names.index(config.reconstruct_keypoint)
-            decoder = SegmentDecoder(
-                model_config.embedding_dim, data.channels, config.reconstruct_width or data.length
-            )
+        decoder, reconstruct_index = segment_decoder(config, data, model_config.embedding_dim)
         self.loss = HierarchicalLoss(
             stride=model_config.stride,
             lambda_metric=config.lambda_metric,
@@ -445,3 +426,27 @@ def _epoch_line(record: dict) -> str:
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(value.shape) for name, value in state.items()}
+
+
+def segment_decoder(
+    config: TrainConfig, data: SignalData, embedding_dim: int
+) -> tuple[SegmentDecoder | None, int]:
+    """The reconstruction decoder the config asks for (None: none) and its keypoint's column."""
+    if not config.reconstruct_keypoint:
+        return None, 0
+    names = list(data.keypoint_names)
+    if config.reconstruct_keypoint not in names:
+        raise ValueError(
+            f"reconstruct_keypoint {config.reconstruct_keypoint!r} is not one of the data's "
+            f"keypoints {names}"
+        )
+    if config.reconstruct_width is not None and config.reconstruct_width < 1:
+        raise ValueError(
+            f"reconstruct_width must be at least 1 sample, got {config.reconstruct_width}"
+        )
+    if config.lambda_reconstruct < 0:
+        raise ValueError(
+            f"lambda_reconstruct must not be negative, got {config.lambda_reconstruct}"
+        )
+    decoder = SegmentDecoder(embedding_dim, data.channels, config.reconstruct_width or data.length)
+    return decoder, names.index(config.reconstruct_keypoint)
