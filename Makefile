@@ -9,7 +9,7 @@ PORT ?= 8000
 
 ECG ?= ../shared/ecg
 
-.PHONY: install test lint demo serve eval-ecg loadtest docker-check bench bench-full clean
+.PHONY: install test lint demo serve eval-ecg loadtest docker-check bench bench-full bench-scale clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
 	$(BIN)/python benchmarks/bench.py --model-dir $(MODEL_DIR) --full
+
+# Scale-out figures (a few minutes; needs wrk, and PostgreSQL's server for the replica rows):
+# HSN_WORKERS 1 vs 2 under 64 connections, replication lag, write throughput per engine.
+bench-scale: $(STAMP)
+	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
+	$(BIN)/python benchmarks/scale_out.py --model-dir $(MODEL_DIR)
 
 # 60 s of 16 concurrent clients mixing /embed, /search and writes against a fresh server.
 loadtest: $(STAMP)

@@ -303,10 +303,12 @@ class SignalService:
     # -- operations --------------------------------------------------------------------------
     async def status(self) -> ReadyStatus:
         sync = self.sync.status()
-        try:
-            stored = await run_in_threadpool(self.store.count)
-        except StoreUnavailable:
-            stored = None
+        stored = None  # not asked while the database is known to be down: a probe must not wait
+        if sync.database == "ok":
+            try:
+                stored = await run_in_threadpool(self.store.count)
+            except StoreUnavailable:
+                pass
         return ReadyStatus(
             ready=self.ready,
             references=len(self.index),
