@@ -89,7 +89,9 @@ def test_the_cluster_profile_shares_one_postgres_behind_a_balancer():
         assert url.startswith("postgresql://") and "@postgres:5432/" in url
         assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert replica["read_only"] is True
-        assert "/data" in replica["tmpfs"] and "/tmp" in replica["tmpfs"]
+        assert "/tmp" in replica["tmpfs"]
+        data_dir = replica["environment"]["HSN_DATA_DIR"]
+        assert any(t.split(":")[0] == data_dir for t in replica["tmpfs"])
         assert not replica.get("ports"), "only the balancer publishes a port"
 
     balancer = services["balancer"]

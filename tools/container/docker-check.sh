@@ -190,13 +190,17 @@ step "all 3 replicas answer /ready through the balancer"
 declare -A replicas=()
 for _ in $(seq 1 360); do
     call GET /ready
-    [[ $status == 200 && -n $served_by ]] && replicas[${served_by%%:*}]=$served_by
+    if [[ $status == 200 && -z $served_by ]]; then
+        echo "no X-Served-By header: the service must name the replica process answering" \
+            "(hostname:pid)"; exit 1
+    fi
+    [[ $status == 200 ]] && replicas[${served_by%%:*}]=$served_by
     ((${#replicas[@]} >= 3)) && break
     sleep 0.5
 done
 wait "$up_pid" || { cat "$tmp/up.log"; exit 1; }
 if ((${#replicas[@]} < 3)); then
-    echo "replicas seen: ${replicas[*]:-none} (last: HTTP $status, X-Served-By '${served_by}')"
+    echo "replicas seen: ${replicas[*]:-none} (last: HTTP $status)"
     cluster_logs; exit 1
 fi
 done_ "${!replicas[*]}"
@@ -230,7 +234,12 @@ done_ "written on ${writer%%:*}, found on ${served_by%%:*} (search $i, $(printf 
 stopped=$(container_of hsn-2)
 stopped_host=$($engine inspect "$stopped" --format '{{.Config.Hostname}}')
 step "stop one replica (hsn-2): searches still answer"
-"${compose[@]}" stop hsn-2 >/dev/null 2>&1
+"${compose[@]}" stop hsn-2 >"$tmp/stop.log" 2>&1 || { cat "$tmp/stop.log"; exit 1; }
+for _ in $(seq 1 30); do
+    [[ $($engine inspect "$stopped" --format '{{.State.Running}}') == false ]] && break; sleep 1
+done
+[[ $($engine inspect "$stopped" --format '{{.State.Running}}') == false ]] \
+    || { echo "hsn-2 still running"; exit 1; }
 declare -A after=()
 for _ in $(seq 1 30); do
     call POST /search "$tmp/search.json"
