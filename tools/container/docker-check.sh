@@ -233,13 +233,30 @@ done_ "written on ${writer%%:*}, found on ${served_by%%:*} (search $i, $(printf 
 
 stopped=$(container_of hsn-2)
 stopped_host=$($engine inspect "$stopped" --format '{{.Config.Hostname}}')
-step "stop one replica (hsn-2): searches still answer"
+step "stop one replica (hsn-2), searching all the while"
+# Searches run throughout the stop: those the balancer sent to hsn-2 as it went away must be
+# retried on another replica, not fail.
+(
+    while [[ ! -e $tmp/stop-searching ]]; do
+        curl -s -o /dev/null -w '%{http_code}\n' --max-time 30 -H 'content-type: application/json' \
+            --data-binary "@$tmp/search.json" "http://127.0.0.1:$port/search" || true
+        sleep 0.05
+    done
+) >"$tmp/during.txt" &
+searcher=$!
 "${compose[@]}" stop hsn-2 >"$tmp/stop.log" 2>&1 || { cat "$tmp/stop.log"; exit 1; }
 for _ in $(seq 1 30); do
     [[ $($engine inspect "$stopped" --format '{{.State.Running}}') == false ]] && break; sleep 1
 done
+touch "$tmp/stop-searching"; wait "$searcher"
 [[ $($engine inspect "$stopped" --format '{{.State.Running}}') == false ]] \
     || { echo "hsn-2 still running"; exit 1; }
+during=$(grep -c . "$tmp/during.txt" || true)
+failed=$(grep -vc '^200$' "$tmp/during.txt" || true)
+((failed == 0)) || { echo "$failed of $during searches failed: $(sort "$tmp/during.txt" | uniq -c | xargs)"; exit 1; }
+done_ "$during searches, all 200; exit code $($engine inspect "$stopped" --format '{{.State.ExitCode}}')"
+
+step "with hsn-2 stopped, searches still answer"
 declare -A after=()
 for _ in $(seq 1 30); do
     call POST /search "$tmp/search.json"
