@@ -144,3 +144,15 @@ def test_the_image_runs_as_a_user_with_a_healthcheck_and_a_data_volume():
     service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["hsn"]
     assert service["read_only"] is True
     assert "hsn-data:/data" in service["volumes"]
+
+
+def test_make_docker_check_asks_for_the_tools_before_making_the_venv():
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = lines.index("docker-check:")
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    assert recipe[0] == "@tools/container/docker-check.sh --tools"
+    assert any("$(STAMP)" in line for line in recipe[1:])

