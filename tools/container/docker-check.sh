@@ -165,7 +165,7 @@ call() {
     status=$(curl "${args[@]}" || true)
     served_by=$(tr -d '\r' <"$tmp/head" | sed -n 's/^[Xx]-[Ss]erved-[Bb]y: *//p' | tail -1)
 }
-cluster_logs() { "${compose[@]}" logs 2>&1 | tail -${1:-30}; }
+cluster_logs() { "${compose[@]}" logs 2>&1 | tail -30; }
 container_of() {
     $engine ps -a --filter "label=com.docker.compose.project=$project" \
         --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -1

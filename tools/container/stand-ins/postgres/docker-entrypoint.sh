@@ -30,6 +30,7 @@ if [[ $1 == postgres && ! -s $PGDATA/PG_VERSION ]]; then
     if [[ $POSTGRES_DB != postgres ]]; then
         "${psql[@]}" --dbname postgres --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
     fi
+    # shellcheck disable=SC1090  # sources the scripts a user mounts there, as upstream
     for f in /docker-entrypoint-initdb.d/*; do
         case $f in
             *.sh) echo "running $f"; . "$f" ;;
