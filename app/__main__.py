@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
+from app.database import DatabaseConfigError, StoreUnavailable, open_database
 from app.main import create_app
 from app.observability import configure_logging
 from app.runtime import ModelLoadError
 from app.settings import Settings
+from app.store import ReferenceStore, SchemaTooNew
+from model.export_format import ExportFormatError, read_manifest
+
+STARTUP_ERRORS = (
+    ModelLoadError,
+    ExportFormatError,
+    DatabaseConfigError,
+    StoreUnavailable,
+    SchemaTooNew,
+)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 
@@ -40,17 +53,47 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limit_malloc_arenas()
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = Settings(**overrides)
-    configure_logging(settings.log_level)
     try:
-        app = create_app(settings)
-    except ModelLoadError as exc:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = "HSN_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+        print(f"error: {field}: {error['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    options = {"host": settings.host, "port": settings.port, "log_config": None}
+    try:
+        if settings.processes == 1:
+            uvicorn.run(create_app(settings), timeout_graceful_shutdown=10, **options)
+            return 0
+        check_before_forking(settings)
+    except STARTUP_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Each worker process builds its own app from the environment: hand it the command line.
+    for name, value in overrides.items():
+        os.environ[f"HSN_{name.upper()}"] = str(value)
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10
+        "app.main:create_app_from_environment",
+        factory=True,
+        workers=settings.processes,
+        timeout_graceful_shutdown=10,
+        **options,
     )
     return 0
+
+
+def check_before_forking(settings: Settings) -> None:
+    """What would make every worker fail, found once with one clear line: the model, the
+    database URL and server, and the schema (created or migrated here, under the lock)."""
+    read_manifest(settings.model_dir)
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    database = open_database(url, settings.data_dir, settings.database_connect_timeout_s)
+    try:
+        with database.exclusive():
+            ReferenceStore(database).migrate()
+    finally:
+        database.close()
 
 
 if __name__ == "__main__":

@@ -21,3 +21,12 @@ def error_body(field: str, message: str, kind: str) -> dict:
 
 async def input_error_handler(_: Request, exc: InputError) -> FastJSONResponse:
     return FastJSONResponse(error_body(exc.field, exc.message, exc.kind), status_code=exc.status)
+
+
+async def store_unavailable_handler(_: Request, exc: Exception) -> FastJSONResponse:
+    """The database could not be reached: nothing was committed; the client may retry."""
+    return FastJSONResponse(
+        error_body("database", f"unavailable, nothing was written: {exc}", "unavailable"),
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )

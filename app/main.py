@@ -10,11 +10,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import openapi
-from app.errors import InputError, error_body, input_error_handler
+from app.database import StoreUnavailable, open_database
+from app.errors import InputError, error_body, input_error_handler, store_unavailable_handler
 from app.observability import Metrics, RequestContextMiddleware
 from app.responses import FastJSONResponse
 from app.routers import inference, ops, references
-from app.service import SignalService
+from app.service import SERVED_BY, SignalService
 from app.settings import Settings
 
 DESCRIPTION = """Embeddings, keypoints and similarity search for hierarchical signals
@@ -84,11 +85,18 @@ async def _validation_error_handler(_, exc: RequestValidationError) -> FastJSONR
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Loads the model and opens the store now (so a bad model fails fast); the lifespan
-    re-embeds stale references, loads or rebuilds the index, and saves it on shutdown."""
+    """Loads the model and connects to the database now (so a bad model or an unreachable
+    database fails fast); the lifespan migrates and re-embeds once (under the store's start-up
+    lock), loads or rebuilds the index, follows the change log, and saves the index on shutdown."""
     settings = settings or Settings()
     metrics = Metrics()
-    service = SignalService(settings, metrics)
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    database = open_database(url, settings.data_dir, settings.database_connect_timeout_s)
+    try:
+        service = SignalService(settings, metrics, database)
+    except BaseException:
+        database.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -110,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(references.router)
     app.include_router(ops.router)
     app.add_exception_handler(InputError, input_error_handler)
+    app.add_exception_handler(StoreUnavailable, store_unavailable_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     if settings.cors_origins:
         app.add_middleware(
@@ -119,6 +128,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, served_by=SERVED_BY)
     openapi.install(app, service.runtime.limits, settings)
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The factory each server process calls when ``HSN_WORKERS`` > 1 (settings from HSN_*)."""
+    from app.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -56,6 +56,19 @@ class Metrics:
         self.index_size = Gauge(
             "hsn_index_references", "references in the search index", registry=self.registry
         )
+        self.sync_lag_entries = Gauge(
+            "hsn_sync_lag_entries",
+            "change-log entries this process has not applied to its index yet",
+            registry=self.registry,
+        )
+        self.sync_lag_seconds = Gauge(
+            "hsn_sync_lag_seconds",
+            "age of the oldest change-log entry this process has not applied (0: none)",
+            registry=self.registry,
+        )
+        self.database_up = Gauge(
+            "hsn_database_up", "1 when the database answered the last check", registry=self.registry
+        )
 
     def observe_inference(self, signals: int, seconds: float) -> None:
         self.batch_signals.observe(signals)
@@ -95,8 +108,9 @@ class RequestContextMiddleware:
     Pure ASGI rather than BaseHTTPMiddleware, so bodies stream through untouched.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, served_by: str) -> None:
         self.app, self.metrics = app, metrics
+        self.served_by = served_by.encode()
         self.log = logging.getLogger("app.access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,7 +127,9 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+                sent = message.setdefault("headers", [])
+                sent.append((b"x-request-id", rid.encode()))
+                sent.append((b"x-served-by", self.served_by))  # which process answered
             await send(message)
 
         try:

@@ -142,7 +142,9 @@ class Neighbor(BaseModel):
     element_id: str
     session_id: str
     similarity: float = Field(description="cosine similarity, in [-1, 1]")
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] | None = Field(
+        description="null only while the database is unreachable (the search answers from memory)"
+    )
 
 
 class PredictedElement(BaseModel):
@@ -193,10 +195,24 @@ class Health(BaseModel):
     status: str
 
 
+class SyncStatus(BaseModel):
+    applied_seq: int = Field(description="the last change-log entry this process's index reflects")
+    store_seq: int = Field(description="the last change-log entry in the database, when last asked")
+    lag_entries: int = Field(description="entries not applied here yet")
+    lag_seconds: float = Field(description="age of the oldest entry not applied here (0: none)")
+    database: str = Field(description="ok, or unreachable")
+
+
 class Ready(BaseModel):
     ready: bool
-    references: int = Field(description="vectors in the search index")
-    stored: int = Field(description="references in the database; equal once ready")
+    references: int = Field(description="vectors in this process's search index")
+    stored: int | None = Field(
+        description="references in the database (null while it is unreachable)"
+    )
+    database: str = Field(description="ok, or unreachable")
+    degraded: bool = Field(description="searches answer from memory; writes get 503")
+    sync: SyncStatus
+    served_by: str = Field(description="host:pid of the process that answered")
     engine: str = Field(description="what runs the model: onnx or torchscript")
     index: str = Field(description="the search index type in use: flat (exact), ivf or hnsw")
     inference_workers: int = Field(description="model calls that may run at once")

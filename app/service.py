@@ -1,34 +1,44 @@
-"""The service's state and operations: model, batcher, store and index working together.
+"""The service's operations: the model, its batcher, the store and the index working together.
 
-Writes go store first (committed: acknowledged), index second, under one write lock, so the index
-never holds what the store does not. Start-up re-embeds references made by another model, then
-loads the index snapshot if it matches the store's generation, or rebuilds it from the store.
+Operations return typed results (dataclasses); the routers serialise them through the schemas.
+Writes commit to the store and then reach the index through :class:`app.sync.IndexSync`, the one
+owner of their consistency; searches read the in-memory index (and the neighbours' metadata from
+the store, left out while the database is unreachable).
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
-import time
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from app.calibration import AnomalyCalibration
+from app.database import Database, StoreUnavailable
 from app.errors import InputError
-from app.index import VectorIndex
+from app.index import Neighbor, VectorIndex
+from app.index_policy import IndexPolicy
 from app.observability import Metrics
 from app.runtime import DynamicBatcher, Inference, ModelRuntime
 from app.settings import Settings
 from app.signals import SignalBatch
-from app.store import NewReference, ReferenceStore
+from app.store import (
+    SCHEMA_VERSION,
+    NewReference,
+    ReferenceStore,
+    ReferenceSummary,
+    StoredReference,
+)
+from app.sync import IndexSync, SyncStatus
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-DB_FILE = "references.sqlite3"
+SERVED_BY = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -40,46 +50,110 @@ class ReferenceInput:
     metadata: dict | None = None
 
 
+@dataclass
+class NeighborResult:
+    id: str
+    element_id: str
+    session_id: str
+    similarity: float
+    metadata: dict | None  # None while the database is unreachable
+
+
+@dataclass
+class PredictedElement:
+    element_id: str
+    confidence: float
+
+
+@dataclass
+class AnomalyResult:
+    score: float
+    is_anomaly: bool
+    threshold: float
+    calibrated_on: str
+
+
+@dataclass
+class SearchResult:
+    neighbors: list[NeighborResult]
+    predicted_element: PredictedElement | None
+    anomaly: AnomalyResult | None
+
+
+@dataclass
+class ReferencePage:
+    items: list[ReferenceSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass
+class ReadyStatus:
+    ready: bool
+    references: int
+    stored: int | None
+    model_version: str
+    engine: str
+    index: str
+    inference_workers: int
+    database: str
+    degraded: bool
+    sync: SyncStatus
+    served_by: str
+
+
 class SignalService:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, database: Database) -> None:
         self.settings = settings
         self.metrics = metrics
         self.runtime = ModelRuntime(
             settings.model_dir, settings.max_batch, settings.threads, settings.engine
         )
+        workers = settings.inference_worker_count
         self.batcher = DynamicBatcher(
             self.runtime,
             enabled=settings.dynamic_batching,
             max_signals=settings.batch_max_signals,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             observe=metrics.observe_inference,
-            workers=settings.workers,
+            workers=workers,
         )
         log.info(
-            "%d inference worker(s) x %d thread(s), dynamic batching %s",
-            settings.workers,
+            "%d inference worker(s) x %d thread(s), dynamic batching %s, references in %s",
+            workers,
             settings.threads,
             "on" if settings.dynamic_batching else "off",
+            database.describe(),
         )
-        self.store = ReferenceStore(settings.data_dir / DB_FILE)
+        self.store = ReferenceStore(database, settings.change_log_keep)
+        with database.exclusive():  # one process at a time creates or migrates the schema
+            found = self.store.migrate()
+        if found not in (0, SCHEMA_VERSION):
+            log.info("migrated the database from schema version %d", found)
         self.index = VectorIndex(
             self.runtime.dim,
-            settings.index_type,
-            vectors_of=self.store.embeddings,
+            IndexPolicy(settings.index_type, settings.auto_approximate_above),
+            ivf_nprobe=settings.ivf_nprobe,
             hnsw_m=settings.hnsw_m,
             ef_search=settings.hnsw_ef_search,
-            ivf_nprobe=settings.ivf_nprobe,
-            auto_approximate_above=settings.auto_approximate_above,
-            anomaly_k=settings.anomaly_k,
         )
-        self.write_lock = asyncio.Lock()
+        self.sync = IndexSync(
+            self.store,
+            self.index,
+            AnomalyCalibration(settings.anomaly_k),
+            self.runtime.version,
+            self._embed_signals,
+            settings.data_dir / f"index-{self.runtime.version}.npz",
+            settings.sync_interval_ms / 1000,
+        )
         self.ready = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.batcher.start()
-        await self._reembed_stale()
-        await run_in_threadpool(self._load_or_rebuild_index)
+        await self.sync.start()
         self.metrics.index_size.set(len(self.index))
         # Everything loaded so far (torch, ONNX Runtime, the app) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise took ~100 ms each under
@@ -90,94 +164,55 @@ class SignalService:
 
     async def stop(self) -> None:
         self.ready = False
+        await self.sync.stop()
         await self.batcher.stop()
-        async with self.write_lock:
-            await run_in_threadpool(self._save_snapshot)
         self.store.close()
-
-    def _save_snapshot(self) -> None:
-        self.index.save(
-            self.settings.data_dir / INDEX_FILE, self.store.generation(), self.runtime.version
-        )
-
-    def _load_or_rebuild_index(self) -> None:
-        started = time.perf_counter()
-        labels = self.store.labels()
-        generation = self.store.generation()
-        path = self.settings.data_dir / INDEX_FILE
-        if self.index.load(path, labels, generation, self.runtime.version):
-            log.info(
-                "loaded index snapshot: %d references in %.2fs",
-                len(self.index),
-                time.perf_counter() - started,
-            )
-            return
-        self.index.rebuild(labels, self.store.iter_embeddings())
-        log.info(
-            "rebuilt index from the store: %d references in %.2fs",
-            len(self.index),
-            time.perf_counter() - started,
-        )
-        self._save_snapshot()
-
-    async def _reembed_stale(self) -> None:
-        """References embedded by another model get this model's embeddings before serving."""
-        stale = await run_in_threadpool(self.store.count_stale, self.runtime.version)
-        if not stale:
-            return
-        log.info("re-embedding %d references made by another model", stale)
-        done, started = 0, time.perf_counter()
-        for rows in self.store.iter_stale_signals(self.runtime.version):
-            keys = [k for k, _ in rows]
-            inference = await self.embed([s[None] for _, s in rows])
-            await run_in_threadpool(
-                self.store.update_embeddings, keys, inference.embeddings, self.runtime.version
-            )
-            done += len(rows)
-            log.info(
-                "re-embedded %d/%d references (%.0f%%, %.1fs)",
-                done,
-                stale,
-                100 * done / stale,
-                time.perf_counter() - started,
-            )
 
     # -- inference ---------------------------------------------------------------------------
     async def embed(self, batch: SignalBatch) -> Inference:
         return await self.batcher.infer(batch)
 
+    async def _embed_signals(self, signals: list[np.ndarray]) -> np.ndarray:
+        return (await self.embed([s[None] for s in signals])).embeddings
+
     # -- references --------------------------------------------------------------------------
     async def upsert(self, refs: list[ReferenceInput]) -> list[str]:
         """Store references, in order: an id given twice ends as its last version. Returns
-        each reference's id (new ones are made up)."""
+        each reference's id (new ones are made up) once committed and searchable here."""
         ids = [r.id or uuid.uuid4().hex for r in refs]
         last = sorted({ref_id: n for n, ref_id in enumerate(ids)}.values())
         kept = [refs[n] for n in last]
-        inference = await self.embed([r.signal[None] for r in kept])
+        embeddings = await self._embed_signals([r.signal for r in kept])
         rows = [
             NewReference(ids[n], r.element_id, r.session_id, r.metadata or {}, r.signal, e)
-            for n, r, e in zip(last, kept, inference.embeddings, strict=True)
+            for n, r, e in zip(last, kept, embeddings, strict=True)
         ]
-        async with self.write_lock:
-            keys = await run_in_threadpool(self.store.upsert, rows, self.runtime.version)
-            done = await run_in_threadpool(self.index.upsert, keys, rows, inference.embeddings)
-            if not done:  # an index that cannot remove (HNSW): rebuild from the store
-                await run_in_threadpool(self._rebuild)
+        committed = await run_in_threadpool(self.store.upsert, rows, self.runtime.version)
+        await self.sync.after_commit(committed.seq)
         self.metrics.index_size.set(len(self.index))
         return ids
 
     async def delete(self, ref_id: str) -> bool:
-        async with self.write_lock:
-            key = await run_in_threadpool(self.store.delete, ref_id)
-            if key is None:
-                return False
-            if not await run_in_threadpool(self.index.remove, key):
-                await run_in_threadpool(self._rebuild)
+        committed = await run_in_threadpool(self.store.delete, ref_id)
+        if committed is None:
+            return False
+        await self.sync.after_commit(committed.seq)
         self.metrics.index_size.set(len(self.index))
         return True
 
-    def _rebuild(self) -> None:
-        self.index.rebuild(self.store.labels(), self.store.iter_embeddings())
+    async def get_reference(self, ref_id: str) -> StoredReference:
+        ref = await run_in_threadpool(self.store.get, ref_id)
+        if ref is None:
+            raise InputError(
+                "path.ref_id", f"no reference with id {ref_id!r}", status=404, kind="not_found"
+            )
+        return ref
+
+    async def list_references(
+        self, element_id: str | None, limit: int, offset: int
+    ) -> ReferencePage:
+        items, total = await run_in_threadpool(self.store.list, element_id, limit, offset)
+        return ReferencePage(items, total, limit, offset)
 
     # -- search ------------------------------------------------------------------------------
     async def search(
@@ -188,7 +223,7 @@ class SignalService:
         session_id: str | None = None,
         exclude_session_id: str | None = None,
         expected_element: str | None = None,
-    ) -> list[dict]:
+    ) -> list[SearchResult]:
         if expected_element is not None and not self.index.has_element(expected_element):
             raise InputError(
                 "expected_element",
@@ -197,6 +232,7 @@ class SignalService:
                 kind="not_found",
             )
         embeddings = (await self.embed(batch)).embeddings
+        await self.sync.ensure_fresh()
         return await run_in_threadpool(
             self._search,
             embeddings,
@@ -209,7 +245,7 @@ class SignalService:
 
     def _search(
         self, embeddings, k, element_id, session_id, exclude_session_id, expected_element
-    ) -> list[dict]:
+    ) -> list[SearchResult]:
         rows = self.index.search(embeddings, k, element_id, session_id, exclude_session_id)
         # The neighbours serve the anomaly score too when they came from the same pool.
         same_pool = (
@@ -218,53 +254,80 @@ class SignalService:
             and element_id == expected_element
             and k >= self.settings.anomaly_k
         )
-        scores = self.index.anomaly_scores(
-            embeddings, expected_element, neighbors=rows if same_pool else None
-        )
-        described = self.store.describe(sorted({n.key for row in rows for n in row}))
+        scores = self._anomaly_scores(embeddings, expected_element, rows if same_pool else None)
+        keys = np.array(sorted({n.key for row in rows for n in row}), dtype=np.int64)
+        described = self.index.describe(keys)
+        try:
+            metadata: dict[int, dict] | None = self.store.metadata(keys.tolist())
+        except StoreUnavailable:
+            metadata = None
         threshold = self.settings.anomaly_threshold
         results = []
         for row, score in zip(rows, scores, strict=True):
-            # Names come from the store as committed now: a write racing this search may have
-            # moved a neighbour to another element since the index filtered it; it is shown as
-            # it now is, and a deleted one is left out.
-            neighbors = []
-            for n in row:
-                if n.key not in described:
-                    continue
-                ref_id, element_id, session_id, metadata = described[n.key]
-                neighbors.append(
-                    {
-                        "id": ref_id,
-                        "element_id": element_id,
-                        "session_id": session_id,
-                        "similarity": n.similarity,
-                        "metadata": metadata,
-                    }
+            neighbors = [
+                NeighborResult(
+                    *described[n.key],
+                    similarity=n.similarity,
+                    metadata=None if metadata is None else metadata.get(n.key, {}),
                 )
-            results.append(
-                {
-                    "neighbors": neighbors,
-                    "predicted_element": vote(neighbors),
-                    "anomaly": None
-                    if np.isnan(score)
-                    else {
-                        "score": float(score),
-                        "is_anomaly": bool(score > threshold),
-                        "threshold": threshold,
-                        "calibrated_on": expected_element or "all references",
-                    },
-                }
-            )
+                for n in row
+                if n.key in described
+            ]
+            anomaly = None
+            if not np.isnan(score):
+                anomaly = AnomalyResult(
+                    float(score),
+                    bool(score > threshold),
+                    threshold,
+                    expected_element or "all references",
+                )
+            results.append(SearchResult(neighbors, vote(neighbors), anomaly))
         return results
 
+    def _anomaly_scores(
+        self, queries: np.ndarray, pool: str | None, neighbors: list[list[Neighbor]] | None
+    ) -> np.ndarray:
+        """Calibrated scores in [0, 1]; NaN when there is nothing to calibrate against (or the
+        calibration must be made while the database is unreachable)."""
+        try:
+            calibrated = self.sync.calibrated(pool)
+        except StoreUnavailable:
+            return np.full(len(queries), np.nan)
+        if len(calibrated) == 0:
+            return np.full(len(queries), np.nan)
+        if neighbors is None:
+            neighbors = self.index.search(queries, self.settings.anomaly_k, element_id=pool)
+        similarities = [[n.similarity for n in row] for row in neighbors]
+        return self.sync.calibration.scores(calibrated, similarities)
 
-def vote(neighbors: list[dict]) -> dict | None:
+    # -- operations --------------------------------------------------------------------------
+    async def status(self) -> ReadyStatus:
+        sync = self.sync.status()
+        try:
+            stored = await run_in_threadpool(self.store.count)
+        except StoreUnavailable:
+            stored = None
+        return ReadyStatus(
+            ready=self.ready,
+            references=len(self.index),
+            stored=stored,
+            model_version=self.runtime.version,
+            engine=self.runtime.engine,
+            index=self.index.current_kind,
+            inference_workers=self.batcher.workers,
+            database=sync.database if stored is not None else "unreachable",
+            degraded=stored is None or sync.database != "ok",
+            sync=sync,
+            served_by=SERVED_BY,
+        )
+
+
+def vote(neighbors: list[NeighborResult]) -> PredictedElement | None:
     """kNN vote weighted by similarity (shifted to be positive): the element and its share."""
     if not neighbors:
         return None
     weights: dict[str, float] = {}
     for n in neighbors:
-        weights[n["element_id"]] = weights.get(n["element_id"], 0.0) + (1.0 + n["similarity"]) / 2
+        weights[n.element_id] = weights.get(n.element_id, 0.0) + (1.0 + n.similarity) / 2
     element = max(weights, key=weights.get)
-    return {"element_id": element, "confidence": weights[element] / sum(weights.values())}
+    return PredictedElement(element, weights[element] / sum(weights.values()))

@@ -19,6 +19,16 @@ class Settings(BaseSettings):
     model_dir: Path = Path("models/default")
     data_dir: Path = Path("data")
 
+    # Storage and processes
+    # unset: SQLite in data_dir; postgresql://user:password@host:5432/db: PostgreSQL
+    database_url: SecretStr | None = None
+    database_connect_timeout_s: float = Field(30.0, ge=0)  # retried with backoff at start-up
+    workers: int | Literal["auto"] = 1  # server processes on one port (auto: usable cores)
+    sync_interval_ms: float = Field(200.0, gt=0)  # other processes' writes are seen within this
+    change_log_keep: int = Field(
+        100_000, ge=1000
+    )  # entries kept; a process further behind rebuilds
+
     # Security
     api_key: SecretStr | None = None  # when set, writes need "Authorization: Bearer <key>"
     auth_reads: bool = False  # when true, reads need the key too
@@ -46,7 +56,7 @@ class Settings(BaseSettings):
     # Search
     # auto: exact (flat) up to auto_approximate_above references, IVF past it
     index_type: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
-    auto_approximate_above: int = Field(200_000, ge=1)
+    auto_approximate_above: int = Field(20_000, ge=1)
     ivf_nprobe: int = Field(32, ge=1)  # inverted lists a query scans (of about sqrt(N))
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_search: int = Field(128, ge=1)
@@ -56,13 +66,28 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @property
-    def workers(self) -> int:
-        return self.inference_workers or max(1, usable_cores() - 1)
+    def processes(self) -> int:
+        return usable_cores() if self.workers == "auto" else self.workers
 
-    @field_validator("api_key", mode="before")
+    @property
+    def inference_worker_count(self) -> int:
+        """Explicit, or one per usable core this process gets (the cores shared among the
+        server processes) less one for the event loop."""
+        return self.inference_workers or max(1, usable_cores() // self.processes - 1)
+
+    @field_validator("api_key", "database_url", mode="before")
     @classmethod
-    def _empty_key_is_no_key(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # HSN_API_KEY= (empty) leaves auth off
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
 
 
 def usable_cores() -> int:

@@ -1,45 +1,34 @@
-"""Durable references in SQLite (WAL): one row per reference, acknowledged once committed.
+"""Durable references, on either engine of :mod:`app.database`; a write is acknowledged once
+committed.
 
-Each row keeps the raw signal as well as its embedding, so a new model can re-embed everything.
-``key`` (AUTOINCREMENT, never reused) is the reference's id inside the FAISS index. ``generation``
-counts committed writes; an index snapshot records the generation it was made at, so start-up
-knows whether the snapshot still agrees with the store.
+Tables: ``refs`` (one row per reference: the raw signal too, so a new model can re-embed it;
+``key`` is its id in the vector index, never reused), ``embeddings`` (one vector per reference and
+model version: replicas of two model versions can serve side by side during a rollout, each
+searching its own), ``changes`` (the change log: one row per written or deleted key with a
+sequence number, appended in the write's own transaction; every process applies it to its
+index) and ``meta`` (the schema version, and how far the change log has been pruned).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from array import array
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS refs (
-    key INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    element_id TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    metadata BLOB NOT NULL,
-    channels INTEGER NOT NULL,
-    length INTEGER NOT NULL,
-    signal BLOB NOT NULL,
-    embedding BLOB NOT NULL,
-    model_version TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS refs_element ON refs (element_id, key);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', 0);
-"""
+from app.database import Database, Session
+from app.labels import IndexRows
 
-
+SCHEMA_VERSION = 2
 KEYS_PER_QUERY = 256  # keys looked up by one SELECT ... IN (...)
+PRUNE_EVERY = 1000  # writes between two prunings of the change log
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was made by a newer version of the service."""
 
 
 @dataclass
@@ -53,258 +42,368 @@ class NewReference:
 
 
 @dataclass
-class Labels:
-    """What the index keeps of every reference: its key and integer codes of its element and
-    session (indexes into the name lists), compact enough for millions of references."""
+class Committed:
+    keys: list[int]
+    seq: int  # the change log's sequence number of the write's last entry
 
-    keys: np.ndarray  # (N,) int64
-    element_codes: np.ndarray  # (N,) int32
-    session_codes: np.ndarray  # (N,) int32
-    element_names: list[str]
-    session_names: list[str]
 
-    @staticmethod
-    def empty() -> Labels:
-        return Labels.from_names(np.zeros(0, np.int64), [], [])
+@dataclass
+class Change:
+    seq: int
+    key: int
+    committed_at: float  # unix seconds
 
-    @staticmethod
-    def from_names(keys: np.ndarray, element_ids: list[str], session_ids: list[str]) -> Labels:
-        elements, element_codes = np.unique(np.asarray(element_ids, str), return_inverse=True)
-        sessions, session_codes = np.unique(np.asarray(session_ids, str), return_inverse=True)
-        return Labels(
-            np.asarray(keys, dtype=np.int64),
-            element_codes.astype(np.int32),
-            session_codes.astype(np.int32),
-            elements.tolist(),
-            sessions.tolist(),
-        )
+
+@dataclass
+class ChangePage:
+    entries: list[Change]
+    pruned_through: int  # entries up to this sequence number are gone from the log
+
+
+@dataclass
+class Unembedded:
+    """A reference without an embedding of the asking model (written by another version)."""
+
+    key: int
+    revision: int  # the change that wrote its signal: an embedding is kept only if unchanged
+    signal: np.ndarray  # (C, L)
+
+
+@dataclass
+class ReferenceSummary:
+    id: str
+    element_id: str
+    session_id: str
+    metadata: dict
+    length: int
+    model_version: str
+    updated_at: str
+
+
+@dataclass
+class StoredReference:
+    id: str
+    element_id: str
+    session_id: str
+    metadata: dict
+    signal: list  # one channel: a list of numbers; several: a list of lists
+    model_version: str
+    updated_at: str
+
+
+def _f32(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)
 
 
 class ReferenceStore:
-    """Thread-safe access to the references database (one connection behind a lock)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.lock = threading.Lock()
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a committed write survives power loss too
-        self.db.executescript(SCHEMA)
+    def __init__(self, db: Database, change_log_keep: int = 100_000) -> None:
+        self.db, self.change_log_keep = db, change_log_keep
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        self.db.close()
+
+    # -- schema ------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Creates or upgrades the schema (the caller holds the start-up lock); returns the
+        version found. SchemaTooNew when a newer service made it."""
+        with self.db.write() as s:
+            found = self._schema_version(s)
+            if found > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the database has schema version {found}, newer than this service's "
+                    f"{SCHEMA_VERSION}: run a newer version of the service"
+                )
+            if found == 1:
+                self._migrate_from_1(s)
+            for statement in self.db.schema.split(";"):
+                if statement.strip():
+                    s.execute(statement)
+            s.execute(
+                "INSERT INTO meta (name, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (SCHEMA_VERSION,),
+            )
+            s.execute(
+                "INSERT INTO meta (name, value) VALUES ('pruned_through', 0)"
+                " ON CONFLICT (name) DO NOTHING"
+            )
+        return found
+
+    def _schema_version(self, s: Session) -> int:
+        if not self.db.table_exists(s, "meta"):
+            return 0
+        row = s.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        return int(row[0]) if row else 1  # version 1 kept a generation counter only
+
+    def _migrate_from_1(self, s: Session) -> None:
+        """Version 1 (SQLite only) kept one embedding column in ``refs`` and no change log."""
+        s.execute(
+            "CREATE TABLE embeddings (model_version TEXT NOT NULL, key BIGINT NOT NULL,"
+            " vector BLOB NOT NULL, PRIMARY KEY (model_version, key))"
+        )
+        s.execute(
+            "INSERT INTO embeddings (model_version, key, vector)"
+            " SELECT model_version, key, embedding FROM refs"
+        )
+        s.execute("ALTER TABLE refs DROP COLUMN embedding")
+        s.execute("ALTER TABLE refs ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
+        s.execute("DELETE FROM meta WHERE name = 'generation'")
 
     # -- writes ------------------------------------------------------------------------------
-    def upsert(self, refs: list[NewReference], model_version: str) -> list[int]:
-        """Insert or replace by id, all or nothing; returns each reference's key."""
+    def _log(self, s: Session, key: int) -> int:
+        return s.execute(
+            "INSERT INTO changes (key, committed_at) VALUES (?, ?) RETURNING seq",
+            (key, time.time()),
+        ).fetchone()[0]
+
+    def upsert(self, refs: list[NewReference], model_version: str) -> Committed:
+        """Insert or replace by id, all or nothing. A replaced signal drops every model's
+        embedding of it but the writer's."""
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        rows = [
-            (
-                r.id,
-                r.element_id,
-                r.session_id,
-                json.dumps(r.metadata),
-                r.signal.shape[0],
-                r.signal.shape[1],
-                r.signal.astype(np.float32).tobytes(),
-                r.embedding.astype(np.float32).tobytes(),
-                model_version,
-                now,
+        keys: list[int] = []
+        seq = 0
+        with self.db.write() as s:
+            for r in refs:
+                key = s.execute(
+                    "INSERT INTO refs (id, element_id, session_id, metadata, channels, length,"
+                    " signal, model_version, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET element_id=excluded.element_id,"
+                    " session_id=excluded.session_id, metadata=excluded.metadata,"
+                    " channels=excluded.channels, length=excluded.length,"
+                    " signal=excluded.signal, model_version=excluded.model_version,"
+                    " updated_at=excluded.updated_at"
+                    " RETURNING key",
+                    (
+                        r.id,
+                        r.element_id,
+                        r.session_id,
+                        json.dumps(r.metadata),
+                        r.signal.shape[0],
+                        r.signal.shape[1],
+                        r.signal.astype(np.float32).tobytes(),
+                        model_version,
+                        now,
+                    ),
+                ).fetchone()[0]
+                seq = self._log(s, key)
+                s.execute("UPDATE refs SET revision = ? WHERE key = ?", (seq, key))
+                s.execute("DELETE FROM embeddings WHERE key = ?", (key,))
+                s.execute(
+                    "INSERT INTO embeddings (model_version, key, vector) VALUES (?, ?, ?)",
+                    (model_version, key, r.embedding.astype(np.float32).tobytes()),
+                )
+                keys.append(key)
+            self._after_write(s, seq, len(refs))
+        return Committed(keys, seq)
+
+    def delete(self, ref_id: str) -> Committed | None:
+        """Delete by id; None when there was no such id."""
+        with self.db.write() as s:
+            row = s.execute("DELETE FROM refs WHERE id = ? RETURNING key", (ref_id,)).fetchone()
+            if row is None:
+                return None
+            s.execute("DELETE FROM embeddings WHERE key = ?", (row[0],))
+            seq = self._log(s, row[0])
+            self._after_write(s, seq, 1)
+        return Committed([row[0]], seq)
+
+    def _after_write(self, s: Session, seq: int, entries: int) -> None:
+        self.db.notify(s)
+        if seq // PRUNE_EVERY != (seq - entries) // PRUNE_EVERY:  # crossed a multiple
+            through = seq - self.change_log_keep
+            if through > 0:
+                s.execute("DELETE FROM changes WHERE seq <= ?", (through,))
+                s.execute(
+                    "UPDATE meta SET value = ? WHERE name = 'pruned_through' AND value < ?",
+                    (through, through),
+                )
+
+    def add_embeddings(self, rows: list[Unembedded], vectors: np.ndarray, version: str) -> None:
+        """Stores this model's embeddings of references written by another; one whose signal
+        changed (or that was deleted) since it was read is skipped. Not a change: the log's
+        readers of this version apply them as they meet the keys."""
+        with self.db.write() as s:
+            for row, vector in zip(rows, vectors, strict=True):
+                s.execute(
+                    "INSERT INTO embeddings (model_version, key, vector)"
+                    " SELECT ?, ?, ? WHERE EXISTS"
+                    " (SELECT 1 FROM refs WHERE key = ? AND revision = ?)"
+                    " ON CONFLICT (model_version, key) DO NOTHING",
+                    (version, row.key, vector.astype(np.float32).tobytes(), row.key, row.revision),
+                )
+
+    # -- the change log ----------------------------------------------------------------------
+    def changes_after(self, seq: int, limit: int = 10_000) -> ChangePage:
+        with self.db.read() as s:
+            pruned = s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()
+            rows = s.execute(
+                "SELECT seq, key, committed_at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        return ChangePage([Change(*row) for row in rows], int(pruned[0]) if pruned else 0)
+
+    def last_seq(self) -> int:
+        with self.db.read() as s:
+            row = s.execute("SELECT MAX(seq) FROM changes").fetchone()
+            if row[0] is not None:
+                return int(row[0])
+            return int(
+                s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()[0]
             )
-            for r in refs
+
+    # -- what the index is built from --------------------------------------------------------
+    def index_rows(
+        self, keys: list[int], version: str
+    ) -> tuple[IndexRows, np.ndarray, list[Unembedded]]:
+        """For ``keys``: the rows with an embedding of ``version``, the keys no longer stored,
+        and the stored ones without such an embedding."""
+        found = self._rows_by_key(
+            "r.id, r.element_id, r.session_id, e.vector, r.revision, r.channels, r.length,"
+            " CASE WHEN e.vector IS NULL THEN r.signal END",
+            keys,
+            join=version,
+        )
+        embedded = [row for row in found if row[4] is not None]
+        missing = [
+            Unembedded(row[0], row[5], _f32(row[8]).reshape(row[6], row[7]))
+            for row in found
+            if row[4] is None
         ]
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                keys = [
-                    self.db.execute(
-                        "INSERT INTO refs (id, element_id, session_id, metadata, channels, length,"
-                        " signal, embedding, model_version, updated_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT (id) DO UPDATE SET element_id=excluded.element_id,"
-                        " session_id=excluded.session_id, metadata=excluded.metadata,"
-                        " channels=excluded.channels, length=excluded.length,"
-                        " signal=excluded.signal, embedding=excluded.embedding,"
-                        " model_version=excluded.model_version, updated_at=excluded.updated_at"
-                        " RETURNING key",
-                        row,
-                    ).fetchone()[0]
-                    for row in rows
-                ]
-                self._bump_generation()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        return keys
+        stored = {row[0] for row in found}
+        removed = np.array([k for k in keys if k not in stored], dtype=np.int64)
+        return _index_rows(embedded), removed, missing
 
-    def delete(self, ref_id: str) -> int | None:
-        """Delete by id; returns the key it had, or None when there was no such id."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self.db.execute("DELETE FROM refs WHERE id = ? RETURNING key", (ref_id,))
-                found = row.fetchone()
-                if found:
-                    self._bump_generation()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        return found[0] if found else None
+    def iter_index_rows(self, version: str, batch: int = 10_000) -> Iterator[IndexRows]:
+        """Every reference with an embedding of ``version``, in key order, a batch at a time."""
+        last = -1
+        while True:
+            with self.db.read() as s:
+                rows = s.execute(
+                    "SELECT r.key, r.id, r.element_id, r.session_id, e.vector FROM refs r"
+                    " JOIN embeddings e ON e.key = r.key AND e.model_version = ?"
+                    " WHERE r.key > ? ORDER BY r.key LIMIT ?",
+                    (version, last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield _index_rows(rows)
+            last = rows[-1][0]
 
-    def update_embeddings(self, keys: list[int], embeddings: np.ndarray, version: str) -> None:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "UPDATE refs SET embedding = ?, model_version = ? WHERE key = ?",
-                [
-                    (e.astype(np.float32).tobytes(), version, k)
-                    for k, e in zip(keys, embeddings, strict=True)
-                ],
-            )
-            self._bump_generation()
-            self.db.execute("COMMIT")
+    def sample_vectors(self, version: str, n: int) -> np.ndarray:
+        """Up to ``n`` embeddings of ``version``, drawn at random (to train an IVF index)."""
+        with self.db.read() as s:
+            rows = s.execute(
+                "SELECT vector FROM embeddings WHERE model_version = ? ORDER BY random() LIMIT ?",
+                (version, n),
+            ).fetchall()
+        return np.stack([_f32(r[0]) for r in rows]) if rows else np.zeros((0, 0), np.float32)
 
-    def _bump_generation(self) -> None:
-        self.db.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
+    def unembedded(self, version: str, batch: int = 256) -> list[Unembedded]:
+        """Up to ``batch`` references without an embedding of ``version``."""
+        with self.db.read() as s:
+            rows = s.execute(
+                "SELECT r.key, r.revision, r.channels, r.length, r.signal FROM refs r"
+                " WHERE NOT EXISTS (SELECT 1 FROM embeddings e"
+                " WHERE e.key = r.key AND e.model_version = ?) ORDER BY r.key LIMIT ?",
+                (version, batch),
+            ).fetchall()
+        return [Unembedded(k, rev, _f32(sig).reshape(c, n)) for k, rev, c, n, sig in rows]
 
-    # -- reads -------------------------------------------------------------------------------
-    def generation(self) -> int:
-        with self.lock:
-            return self.db.execute("SELECT value FROM meta WHERE name='generation'").fetchone()[0]
+    def count_unembedded(self, version: str) -> int:
+        with self.db.read() as s:
+            return s.execute(
+                "SELECT COUNT(*) FROM refs r WHERE NOT EXISTS (SELECT 1 FROM embeddings e"
+                " WHERE e.key = r.key AND e.model_version = ?)",
+                (version,),
+            ).fetchone()[0]
 
+    def embeddings(self, keys: np.ndarray, version: str) -> tuple[np.ndarray, np.ndarray]:
+        """(the keys that have an embedding of ``version``, in the order given; those (n, D))."""
+        found = dict(self._rows_by_key("e.vector", keys.tolist(), version))
+        kept = [k for k in keys.tolist() if found.get(k) is not None]
+        vectors = [_f32(found[k]) for k in kept]
+        return np.array(kept, dtype=np.int64), (
+            np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
+        )
+
+    def _rows_by_key(self, columns: str, keys: list[int], join: str) -> list[tuple]:
+        """``key, columns`` of the stored ``keys`` (``r`` the reference, ``e`` its embedding of
+        version ``join``), KEYS_PER_QUERY at a time. Every query has the same number of
+        placeholders (padded with -1, never a key): sqlite3 caches one prepared statement per
+        SQL text, and one per list length held ~40 MiB under load."""
+        rows: list[tuple] = []
+        marks = ",".join("?" * KEYS_PER_QUERY)
+        sql = (
+            f"SELECT r.key, {columns} FROM refs r LEFT JOIN embeddings e"
+            f" ON e.key = r.key AND e.model_version = ? WHERE r.key IN ({marks})"
+        )
+        for start in range(0, len(keys), KEYS_PER_QUERY):
+            part = keys[start : start + KEYS_PER_QUERY]
+            with self.db.read() as s:
+                rows += s.execute(
+                    sql, [join, *part, *[-1] * (KEYS_PER_QUERY - len(part))]
+                ).fetchall()
+        return rows
+
+    # -- reads for the API -------------------------------------------------------------------
     def count(self) -> int:
-        with self.lock:
-            return self.db.execute("SELECT COUNT(*) FROM refs").fetchone()[0]
+        with self.db.read() as s:
+            return s.execute("SELECT COUNT(*) FROM refs").fetchone()[0]
 
-    def get(self, ref_id: str) -> dict | None:
-        with self.lock:
-            row = self.db.execute(
+    def count_embedded(self, version: str) -> int:
+        with self.db.read() as s:
+            return s.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE model_version = ?", (version,)
+            ).fetchone()[0]
+
+    def get(self, ref_id: str) -> StoredReference | None:
+        with self.db.read() as s:
+            row = s.execute(
                 "SELECT id, element_id, session_id, metadata, channels, length, signal,"
                 " model_version, updated_at FROM refs WHERE id = ?",
                 (ref_id,),
             ).fetchone()
         if row is None:
             return None
-        signal = np.frombuffer(row[6], dtype=np.float32).reshape(row[4], row[5])
-        return {
-            "id": row[0],
-            "element_id": row[1],
-            "session_id": row[2],
-            "metadata": json.loads(row[3]),
-            "signal": signal[0].tolist() if row[4] == 1 else signal.tolist(),
-            "model_version": row[7],
-            "updated_at": row[8],
-        }
+        signal = _f32(row[6]).reshape(row[4], row[5])
+        return StoredReference(
+            id=row[0],
+            element_id=row[1],
+            session_id=row[2],
+            metadata=json.loads(row[3]),
+            signal=signal[0].tolist() if row[4] == 1 else signal.tolist(),
+            model_version=row[7],
+            updated_at=row[8],
+        )
 
-    def list(self, element_id: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
+    def list(
+        self, element_id: str | None, limit: int, offset: int
+    ) -> tuple[list[ReferenceSummary], int]:
         where, args = ("WHERE element_id = ?", (element_id,)) if element_id else ("", ())
-        with self.lock:
-            total = self.db.execute(f"SELECT COUNT(*) FROM refs {where}", args).fetchone()[0]
-            rows = self.db.execute(
+        with self.db.read() as s:
+            total = s.execute(f"SELECT COUNT(*) FROM refs {where}", args).fetchone()[0]
+            rows = s.execute(
                 f"SELECT id, element_id, session_id, metadata, length, model_version, updated_at"
                 f" FROM refs {where} ORDER BY key LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
         items = [
-            {
-                "id": r[0],
-                "element_id": r[1],
-                "session_id": r[2],
-                "metadata": json.loads(r[3]),
-                "length": r[4],
-                "model_version": r[5],
-                "updated_at": r[6],
-            }
-            for r in rows
+            ReferenceSummary(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows
         ]
         return items, total
 
-    def describe(self, keys: list[int]) -> dict[int, tuple[str, str, str, dict]]:
-        """key -> (id, element_id, session_id, metadata) for the keys still stored."""
-        rows = self._rows_by_key("id, element_id, session_id, metadata", keys)
-        return {k: (i, e, s, json.loads(m)) for k, i, e, s, m in rows}
+    def metadata(self, keys: list[int]) -> dict[int, dict]:
+        """key -> metadata of the keys still stored."""
+        return {k: json.loads(m) for k, m in self._rows_by_key("r.metadata", keys, "")}
 
-    def embeddings(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the keys still stored, in the order given; their embeddings (n, D) float32)."""
-        found = dict(self._rows_by_key("embedding", keys.tolist()))
-        kept = [k for k in keys.tolist() if k in found]
-        vectors = [np.frombuffer(found[k], dtype=np.float32) for k in kept]
-        return np.array(kept, dtype=np.int64), (
-            np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
-        )
 
-    def _rows_by_key(self, columns: str, keys: list[int]) -> list[tuple]:
-        """Rows of ``keys``, KEYS_PER_QUERY at a time. Every query has the same number of
-        placeholders (padded with -1, never a key): sqlite3 caches one prepared statement per
-        SQL text, and one per list length held ~40 MiB under load."""
-        rows: list[tuple] = []
-        marks = ",".join("?" * KEYS_PER_QUERY)
-        sql = f"SELECT key, {columns} FROM refs WHERE key IN ({marks})"
-        for start in range(0, len(keys), KEYS_PER_QUERY):
-            part = keys[start : start + KEYS_PER_QUERY]
-            with self.lock:
-                rows += self.db.execute(sql, part + [-1] * (KEYS_PER_QUERY - len(part))).fetchall()
-        return rows
-
-    def labels(self) -> Labels:
-        """Every reference's key and element and session codes, streamed: no per-row strings
-        are kept, so a million references cost megabytes here, not hundreds of them."""
-        keys, element_codes, session_codes = array("q"), array("i"), array("i")
-        elements: dict[str, int] = {}
-        sessions: dict[str, int] = {}
-        with self.lock:
-            cursor = self.db.execute("SELECT key, element_id, session_id FROM refs ORDER BY key")
-            while rows := cursor.fetchmany(10_000):
-                for key, element, session in rows:
-                    keys.append(key)
-                    element_codes.append(elements.setdefault(element, len(elements)))
-                    session_codes.append(sessions.setdefault(session, len(sessions)))
-        return Labels(
-            np.frombuffer(keys, dtype=np.int64).copy(),
-            np.frombuffer(element_codes, dtype=np.int32).copy(),
-            np.frombuffer(session_codes, dtype=np.int32).copy(),
-            list(elements),
-            list(sessions),
-        )
-
-    def iter_embeddings(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(keys, embeddings) in key order, a batch at a time."""
-        last = -1
-        while True:
-            with self.lock:
-                rows = self.db.execute(
-                    "SELECT key, embedding FROM refs WHERE key > ? ORDER BY key LIMIT ?",
-                    (last, batch),
-                ).fetchall()
-            if not rows:
-                return
-            keys = np.array([r[0] for r in rows], dtype=np.int64)
-            yield keys, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-            last = int(keys[-1])
-
-    def count_stale(self, model_version: str) -> int:
-        with self.lock:
-            return self.db.execute(
-                "SELECT COUNT(*) FROM refs WHERE model_version != ?", (model_version,)
-            ).fetchone()[0]
-
-    def iter_stale_signals(
-        self, model_version: str, batch: int = 256
-    ) -> Iterator[list[tuple[int, np.ndarray]]]:
-        """(key, signal (C, L)) of references embedded by another model, a batch at a time."""
-        last = -1
-        while True:
-            with self.lock:
-                rows = self.db.execute(
-                    "SELECT key, channels, length, signal FROM refs"
-                    " WHERE model_version != ? AND key > ? ORDER BY key LIMIT ?",
-                    (model_version, last, batch),
-                ).fetchall()
-            if not rows:
-                return
-            yield [(r[0], np.frombuffer(r[3], dtype=np.float32).reshape(r[1], r[2])) for r in rows]
-            last = rows[-1][0]
+def _index_rows(rows: list[tuple]) -> IndexRows:
+    """(key, id, element_id, session_id, vector, ...) rows as IndexRows."""
+    return IndexRows(
+        keys=np.array([r[0] for r in rows], dtype=np.int64),
+        ids=[r[1] for r in rows],
+        element_ids=[r[2] for r in rows],
+        session_ids=[r[3] for r in rows],
+        vectors=np.stack([_f32(r[4]) for r in rows]) if rows else np.zeros((0, 0), np.float32),
+    )

@@ -36,9 +36,10 @@ import torch  # noqa: E402
 import uvloop  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from app.index import VectorIndex, unwrapped  # noqa: E402
+from app.index import VectorIndex  # noqa: E402
+from app.index_policy import IndexPolicy  # noqa: E402
+from app.labels import IndexRows  # noqa: E402
 from app.onnx_engine import derive_session  # noqa: E402
-from app.store import Labels  # noqa: E402
 from model import HierarchicalSignalNet, ModelConfig  # noqa: E402
 from training.export import load_export  # noqa: E402
 
@@ -434,36 +435,31 @@ def bench_search(model_dir: Path, full: bool) -> dict:
             dim = data.shape[1]
         queries, data = data[:500], data[500:]  # held out: never in the index
         keys = np.arange(n, dtype=np.int64)
-
-        def vectors_of(wanted: np.ndarray, data=data) -> tuple[np.ndarray, np.ndarray]:
-            return wanted, data[wanted]
-
-        labels = Labels(keys, np.zeros(n, np.int32), np.zeros(n, np.int32), ["e"], ["s"])
+        everything = IndexRows(keys, [str(k) for k in range(n)], ["e"] * n, ["s"] * n, data)
+        sample = data[rng.permutation(n)]
         truth = None
         for kind in ("flat", "ivf", "hnsw"):
             if kind == "hnsw" and n > 100_000 and not full:
                 continue
-            index = VectorIndex(dim, kind, vectors_of=vectors_of)
+            index = VectorIndex(dim, IndexPolicy(kind))
             started = time.perf_counter()
-            index.rebuild(labels, [(keys, data)])
+            index.rebuild(n, [everything], sample)
             build = time.perf_counter() - started
-            size_mib = faiss.serialize_index(index.index).nbytes / 2**20
+            size_mib = index.memory_bytes() / 2**20
             if truth is None:  # flat comes first: exact
                 truth = np.array([[nb.key for nb in row] for row in index.search(queries, 10)])
-            inner = unwrapped(index.index)
+            backend = index.backend
             default_breadth = {"ivf": index.ivf_nprobe, "hnsw": index.ef_search}.get(kind)
             for breadth in breadths.get(kind, [None]):
-                if kind == "ivf":
-                    inner.nprobe = min(breadth, inner.nlist)
-                elif kind == "hnsw":
-                    inner.hnsw.efSearch = breadth
+                if breadth is not None:
+                    backend.set_breadth(breadth)
                 latencies = search_latencies(index, queries[:300])
                 found = [[nb.key for nb in row] for row in index.search(queries, 10)]
                 recall = float(
                     np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
                 )
                 setting = {
-                    "ivf": f"nprobe {breadth}/{inner.nlist}" if kind == "ivf" else "",
+                    "ivf": f"nprobe {breadth}/{backend.lists}" if kind == "ivf" else "",
                     "hnsw": f"M 32, efSearch {breadth}",
                 }.get(kind, "exact")
                 entry = {
@@ -517,9 +513,11 @@ def bench_search(model_dir: Path, full: bool) -> dict:
 # -- 5. start-up with many stored references -----------------------------------------------
 def fill_store(data_dir: Path, n: int, manifest: dict) -> None:
     """n references written straight into the service's database, embedded by 'this' model."""
+    from app.database import SqliteDatabase
     from app.store import NewReference, ReferenceStore
 
-    store = ReferenceStore(data_dir / "references.sqlite3")
+    store = ReferenceStore(SqliteDatabase(data_dir / "references.sqlite3"))
+    store.migrate()
     rng = np.random.default_rng(3)
     dim, length = manifest["embedding_dim"], manifest["trained_length"]
     signal = np.zeros((manifest["in_channels"], length), dtype=np.float32)

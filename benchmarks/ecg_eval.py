@@ -21,8 +21,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.index import VectorIndex  # noqa: E402  (the service's own anomaly scoring)
-from app.store import Labels  # noqa: E402
+from app.calibration import AnomalyCalibration  # noqa: E402  (the service's own scoring)
+from app.index import VectorIndex, pool_search  # noqa: E402
+from app.index_policy import IndexPolicy  # noqa: E402
+from app.labels import IndexRows  # noqa: E402
 from model.data_format import SignalData, load_npz  # noqa: E402
 from training.evaluate import predict, unseen_only  # noqa: E402
 from training.export import load_export  # noqa: E402
@@ -145,19 +147,31 @@ def anomaly(model, data: SignalData, anomaly_k: int) -> dict:
     raw = raw_window_embeddings(data.signals)
     raw /= np.linalg.norm(raw, axis=1, keepdims=True)
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = VectorIndex(
-        vectors.shape[1], "flat", vectors_of=lambda keys: (keys, vectors[keys]), anomaly_k=anomaly_k
+    index = VectorIndex(vectors.shape[1], IndexPolicy("flat"))
+    rows = IndexRows(
+        refs.astype(np.int64),
+        [str(r) for r in refs],
+        data.element_ids[refs].tolist(),
+        data.session_ids[refs].tolist(),
+        vectors[refs],
     )
-    index.rebuild(
-        Labels.from_names(refs, data.element_ids[refs].tolist(), data.session_ids[refs].tolist()),
-        [(refs.astype(np.int64), vectors[refs])],
-    )
+    index.rebuild(len(refs), [rows], None)
+    calibration = AnomalyCalibration(anomaly_k)
+
+    def service_scores(queries: np.ndarray, pool: str | None) -> np.ndarray:
+        """The service's calibrated score, with ``pool`` as its expected_element."""
+        search = pool_search(index, pool)
+        calibrated = calibration.calibrated(
+            pool, index.keys_of_element(pool), lambda keys: (keys, vectors[keys]), search
+        )
+        nearest = [[sim for _, sim in row] for row in search(queries, anomaly_k)]
+        return calibration.scores(calibrated, nearest)
 
     def per_record(record: str, q: np.ndarray, mode: str) -> np.ndarray:
         if mode == "expected_element":
-            return index.anomaly_scores(embeddings[q], record)
+            return service_scores(embeddings[q], record)
         if mode == "all_references":
-            return index.anomaly_scores(embeddings[q], None)
+            return service_scores(embeddings[q], None)
         r = refs[data.element_ids[refs] == record]
         return 1 - (raw[q] @ raw[r].T).max(axis=1)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.postgres import MISSING, PostgresServer, server_binaries
 from training.synthetic import SynthConfig, generate
 from training.train import TrainConfig, Trainer
 
@@ -28,3 +29,14 @@ def tiny_model_dir(tmp_path_factory, tiny_data) -> Path:
     out = tmp_path_factory.mktemp("tiny_model")
     Trainer(TrainConfig(epochs=1, p=4, k=4, model=TINY_MODEL), tiny_data, out).fit()
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole run; each test takes a database of its own."""
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip(MISSING)
+    server = PostgresServer(binaries)
+    yield server
+    server.close()

@@ -6,7 +6,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from app.dependencies import Service, read_signals, require_read_key, search_options
-from app.responses import FastJSONResponse
+from app.responses import FastJSONResponse, respond
 from app.schemas import (
     EmbedResponse,
     KeypointsResponse,
@@ -112,4 +112,4 @@ async def search(request: Request, service: Service):
         options.exclude_session_id,
         options.expected_element,
     )
-    return FastJSONResponse({"results": results, "model_version": service.runtime.version})
+    return respond(SearchResponse, {"results": results, "model_version": service.runtime.version})

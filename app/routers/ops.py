@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import Service, require_read_key
-from app.responses import FastJSONResponse
+from app.responses import FastJSONResponse, respond
 from app.schemas import Health, Ready, error_responses
 
 router = APIRouter(tags=["operations"])
@@ -25,24 +24,20 @@ async def health():
     responses={503: {"model": Ready}},
 )
 async def ready(service: Service):
-    return FastJSONResponse(
-        {
-            "ready": service.ready,
-            "references": len(service.index),
-            "stored": await run_in_threadpool(service.store.count),
-            "model_version": service.runtime.version,
-            "engine": service.runtime.engine,
-            "index": service.index.current_kind,
-            "inference_workers": service.batcher.workers,
-        },
-        status_code=200 if service.ready else 503,
-    )
+    """200 once the model and the index are loaded, also while the database is unreachable
+    (``degraded``: searches answer from memory, writes get 503)."""
+    status = await service.status()
+    return respond(Ready, status, status_code=200 if status.ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request):
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request, service: Service):
+    """This process's metrics (with several workers on one port, one process answers a scrape)."""
+    metrics, sync = request.app.state.metrics, service.sync.status()
+    metrics.sync_lag_entries.set(sync.lag_entries)
+    metrics.sync_lag_seconds.set(sync.lag_seconds)
+    metrics.database_up.set(sync.database == "ok")
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(

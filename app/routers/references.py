@@ -6,11 +6,10 @@ import io
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import Service, require_read_key, require_write_key
 from app.errors import InputError
-from app.responses import FastJSONResponse
+from app.responses import respond
 from app.schemas import (
     ReferenceList,
     ReferenceOut,
@@ -49,7 +48,7 @@ async def upsert_references(body: ReferencesRequest, service: Service):
         )
         for i, r in enumerate(body.references)
     ]
-    return FastJSONResponse({"ids": await service.upsert(refs)}, status_code=201)
+    return respond(ReferencesCreated, {"ids": await service.upsert(refs)}, status_code=201)
 
 
 @router.post(
@@ -93,7 +92,7 @@ async def bulk_load_npz(request: Request, service: Service):
     stored: list[str] = []
     for start in range(0, len(refs), limits.max_batch):
         stored += await service.upsert(refs[start : start + limits.max_batch])
-    return FastJSONResponse({"ids": stored}, status_code=201)
+    return respond(ReferencesCreated, {"ids": stored}, status_code=201)
 
 
 @router.get(
@@ -108,8 +107,7 @@ async def list_references(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
 ):
-    items, total = await run_in_threadpool(service.store.list, element_id, limit, offset)
-    return FastJSONResponse({"items": items, "total": total, "limit": limit, "offset": offset})
+    return respond(ReferenceList, await service.list_references(element_id, limit, offset))
 
 
 @router.get(
@@ -119,12 +117,7 @@ async def list_references(
     summary="Read one reference",
 )
 async def get_reference(ref_id: str, service: Service):
-    ref = await run_in_threadpool(service.store.get, ref_id)
-    if ref is None:
-        raise InputError(
-            "path.ref_id", f"no reference with id {ref_id!r}", status=404, kind="not_found"
-        )
-    return FastJSONResponse(ref)
+    return respond(ReferenceOut, await service.get_reference(ref_id))
 
 
 @router.delete(

@@ -36,12 +36,22 @@ def model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str | None:
+    """Every service test runs on both engines: the embedded SQLite file (None) and a real
+    PostgreSQL server (a fresh database per test)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").new_database()
+
+
 @pytest.fixture
-def make_client(model_dir, tmp_path):
+def make_client(model_dir, tmp_path, database_url):
     """make_client(**settings) -> a TestClient on a fresh data directory (lifespan running)."""
     clients = []
 
     def make(**overrides) -> TestClient:
+        overrides.setdefault("database_url", database_url)
         settings = Settings(model_dir=model_dir, data_dir=tmp_path / "data", **overrides)
         client = TestClient(create_app(settings))
         client.__enter__()
@@ -106,10 +116,12 @@ class Server:
 
 
 @pytest.fixture
-def server_factory(model_dir, tmp_path):
+def server_factory(model_dir, tmp_path, database_url):
     servers: list[Server] = []
 
     def make(**env: str) -> Server:
+        if database_url is not None:
+            env.setdefault("HSN_DATABASE_URL", database_url)
         server = Server(model_dir, tmp_path / "data", **env)
         servers.append(server)
         return server

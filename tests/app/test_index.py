@@ -1,12 +1,15 @@
-"""VectorIndex on its own: compact labels, filters, the index type chosen by size, snapshots."""
+"""VectorIndex on its own: labels, filters, the index type chosen by size, snapshots; the
+anomaly calibration given its vectors."""
 
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from app.index import IVF_MIN_REFERENCES, VectorIndex
-from app.store import Labels
+from app.calibration import AnomalyCalibration
+from app.index import VectorIndex, pool_search
+from app.index_policy import IVF_MIN_REFERENCES, IndexPolicy
+from app.labels import IndexRows
 
 DIM = 16
 
@@ -15,27 +18,6 @@ DIM = 16
 class Ref:
     element_id: str
     session_id: str
-
-
-class Vectors:
-    """Stands in for the store: the embeddings the index was given, by key."""
-
-    def __init__(self) -> None:
-        self.by_key: dict[int, np.ndarray] = {}
-
-    def __call__(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        kept = np.array([k for k in keys.tolist() if k in self.by_key], dtype=np.int64)
-        return kept, np.stack([self.by_key[k] for k in kept.tolist()])
-
-    def labels(self, refs: dict[int, Ref]) -> Labels:
-        keys = sorted(refs)
-        return Labels.from_names(
-            np.array(keys), [refs[k].element_id for k in keys], [refs[k].session_id for k in keys]
-        )
-
-    def chunks(self):
-        keys = np.array(sorted(self.by_key), dtype=np.int64)
-        yield keys, np.stack([self.by_key[k] for k in keys.tolist()])
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -55,30 +37,43 @@ def clustered(rng: np.random.Generator, elements: int, per_element: int):
     return np.stack(vectors), refs
 
 
-class Harness:
-    """An index and its 'store', written the way the service writes: upsert, or rebuild when
-    the index asks for it."""
+def rows_of(keys: list[int], refs: list[Ref], vectors: np.ndarray) -> IndexRows:
+    return IndexRows(
+        np.array(keys, dtype=np.int64),
+        [f"id{k}" for k in keys],
+        [r.element_id for r in refs],
+        [r.session_id for r in refs],
+        np.asarray(vectors, dtype=np.float32).reshape(len(keys), DIM),
+    )
 
-    def __init__(self, kind: str, **options) -> None:
-        self.vectors = Vectors()
-        self.refs: dict[int, Ref] = {}
-        self.index = VectorIndex(DIM, kind, vectors_of=self.vectors, **options)
+
+class Harness:
+    """An index and a stand-in store, written the way the change log's owner writes: apply, or
+    rebuild from everything when the index asks for it."""
+
+    def __init__(self, kind: str, approximate_above: int = 20_000, **options) -> None:
+        self.refs: dict[int, tuple[Ref, np.ndarray]] = {}
+        self.index = VectorIndex(DIM, IndexPolicy(kind, approximate_above), **options)
         self.rebuilds = 0
 
     def upsert(self, keys: list[int], refs: list[Ref], embeddings: np.ndarray) -> None:
         for key, ref, vector in zip(keys, refs, embeddings, strict=True):
-            self.refs[key], self.vectors.by_key[key] = ref, vector
-        if not self.index.upsert(keys, refs, embeddings):
+            self.refs[key] = (ref, vector)
+        if self.index.apply(rows_of(keys, refs, embeddings), np.zeros(0, np.int64)) is None:
             self.rebuild()
 
     def remove(self, key: int) -> None:
-        del self.refs[key], self.vectors.by_key[key]
-        if not self.index.remove(key):
+        del self.refs[key]
+        empty = rows_of([], [], np.zeros((0, DIM)))
+        if self.index.apply(empty, np.array([key], dtype=np.int64)) is None:
             self.rebuild()
 
     def rebuild(self) -> None:
         self.rebuilds += 1
-        self.index.rebuild(self.vectors.labels(self.refs), self.vectors.chunks())
+        keys = sorted(self.refs)
+        rows = rows_of(keys, [self.refs[k][0] for k in keys], [self.refs[k][1] for k in keys])
+        sample = rows.vectors[np.random.default_rng(0).permutation(len(keys))]
+        self.index.rebuild(len(keys), [rows], sample)
 
 
 def test_filters_follow_replacements_and_removals():
@@ -104,14 +99,14 @@ def test_filters_follow_replacements_and_removals():
     harness.upsert([12, 41], [Ref("e3", "s3_0"), Ref("e3", "s3_1")], vectors[12:14])
     e3 = {n.key for n in harness.index.search(query, 40, element_id="e3")[0]}
     assert e3 == set(range(30, 40)) | {12, 41}
-    assert harness.index.keys.tolist() == sorted(harness.index.keys.tolist())
+    assert harness.index.labels.keys.tolist() == sorted(harness.index.labels.keys.tolist())
     assert harness.rebuilds == 0
 
 
 def test_auto_switches_to_ivf_past_the_threshold_and_stays_exact_enough():
     rng = np.random.default_rng(1)
     vectors, refs = clustered(rng, 60, 40)  # 2,400 references
-    harness = Harness("auto", auto_approximate_above=IVF_MIN_REFERENCES, ivf_nprobe=8)
+    harness = Harness("auto", approximate_above=IVF_MIN_REFERENCES, ivf_nprobe=8)
     harness.upsert(list(range(IVF_MIN_REFERENCES)), refs[:IVF_MIN_REFERENCES], vectors[:1000])
     assert harness.index.current_kind == "flat" and harness.rebuilds == 0
     harness.upsert(list(range(1000, 2400)), refs[1000:], vectors[1000:])
@@ -135,16 +130,16 @@ def test_ivf_is_retrained_once_it_outgrows_its_lists():
     vectors, refs = clustered(rng, 100, 100)
     harness = Harness("ivf")
     harness.upsert(list(range(1200)), refs[:1200], vectors[:1200])
-    lists = harness.index.index.nlist
+    lists = harness.index.backend.lists
     assert harness.index.current_kind == "ivf" and harness.rebuilds == 1
     harness.upsert(list(range(1200, 10_000)), refs[1200:], vectors[1200:])
-    assert harness.rebuilds == 2 and harness.index.index.nlist > lists
+    assert harness.rebuilds == 2 and harness.index.backend.lists > lists
 
 
 def test_a_size_hovering_at_the_threshold_does_not_rebuild_on_every_write():
     rng = np.random.default_rng(5)
     vectors, refs = clustered(rng, 20, 60)
-    harness = Harness("auto", auto_approximate_above=1, ivf_nprobe=4)  # floor: 1,000
+    harness = Harness("auto", approximate_above=1, ivf_nprobe=4)  # floor: 1,000
     harness.upsert(list(range(1000)), refs[:1000], vectors[:1000])
     assert harness.index.current_kind == "flat" and harness.rebuilds == 0
     harness.upsert([1000], refs[1000:1001], vectors[1000:1001])
@@ -180,40 +175,20 @@ def test_snapshot_round_trip(tmp_path, kind):
     vectors, refs = clustered(rng, 30, 50)
     harness = Harness(kind)
     harness.upsert(list(range(1500)), refs, vectors)
-    path = tmp_path / "index.faiss"
-    harness.index.save(path, generation=7, model_version="m1")
+    path = tmp_path / "index.npz"
+    harness.index.save(path, seq=7, model_version="m1")
     expected = harness.index.search(vectors[:20], 5, element_id="e2")
 
-    labels = harness.vectors.labels(harness.refs)
-    fresh = VectorIndex(DIM, kind, vectors_of=harness.vectors)
-    assert fresh.load(path, labels, generation=7, model_version="m1")
+    fresh = VectorIndex(DIM, IndexPolicy(kind))
+    snapshot = fresh.load(path, model_version="m1")
+    assert snapshot.seq == 7 and snapshot.references == 1500
     assert fresh.current_kind == harness.index.current_kind
     assert fresh.search(vectors[:20], 5, element_id="e2") == expected
-    # a later store generation, another model or another type for this size: rebuild instead
-    assert not fresh.load(path, labels, generation=8, model_version="m1")
-    assert not fresh.load(path, labels, generation=7, model_version="m2")
-    other = "flat" if kind != "flat" else "ivf"
-    assert not VectorIndex(DIM, other, vectors_of=harness.vectors).load(path, labels, 7, "m1")
-
-
-def test_store_labels_are_codes(tmp_path):
-    from app.store import NewReference, ReferenceStore
-
-    store = ReferenceStore(tmp_path / "refs.sqlite3")
-    signal = np.zeros((1, 8), np.float32)
-    rows = [
-        NewReference(f"r{i}", f"e{i % 3}", f"s{i % 2}", {}, signal, np.ones(DIM, np.float32))
-        for i in range(6)
-    ]
-    keys = store.upsert(rows, "m")
-    labels = store.labels()
-    assert labels.keys.tolist() == keys
-    assert [labels.element_names[c] for c in labels.element_codes] == [r.element_id for r in rows]
-    assert [labels.session_names[c] for c in labels.session_codes] == [r.session_id for r in rows]
-    store.delete("r2")
-    found, vectors = store.embeddings(np.array(keys, dtype=np.int64))
-    assert found.tolist() == keys[:2] + keys[3:] and vectors.shape == (5, DIM)
-    store.close()
+    assert fresh.describe(np.array([3])) == {3: ("id3", "e0", "s0_1")}
+    # another model: rebuild instead; a truncated file: rebuild instead, the index unchanged
+    assert VectorIndex(DIM, IndexPolicy(kind)).load(path, model_version="m2") is None
+    path.write_bytes(path.read_bytes()[:1000])
+    assert fresh.load(path, model_version="m1") is None and len(fresh) == 1500
 
 
 def test_a_write_recalibrates_only_what_it_can_move():
@@ -221,14 +196,35 @@ def test_a_write_recalibrates_only_what_it_can_move():
     vectors, refs = clustered(rng, 50, 60)  # 3,000 references: the global calibration samples
     harness = Harness("flat")
     harness.upsert(list(range(3000)), refs, vectors)
-    index = harness.index
-    e1, e2, everyone = (index.calibration(name) for name in ("e1", "e2", None))
-    harness.upsert([3000], [Ref("e1", "s1_0")], vectors[60:61])
-    assert index.calibration("e2") is e2  # untouched element: kept
-    assert index.calibration(None) is everyone  # one write in 3,000: kept
-    new_e1 = index.calibration("e1")
+    index, calibration = harness.index, AnomalyCalibration(k=3)
+
+    def calibrated(pool):
+        """What the change log's owner does: the cached calibration, or one fitted now."""
+        return calibration.calibrated(
+            pool,
+            index.keys_of_element(pool),
+            lambda keys: (keys, np.stack([harness.refs[k][1] for k in keys.tolist()])),
+            pool_search(index, pool),
+        )
+
+    def write(keys, new_refs, new_vectors):
+        for key, ref, vector in zip(keys, new_refs, new_vectors, strict=True):
+            harness.refs[key] = (ref, vector)
+        touched = index.apply(rows_of(keys, new_refs, new_vectors), np.zeros(0, np.int64))
+        calibration.invalidate(touched, len(keys), len(index))
+
+    e1, e2, everyone = (calibrated(name) for name in ("e1", "e2", None))
+    assert len(everyone) == 2000 and len(e1) == 60
+    write([3000], [Ref("e1", "s1_0")], vectors[60:61])
+    assert calibrated("e2") is e2  # untouched element: kept
+    assert calibrated(None) is everyone  # one write in 3,000: kept
+    new_e1 = calibrated("e1")
     assert new_e1 is not e1 and len(new_e1) == len(e1) + 1
-    harness.upsert(list(range(3001, 3040)), [Ref("e3", "s3_0")] * 39, vectors[:39])
-    assert index.calibration(None) is not everyone  # 40 writes > 1%: redone
-    harness.remove(150)  # e2's
-    assert len(index.calibration("e2")) == len(e2) - 1
+    write(list(range(3001, 3040)), [Ref("e3", "s3_0")] * 39, vectors[:39])
+    assert calibrated(None) is not everyone  # 40 writes > 1%: redone
+    touched = index.apply(rows_of([], [], np.zeros((0, DIM))), np.array([150]))  # e2's
+    calibration.invalidate(touched, 1, len(index))
+    assert len(calibrated("e2")) == len(e2) - 1
+    # a query far from everything scores high; one of the references scores like the rest
+    scores = calibration.scores(calibrated(None), [[0.0, 0.0, 0.0], [0.99, 0.98, 0.97]])
+    assert scores[0] == 1.0 and scores[1] < 0.5

@@ -1,0 +1,193 @@
+"""Vector index backends behind one small interface: exact (flat), IVF and HNSW over FAISS.
+
+Vectors are unit embeddings searched by inner product (cosine similarity); FAISS ids are the
+store's keys. Which backend suits how many references is :mod:`app.index_policy`'s decision.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC
+from typing import ClassVar
+
+import faiss
+import numpy as np
+
+from app.labels import Selection
+
+# Batched exact search skips BLAS below this many queries x vectors by default (128000 in
+# faiss 1.15), which made 64-query batches ~10x slower; use BLAS from a handful of queries.
+faiss.cvar.distance_compute_blas_threshold = 20
+
+IVF_TRAINING_PER_LIST = 40  # k-means sample per inverted list (FAISS warns below 39)
+
+
+class VectorBackend(ABC):
+    """A FAISS index of (key, unit vector) pairs. Not thread-safe: its owner holds a lock."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, index: faiss.Index) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(keys):
+            return
+        self.index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(keys, dtype=np.int64)
+        )
+
+    def remove(self, keys: np.ndarray) -> bool:
+        """Removes ``keys`` (absent ones are ignored); False when this backend cannot remove
+        and must be rebuilt instead."""
+        if len(keys):
+            self.index.remove_ids(np.asarray(keys, dtype=np.int64))
+        return True
+
+    def search(
+        self, queries: np.ndarray, k: int, selection: Selection
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, keys), each (Q, k); key -1 where fewer than k are eligible."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return self.index.search(queries, k, params=self._params(selection))
+
+    def _params(self, selection: Selection, **breadth) -> faiss.SearchParameters | None:
+        if selection.allowed is None and selection.excluded is None:
+            return None
+        if selection.allowed is not None:
+            selector = faiss.IDSelectorBatch(selection.allowed)
+        else:
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(selection.excluded))
+        params = self._parameters_class()(sel=selector, **breadth)
+        params._keep = selector  # the parameters hold a raw pointer: keep the selector alive
+        return params
+
+    def _parameters_class(self) -> type:
+        return faiss.SearchParameters
+
+    def memory_bytes(self) -> int:
+        """What the index holds in memory (its serialised size, which FAISS keeps resident)."""
+        return int(faiss.serialize_index(self.index).nbytes)
+
+    def serialize(self) -> np.ndarray:
+        return faiss.serialize_index(self.index)
+
+    @staticmethod
+    def deserialize(data: np.ndarray, ivf_nprobe: int, ef_search: int) -> VectorBackend:
+        """The backend a serialised index (from any backend's ``serialize``) belongs to."""
+        index = faiss.deserialize_index(np.asarray(data, dtype=np.uint8))
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+        if isinstance(inner, faiss.IndexIVF):
+            return IVFBackend(index, ivf_nprobe)
+        if isinstance(inner, faiss.IndexHNSW):
+            return HNSWBackend(index, ef_search)
+        return FlatBackend(index)
+
+
+class FlatBackend(VectorBackend):
+    """Exact search: every query scans every vector."""
+
+    kind = "flat"
+
+    @classmethod
+    def empty(cls, dim: int) -> FlatBackend:
+        return cls(faiss.IndexIDMap(faiss.IndexFlatIP(dim)))
+
+
+class HNSWBackend(VectorBackend):
+    """A graph: fast approximate search, but FAISS cannot remove from it."""
+
+    kind = "hnsw"
+
+    def __init__(self, index: faiss.Index, ef_search: int) -> None:
+        super().__init__(index)
+        self.set_breadth(ef_search)
+
+    def set_breadth(self, ef_search: int) -> None:
+        """Candidates kept while walking the graph: recall against speed."""
+        self.ef_search = ef_search
+        faiss.downcast_index(self.index.index).hnsw.efSearch = ef_search
+
+    @classmethod
+    def empty(cls, dim: int, m: int, ef_search: int) -> HNSWBackend:
+        return cls(
+            faiss.IndexIDMap(faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)), ef_search
+        )
+
+    def remove(self, keys: np.ndarray) -> bool:
+        return not len(keys)
+
+    def _params(self, selection: Selection, **breadth) -> faiss.SearchParameters | None:
+        return super()._params(selection, efSearch=self.ef_search)
+
+    def _parameters_class(self) -> type:
+        return faiss.SearchParametersHNSW
+
+
+class IVFBackend(VectorBackend):
+    """Inverted lists (about sqrt(N) of them, k-means trained): a query scans the ``nprobe``
+    lists nearest to it."""
+
+    kind = "ivf"
+
+    def __init__(self, index: faiss.IndexIVF, nprobe: int) -> None:
+        super().__init__(index)
+        self.set_breadth(nprobe)
+
+    def set_breadth(self, nprobe: int) -> None:
+        """Lists one query scans: recall against speed."""
+        self.nprobe = min(nprobe, self.index.nlist)
+        self.index.nprobe = self.nprobe
+
+    @property
+    def lists(self) -> int:
+        return self.index.nlist
+
+    @staticmethod
+    def lists_for(n: int) -> int:
+        return max(1, min(int(math.sqrt(n)), n // IVF_TRAINING_PER_LIST))
+
+    @classmethod
+    def trained(cls, sample: np.ndarray, lists: int, nprobe: int) -> IVFBackend:
+        """An empty index whose lists are k-means of ``sample`` (at most
+        ``lists * IVF_TRAINING_PER_LIST`` vectors are used)."""
+        dim = sample.shape[1]
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(sample[: lists * IVF_TRAINING_PER_LIST], np.float32))
+        return cls(index, nprobe)
+
+    def search(
+        self, queries: np.ndarray, k: int, selection: Selection
+    ) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if selection.allowed is not None:
+            # A filter to an element or session may have nothing in the nearest lists: scan
+            # them all (the selector is checked before any distance, so this stays cheap).
+            return self.index.search(queries, k, params=self._params(selection, nprobe=self.lists))
+        nprobe = self.nprobe
+        sims, keys = self.index.search(queries, k, params=self._params(selection, nprobe=nprobe))
+        if selection.excluded is not None:
+            # The lists nearest a query may hold little but the excluded session: probe more of
+            # them until every query has what is there to find.
+            eligible = min(k, len(self) - len(selection.excluded))
+            while (keys[:, :eligible] < 0).any() and nprobe < self.lists:
+                nprobe = min(self.lists, 2 * nprobe)
+                params = self._params(selection, nprobe=nprobe)
+                sims, keys = self.index.search(queries, k, params=params)
+        return sims, keys
+
+    def _params(self, selection: Selection, **breadth) -> faiss.SearchParameters | None:
+        params = super()._params(selection, **breadth)
+        if params is None and breadth.get("nprobe", self.nprobe) != self.nprobe:
+            params = faiss.SearchParametersIVF(nprobe=breadth["nprobe"])
+        return params
+
+    def _parameters_class(self) -> type:
+        return faiss.SearchParametersIVF

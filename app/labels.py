@@ -1,0 +1,205 @@
+"""What the index knows of each reference besides its vector: its key, its id and integer codes of
+its element and session, and the key selections that search filters become.
+
+Kept in numpy arrays sorted by key (about 16 bytes a reference plus its id string), so filters and
+the names of the neighbours a search returns never need the database: a search keeps answering
+while the database is unreachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Codes:
+    """Names <-> dense integer codes, for elements or sessions."""
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self.names: list[str] = list(names)
+        self.codes: dict[str, int] = {name: code for code, name in enumerate(self.names)}
+
+    def code(self, name: str) -> int:
+        """The name's code, made if new."""
+        if name not in self.codes:
+            self.codes[name] = len(self.names)
+            self.names.append(name)
+        return self.codes[name]
+
+
+@dataclass
+class Selection:
+    """Which keys a search may return: only ``allowed`` (when set), none of ``excluded``."""
+
+    allowed: np.ndarray | None = None
+    excluded: np.ndarray | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.allowed is not None and not len(self.allowed)
+
+
+@dataclass
+class LabelRows:
+    """Labels of some references, as given to :meth:`LabelTable.set`."""
+
+    keys: np.ndarray  # (n,) int64
+    ids: list[str]
+    element_ids: list[str]
+    session_ids: list[str]
+
+
+@dataclass
+class IndexRows(LabelRows):
+    """References as the index takes them: labels and embeddings."""
+
+    vectors: np.ndarray  # (n, D) float32
+
+
+class LabelTable:
+    """Sorted keys with, in step, ids and element and session codes. Not thread-safe: the index
+    that owns it holds the lock."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.ids = np.zeros(0, object)
+        self.element_of = np.zeros(0, np.int32)
+        self.session_of = np.zeros(0, np.int32)
+        self.elements = Codes()
+        self.sessions = Codes()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def positions(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where ``keys`` sit in ``self.keys``, and which of them are there."""
+        at = np.searchsorted(self.keys, keys)
+        found = at < len(self.keys)
+        found[found] = self.keys[at[found]] == keys[found]
+        return at, found
+
+    def set(self, rows: LabelRows) -> None:
+        """Existing keys change in place, new ones are added."""
+        keys = np.asarray(rows.keys, dtype=np.int64)
+        ids = np.array(rows.ids, dtype=object)
+        elements = np.array([self.elements.code(e) for e in rows.element_ids], dtype=np.int32)
+        sessions = np.array([self.sessions.code(s) for s in rows.session_ids], dtype=np.int32)
+        at, found = self.positions(keys)
+        self.ids[at[found]] = ids[found]
+        self.element_of[at[found]] = elements[found]
+        self.session_of[at[found]] = sessions[found]
+        new, kept = ~found, len(self.keys)
+        self.keys = np.concatenate([self.keys, keys[new]])
+        self.ids = np.concatenate([self.ids, ids[new]])
+        self.element_of = np.concatenate([self.element_of, elements[new]])
+        self.session_of = np.concatenate([self.session_of, sessions[new]])
+        if (np.diff(self.keys[max(0, kept - 1) :]) < 0).any():  # the appended part out of order
+            order = np.argsort(self.keys, kind="stable")  # keys are ascending: rarely needed
+            self.keys, self.ids = self.keys[order], self.ids[order]
+            self.element_of, self.session_of = self.element_of[order], self.session_of[order]
+
+    def remove(self, keys: np.ndarray) -> np.ndarray:
+        """Drops the keys that are there; returns those."""
+        at, found = self.positions(np.asarray(keys, dtype=np.int64))
+        at = at[found]
+        gone = self.keys[at]
+        self.keys = np.delete(self.keys, at)
+        self.ids = np.delete(self.ids, at)
+        self.element_of = np.delete(self.element_of, at)
+        self.session_of = np.delete(self.session_of, at)
+        return gone
+
+    def elements_of(self, keys: np.ndarray) -> set[str]:
+        at, found = self.positions(np.asarray(keys, dtype=np.int64))
+        return {self.elements.names[code] for code in self.element_of[at[found]].tolist()}
+
+    def describe(self, keys: np.ndarray) -> dict[int, tuple[str, str, str]]:
+        """key -> (id, element_id, session_id) for the keys that are there."""
+        at, found = self.positions(np.asarray(keys, dtype=np.int64))
+        at = at[found]
+        return {
+            int(key): (ref_id, self.elements.names[e], self.sessions.names[s])
+            for key, ref_id, e, s in zip(
+                self.keys[at].tolist(),
+                self.ids[at].tolist(),
+                self.element_of[at].tolist(),
+                self.session_of[at].tolist(),
+                strict=True,
+            )
+        }
+
+    def has_element(self, element_id: str) -> bool:
+        code = self.elements.codes.get(element_id)
+        return code is not None and bool((self.element_of == code).any())
+
+    def keys_of_element(self, element_id: str | None) -> np.ndarray:
+        """The element's keys; every key for None."""
+        if element_id is None:
+            return self.keys
+        return self._keys_where(self.elements, self.element_of, element_id)
+
+    def _keys_where(self, codes: Codes, of: np.ndarray, name: str) -> np.ndarray:
+        code = codes.codes.get(name)
+        return self.keys[of == code] if code is not None else self.keys[:0]
+
+    def selection(
+        self,
+        element_id: str | None = None,
+        session_id: str | None = None,
+        exclude_session_id: str | None = None,
+    ) -> Selection:
+        """The keys a search filtered this way may return."""
+        allowed: np.ndarray | None = None
+        if element_id is not None:
+            allowed = self._keys_where(self.elements, self.element_of, element_id)
+        if session_id is not None:
+            in_session = self._keys_where(self.sessions, self.session_of, session_id)
+            allowed = in_session if allowed is None else np.intersect1d(allowed, in_session)
+        excluded: np.ndarray | None = None
+        if exclude_session_id is not None:
+            excluded = self._keys_where(self.sessions, self.session_of, exclude_session_id)
+            if allowed is not None:
+                allowed, excluded = np.setdiff1d(allowed, excluded), None
+            elif not len(excluded):
+                excluded = None
+        return Selection(allowed, excluded)
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "keys": self.keys,
+            **_pack_strings(self.ids.tolist(), "ids"),
+            "element_of": self.element_of,
+            "session_of": self.session_of,
+            "element_names": np.array(self.elements.names, dtype=str),
+            "session_names": np.array(self.sessions.names, dtype=str),
+        }
+
+    @staticmethod
+    def from_arrays(arrays) -> LabelTable:
+        table = LabelTable()
+        table.keys = np.asarray(arrays["keys"], dtype=np.int64)
+        table.ids = np.array(_unpack_strings(arrays, "ids"), dtype=object)
+        table.element_of = np.asarray(arrays["element_of"], dtype=np.int32)
+        table.session_of = np.asarray(arrays["session_of"], dtype=np.int32)
+        table.elements = Codes(np.asarray(arrays["element_names"]).tolist())
+        table.sessions = Codes(np.asarray(arrays["session_names"]).tolist())
+        return table
+
+
+def _pack_strings(strings: list[str], name: str) -> dict[str, np.ndarray]:
+    """Strings as one UTF-8 byte array and their end offsets: a fixed-width numpy string array
+    would give every id the longest one's size."""
+    encoded = [s.encode() for s in strings]
+    return {
+        f"{name}_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+        f"{name}_ends": np.cumsum([len(b) for b in encoded], dtype=np.int64),
+    }
+
+
+def _unpack_strings(arrays, name: str) -> list[str]:
+    data = np.asarray(arrays[f"{name}_bytes"], dtype=np.uint8).tobytes()
+    ends = np.asarray(arrays[f"{name}_ends"]).tolist()
+    return [data[start:end].decode() for start, end in zip([0, *ends[:-1]], ends, strict=True)]

@@ -1,0 +1,306 @@
+"""The one owner of store-index consistency: every change reaches the index through the change log.
+
+A write commits to the store (appending change-log entries in its transaction); the writing
+process then applies the log up to its write before it answers (read-your-writes), and every
+other process applies it within ``HSN_SYNC_INTERVAL_MS``: woken by PostgreSQL NOTIFY, or by
+polling (always, and the only way on SQLite). Entries name keys only; applying one reads the
+key's current row, so replaying an entry twice or out of date is harmless. A process that has
+fallen behind what the log keeps rebuilds from the store. If applying fails after a commit, the
+index is marked stale and brought back in step before the next search answers.
+
+Anomaly calibrations are dropped by the log too (for the elements whose references it touched),
+so they stay right when another process wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from app.ann import IVF_TRAINING_PER_LIST, IVFBackend
+from app.calibration import AnomalyCalibration
+from app.database import StoreUnavailable
+from app.index import VectorIndex, pool_search
+from app.labels import IndexRows
+from app.store import ReferenceStore
+
+log = logging.getLogger(__name__)
+
+PAGE = 10_000  # change-log entries applied at a time
+EMBED_BATCH = 256  # references re-embedded per model call at start-up
+
+# signals, each (C, L) -> their embeddings (n, D) by this process's model
+Embedder = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
+
+
+@dataclass
+class SyncStatus:
+    applied_seq: int  # the last change-log entry this process's index reflects
+    store_seq: int  # the last one in the store, when last asked
+    lag_entries: int
+    lag_seconds: float  # age of the oldest entry not yet applied (0 when none)
+    database: str  # "ok" or "unreachable"
+
+
+class IndexSync:
+    def __init__(
+        self,
+        store: ReferenceStore,
+        index: VectorIndex,
+        calibration: AnomalyCalibration,
+        model_version: str,
+        embed: Embedder,
+        snapshot: Path,
+        interval_s: float,
+    ) -> None:
+        self.store, self.index, self.calibration = store, index, calibration
+        self.version, self.embed, self.snapshot, self.interval_s = (
+            model_version,
+            embed,
+            snapshot,
+            interval_s,
+        )
+        self.applied_seq = 0
+        self.store_seq = 0
+        self.stale = False  # a catch-up failed after a local commit
+        self.database_ok = True
+        self._oldest_pending: float | None = None  # committed_at of the first unapplied entry
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stop = threading.Event()
+        self._task: asyncio.Task | None = None
+        self._listener: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Under the store's start-up lock (one process at a time, the others wait): embed what
+        this model has not; then load the snapshot and replay the log after it, or rebuild from
+        the store. Then follow the log in the background."""
+        lock = self.store.db.exclusive()
+        await run_in_threadpool(lock.__enter__)
+        try:
+            await self._embed_missing()
+        finally:
+            await run_in_threadpool(lock.__exit__, None, None, None)
+        await self._load_or_rebuild()
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._wake.set)
+
+        self._listener = threading.Thread(
+            target=self.store.db.listen,
+            args=(wake, self._stop),
+            name="change-listener",
+            daemon=True,
+        )
+        self._listener.start()
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        # A flag, not cancellation: asyncio.wait_for in 3.11 can swallow a cancel that races its
+        # timeout, which left the loop running and shutdown waiting for it forever.
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._listener is not None:  # it checks the stop flag twice a second
+            await run_in_threadpool(self._listener.join, 5.0)
+        async with self._lock:
+            await run_in_threadpool(self.index.save, self.snapshot, self.applied_seq, self.version)
+
+    async def _embed_missing(self) -> None:
+        """References without this model's embedding (stored by another model) get one."""
+        total = await run_in_threadpool(self.store.count_unembedded, self.version)
+        if not total:
+            return
+        log.info("embedding %d references stored by another model", total)
+        done, started = 0, time.perf_counter()
+        while rows := await run_in_threadpool(self.store.unembedded, self.version, EMBED_BATCH):
+            vectors = await self.embed([r.signal for r in rows])
+            await run_in_threadpool(self.store.add_embeddings, rows, vectors, self.version)
+            done += len(rows)
+            log.info(
+                "embedded %d/%d references (%.0f%%, %.1fs)",
+                done,
+                total,
+                100 * min(done, total) / total,
+                time.perf_counter() - started,
+            )
+
+    async def _load_or_rebuild(self) -> None:
+        async with self._lock:
+            started = time.perf_counter()
+            loaded = await run_in_threadpool(self.index.load, self.snapshot, self.version)
+            if loaded is not None:
+                self.applied_seq = loaded.seq
+                await self._apply_pending()
+                expected = await run_in_threadpool(self.store.count_embedded, self.version)
+                if len(self.index) == expected and self.index.suits_its_size():
+                    log.info(
+                        "loaded index snapshot: %d references at change %d, replayed to %d "
+                        "in %.2fs",
+                        loaded.references,
+                        loaded.seq,
+                        self.applied_seq,
+                        time.perf_counter() - started,
+                    )
+                    return
+                log.info("index snapshot disagrees with the store after replay: rebuilding")
+            await run_in_threadpool(self._rebuild)
+            await self._apply_pending()
+            log.info(
+                "rebuilt index from the store: %d references in %.2fs",
+                len(self.index),
+                time.perf_counter() - started,
+            )
+
+    def _rebuild(self) -> None:
+        """Everything from the store; the log is then replayed from where the rebuild began."""
+        seq = self.store.last_seq()  # taken first: rows read after it are replayed again
+        n = self.store.count_embedded(self.version)
+        sample = None
+        if self.index.kind_for(n) == "ivf":
+            wanted = IVFBackend.lists_for(n) * IVF_TRAINING_PER_LIST
+            sample = self.store.sample_vectors(self.version, wanted)
+        self.index.rebuild(n, self.store.iter_index_rows(self.version), sample)
+        self.calibration.clear()
+        self.applied_seq = self.store_seq = seq
+
+    # -- following the log -------------------------------------------------------------------
+    async def after_commit(self, seq: int) -> None:
+        """Called by a writer once its write (ending at ``seq``) is committed: the index has it
+        when this returns, or is marked stale and caught up before the next search."""
+        try:
+            await self.catch_up(through=seq)
+        except Exception:
+            self.stale = True
+            log.exception(
+                "applying a committed write to the index failed: retried before the next search"
+            )
+
+    async def ensure_fresh(self) -> None:
+        """Before a search: catch up if a catch-up failed after a commit. A database that is
+        unreachable leaves the index as it is (searches answer from memory)."""
+        if self.stale:
+            try:
+                await self.catch_up()
+            except StoreUnavailable:
+                pass
+
+    async def catch_up(self, through: int | None = None) -> None:
+        async with self._lock:
+            if through is not None and self.applied_seq >= through:
+                return
+            try:
+                await self._apply_pending()
+            except StoreUnavailable:
+                self.database_ok = False
+                raise
+            self.stale, self.database_ok = False, True
+
+    async def _apply_pending(self) -> None:
+        while True:
+            page = await run_in_threadpool(self.store.changes_after, self.applied_seq, PAGE)
+            if page.pruned_through > self.applied_seq:
+                log.warning(
+                    "the change log was pruned past change %d (this process applied up to "
+                    "%d): rebuilding from the store",
+                    page.pruned_through,
+                    self.applied_seq,
+                )
+                await run_in_threadpool(self._rebuild)
+                continue
+            if not page.entries:
+                self._oldest_pending = None
+                self.store_seq = max(self.store_seq, self.applied_seq)
+                return
+            self._oldest_pending = page.entries[0].committed_at
+            self.store_seq = max(self.store_seq, page.entries[-1].seq)
+            keys = sorted({c.key for c in page.entries})
+            rows, removed = await self._rows_of(keys)
+            touched = await run_in_threadpool(self.index.apply, rows, removed)
+            if touched is None:  # the index cannot take it in place (size, type): rebuild
+                await run_in_threadpool(self._rebuild)
+                continue
+            self.calibration.invalidate(touched, len(keys), len(self.index))
+            self.applied_seq = page.entries[-1].seq
+
+    async def _rows_of(self, keys: list[int]) -> tuple[IndexRows, np.ndarray]:
+        """The index rows of ``keys`` and those no longer stored; references another model
+        wrote get this model's embedding first."""
+        rows, removed, missing = await run_in_threadpool(self.store.index_rows, keys, self.version)
+        if missing:
+            vectors = await self.embed([m.signal for m in missing])
+            await run_in_threadpool(self.store.add_embeddings, missing, vectors, self.version)
+            more, gone, _ = await run_in_threadpool(
+                self.store.index_rows, [m.key for m in missing], self.version
+            )
+            rows = IndexRows(
+                np.concatenate([rows.keys, more.keys]),
+                rows.ids + more.ids,
+                rows.element_ids + more.element_ids,
+                rows.session_ids + more.session_ids,
+                np.concatenate([v for v in (rows.vectors, more.vectors) if len(v)])
+                if len(rows.keys) + len(more.keys)
+                else rows.vectors,
+            )
+            removed = np.concatenate([removed, gone])
+        return rows, removed
+
+    async def _follow(self) -> None:
+        """Polls the store's last sequence number (and wakes on NOTIFY); catches up when behind."""
+        while not self._stop.is_set():
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.store_seq = await run_in_threadpool(self.store.last_seq)
+                if self.store_seq > self.applied_seq or self.stale:
+                    await self.catch_up()
+                if not self.database_ok:
+                    log.info("database reachable again: caught up to change %d", self.applied_seq)
+                self.database_ok = True
+            except StoreUnavailable as exc:
+                if self.database_ok:
+                    log.warning("database unreachable (%s): searches answer from memory", exc)
+                self.database_ok = False
+            except Exception:
+                log.exception("following the change log failed; retrying")
+
+    def status(self) -> SyncStatus:
+        pending = self._oldest_pending
+        behind = max(0, self.store_seq - self.applied_seq)
+        return SyncStatus(
+            applied_seq=self.applied_seq,
+            store_seq=self.store_seq,
+            lag_entries=behind,
+            lag_seconds=max(0.0, time.time() - pending) if pending is not None and behind else 0.0,
+            database="ok" if self.database_ok else "unreachable",
+        )
+
+    # -- anomaly calibration -----------------------------------------------------------------
+    def calibrated(self, pool: str | None) -> np.ndarray:
+        """Sorted leave-one-out distances of ``pool`` (an element, or None: all references),
+        fitted from the store's vectors when not cached. StoreUnavailable when it must be
+        fitted and the database is unreachable."""
+        return self.calibration.calibrated(
+            pool,
+            self.index.keys_of_element(pool),
+            lambda keys: self.store.embeddings(keys, self.version),
+            pool_search(self.index, pool),
+        )
