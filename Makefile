@@ -56,8 +56,12 @@ loadtest: $(STAMP)
 	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
 	$(BIN)/python benchmarks/loadtest.py --model-dir $(MODEL_DIR) --duration 60 --clients 16
 
-# The container for real (several minutes): lint, build, compose up, use, restart, tear down.
-docker-check: $(STAMP)
+# The container for real (several minutes): lint, build, compose up, use, restart, tear down;
+# then the cluster profile (PostgreSQL, three replicas, the balancer). The tools it needs are
+# checked first, before the virtual environment is made.
+docker-check:
+	@tools/container/docker-check.sh --tools
+	@$(MAKE) -s --no-print-directory $(STAMP)
 	tools/container/docker-check.sh
 
 # Real-ECG figures (BENCHMARKS.md): trains each recipe once (15 min each on 2 cores) unless
