@@ -34,7 +34,7 @@ from tests.postgres import PostgresServer, free_port, server_binaries  # noqa: E
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[{body}]]
+wrk.body = [==[{body}]==]
 """
 
 
