@@ -154,11 +154,16 @@ class IVFBackend(VectorBackend):
     def lists_for(n: int) -> int:
         return max(1, min(int(math.sqrt(n)), n // IVF_TRAINING_PER_LIST))
 
+    @staticmethod
+    def sample_size(n: int) -> int:
+        """Vectors the k-means of an index for ``n`` references is trained on."""
+        return IVFBackend.lists_for(n) * IVF_TRAINING_PER_LIST
+
     @classmethod
-    def trained(cls, sample: np.ndarray, lists: int, nprobe: int) -> IVFBackend:
-        """An empty index whose lists are k-means of ``sample`` (at most
-        ``lists * IVF_TRAINING_PER_LIST`` vectors are used)."""
-        dim = sample.shape[1]
+    def trained(cls, sample: np.ndarray, n: int, nprobe: int) -> IVFBackend:
+        """An empty index for ``n`` references whose lists are k-means of ``sample`` (at most
+        ``sample_size(n)`` of its vectors are used)."""
+        dim, lists = sample.shape[1], cls.lists_for(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.train(np.ascontiguousarray(sample[: lists * IVF_TRAINING_PER_LIST], np.float32))
         return cls(index, nprobe)

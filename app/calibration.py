@@ -52,16 +52,17 @@ class AnomalyCalibration:
     def calibrated(
         self,
         pool: str | None,
-        pool_keys: np.ndarray,
+        pool_keys: Callable[[], np.ndarray],
         vectors_of: VectorSource,
         search: PoolSearch,
     ) -> np.ndarray:
-        """The pool's calibration: cached, or fitted now on a sample of ``pool_keys`` whose
-        vectors the caller's ``vectors_of`` gives."""
+        """The pool's calibration: cached, or fitted now on a sample of ``pool_keys()`` whose
+        vectors the caller's ``vectors_of`` gives (both asked only when fitting: a search's
+        hot path must not copy every key)."""
         cached = self.cached(pool)
         if cached is not None:
             return cached
-        keys, vectors = vectors_of(self.sample(pool_keys))
+        keys, vectors = vectors_of(self.sample(pool_keys()))
         return self.fit(pool, keys, vectors, search)
 
     def fit(

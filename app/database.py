@@ -18,7 +18,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -186,23 +186,25 @@ def _same(sql: str) -> str:
     return sql
 
 
-@contextmanager
-def _sqlite_unavailable() -> Iterator[None]:
+def _sqlite_unavailable() -> AbstractContextManager[None]:
     """A file locked past the busy timeout or unreadable is unavailable; any other
     OperationalError (a wrong statement) is a bug and stays one."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        if any(word in str(exc) for word in ("locked", "busy", "unable to open", "disk")):
-            raise StoreUnavailable(str(exc)) from exc
-        raise
+    words = ("locked", "busy", "unable to open", "disk")
+    return _unavailable_on(
+        sqlite3.OperationalError, when=lambda exc: any(w in str(exc) for w in words)
+    )
 
 
 @contextmanager
-def _unavailable_on(*errors: type[BaseException]) -> Iterator[None]:
+def _unavailable_on(
+    *errors: type[BaseException], when: Callable[[BaseException], bool] = lambda _: True
+) -> Iterator[None]:
+    """``errors`` (those ``when`` accepts) raised inside become StoreUnavailable."""
     try:
         yield
     except errors as exc:
+        if not when(exc):
+            raise
         raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
 
 

@@ -68,13 +68,14 @@ class VectorIndex:
         lists = self.backend.lists if isinstance(self.backend, IVFBackend) else 0
         return CurrentIndex(self.backend.kind, lists)
 
-    def _empty(self, kind: IndexKind, sample: np.ndarray | None = None) -> VectorBackend:
+    def _empty(
+        self, kind: IndexKind, n: int = 0, sample: np.ndarray | None = None
+    ) -> VectorBackend:
         if kind == "hnsw":
             return HNSWBackend.empty(self.dim, self.hnsw_m, self.ef_search)
         if kind == "ivf":
             assert sample is not None, "an IVF index is trained on a sample"
-            lists = IVFBackend.lists_for(len(sample))
-            return IVFBackend.trained(sample, lists, self.ivf_nprobe)
+            return IVFBackend.trained(sample, n, self.ivf_nprobe)
         return FlatBackend.empty(self.dim)
 
     # -- updates -----------------------------------------------------------------------------
@@ -83,16 +84,15 @@ class VectorIndex:
         whose references changed, or None when the caller must rebuild instead (the backend
         cannot remove, or the new size calls for another index type)."""
         with self.lock:
-            present = np.unique(np.concatenate([rows.keys, removed]).astype(np.int64))
-            _, found = self.labels.positions(present)
             _, replaced = self.labels.positions(rows.keys)
-            removed_here = int(found.sum() - replaced.sum())  # ``removed`` keys it holds
-            size = len(self.labels) + int((~replaced).sum()) - removed_here
+            _, held = self.labels.positions(removed)
+            size = len(self.labels) + int((~replaced).sum()) - int(held.sum())
             if self.policy.needs_rebuild(size, self._current()):
                 return None
-            if not self.backend.remove(present[found]):
+            existing = np.concatenate([rows.keys[replaced], removed[held]])
+            if not self.backend.remove(existing):
                 return None
-            touched = self.labels.elements_of(present[found]) | set(rows.element_ids)
+            touched = self.labels.elements_of(existing) | set(rows.element_ids)
             self.labels.remove(removed)
             self.labels.set(rows)
             self.backend.add(rows.keys, rows.vectors)
@@ -100,8 +100,9 @@ class VectorIndex:
 
     def rebuild(self, n: int, chunks: Iterable[IndexRows], sample: np.ndarray | None) -> None:
         """Replaces everything with ``chunks`` (about ``n`` references); an IVF index is trained
-        on ``sample`` first (the caller fetches it when :meth:`kind_for` says IVF)."""
-        backend = self._empty(self.policy.kind_for(n), sample)
+        on ``sample`` first (the caller fetches ``IVFBackend.sample_size(n)`` vectors when
+        :meth:`kind_for` says IVF)."""
+        backend = self._empty(self.policy.kind_for(n), n, sample)
         labels = LabelTable()
         for chunk in chunks:
             labels.set(chunk)

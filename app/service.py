@@ -317,8 +317,8 @@ class SignalService:
             engine=self.runtime.engine,
             index=self.index.current_kind,
             inference_workers=self.batcher.workers,
-            database=sync.database if stored is not None else "unreachable",
-            degraded=stored is None or sync.database != "ok",
+            database="ok" if stored is not None else "unreachable",
+            degraded=stored is None,
             sync=sync,
             served_by=SERVED_BY,
         )

@@ -262,7 +262,7 @@ class ReferenceStore:
             "r.id, r.element_id, r.session_id, e.vector, r.revision, r.channels, r.length,"
             " CASE WHEN e.vector IS NULL THEN r.signal END",
             keys,
-            join=version,
+            version,
         )
         embedded = [row for row in found if row[4] is not None]
         missing = [
@@ -327,9 +327,9 @@ class ReferenceStore:
             np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
         )
 
-    def _rows_by_key(self, columns: str, keys: list[int], join: str) -> list[tuple]:
-        """``key, columns`` of the stored ``keys`` (``r`` the reference, ``e`` its embedding of
-        version ``join``), KEYS_PER_QUERY at a time. Every query has the same number of
+    def _rows_by_key(self, columns: str, keys: list[int], version: str) -> list[tuple]:
+        """``key, columns`` of the stored ``keys`` (``r`` the reference, ``e`` its embedding by
+        model ``version``), KEYS_PER_QUERY at a time. Every query has the same number of
         placeholders (padded with -1, never a key): sqlite3 caches one prepared statement per
         SQL text, and one per list length held ~40 MiB under load."""
         rows: list[tuple] = []
@@ -342,7 +342,7 @@ class ReferenceStore:
             part = keys[start : start + KEYS_PER_QUERY]
             with self.db.read() as s:
                 rows += s.execute(
-                    sql, [join, *part, *[-1] * (KEYS_PER_QUERY - len(part))]
+                    sql, [version, *part, *[-1] * (KEYS_PER_QUERY - len(part))]
                 ).fetchall()
         return rows
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.ann import IVF_TRAINING_PER_LIST, IVFBackend
+from app.ann import IVFBackend
 from app.calibration import AnomalyCalibration
 from app.database import StoreUnavailable
 from app.index import VectorIndex, pool_search
@@ -170,8 +170,7 @@ class IndexSync:
         n = self.store.count_embedded(self.version)
         sample = None
         if self.index.kind_for(n) == "ivf":
-            wanted = IVFBackend.lists_for(n) * IVF_TRAINING_PER_LIST
-            sample = self.store.sample_vectors(self.version, wanted)
+            sample = self.store.sample_vectors(self.version, IVFBackend.sample_size(n))
         self.index.rebuild(n, self.store.iter_index_rows(self.version), sample)
         self.calibration.clear()
         self.applied_seq = self.store_seq = seq
@@ -234,27 +233,18 @@ class IndexSync:
                 continue
             self.calibration.invalidate(touched, len(keys), len(self.index))
             self.applied_seq = page.entries[-1].seq
+            if len(page.entries) < PAGE:  # the log's end when read: what came since waits
+                self._oldest_pending = None  # for the next poll or notification
+                return
 
     async def _rows_of(self, keys: list[int]) -> tuple[IndexRows, np.ndarray]:
         """The index rows of ``keys`` and those no longer stored; references another model
-        wrote get this model's embedding first."""
+        wrote get this model's embedding first (rare: a rollout), then all are read again."""
         rows, removed, missing = await run_in_threadpool(self.store.index_rows, keys, self.version)
         if missing:
             vectors = await self.embed([m.signal for m in missing])
             await run_in_threadpool(self.store.add_embeddings, missing, vectors, self.version)
-            more, gone, _ = await run_in_threadpool(
-                self.store.index_rows, [m.key for m in missing], self.version
-            )
-            rows = IndexRows(
-                np.concatenate([rows.keys, more.keys]),
-                rows.ids + more.ids,
-                rows.element_ids + more.element_ids,
-                rows.session_ids + more.session_ids,
-                np.concatenate([v for v in (rows.vectors, more.vectors) if len(v)])
-                if len(rows.keys) + len(more.keys)
-                else rows.vectors,
-            )
-            removed = np.concatenate([removed, gone])
+            rows, removed, _ = await run_in_threadpool(self.store.index_rows, keys, self.version)
         return rows, removed
 
     async def _follow(self) -> None:
@@ -268,11 +258,12 @@ class IndexSync:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            was_ok = self.database_ok
             try:
                 self.store_seq = await run_in_threadpool(self.store.last_seq)
                 if self.store_seq > self.applied_seq or self.stale:
                     await self.catch_up()
-                if not self.database_ok:
+                if not was_ok:
                     log.info("database reachable again: caught up to change %d", self.applied_seq)
                 self.database_ok = True
             except StoreUnavailable as exc:
@@ -300,7 +291,7 @@ class IndexSync:
         fitted and the database is unreachable."""
         return self.calibration.calibrated(
             pool,
-            self.index.keys_of_element(pool),
+            lambda: self.index.keys_of_element(pool),
             lambda keys: self.store.embeddings(keys, self.version),
             pool_search(self.index, pool),
         )

@@ -162,7 +162,7 @@ def anomaly(model, data: SignalData, anomaly_k: int) -> dict:
         """The service's calibrated score, with ``pool`` as its expected_element."""
         search = pool_search(index, pool)
         calibrated = calibration.calibrated(
-            pool, index.keys_of_element(pool), lambda keys: (keys, vectors[keys]), search
+            pool, lambda: index.keys_of_element(pool), lambda keys: (keys, vectors[keys]), search
         )
         nearest = [[sim for _, sim in row] for row in search(queries, anomaly_k)]
         return calibration.scores(calibrated, nearest)

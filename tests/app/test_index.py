@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from app.ann import IVFBackend
 from app.calibration import AnomalyCalibration
 from app.index import VectorIndex, pool_search
 from app.index_policy import IVF_MIN_REFERENCES, IndexPolicy
@@ -72,7 +73,9 @@ class Harness:
         self.rebuilds += 1
         keys = sorted(self.refs)
         rows = rows_of(keys, [self.refs[k][0] for k in keys], [self.refs[k][1] for k in keys])
-        sample = rows.vectors[np.random.default_rng(0).permutation(len(keys))]
+        # a random sample of the size the change log's owner fetches from the store
+        order = np.random.default_rng(0).permutation(len(keys))
+        sample = rows.vectors[order[: IVFBackend.sample_size(len(keys))]]
         self.index.rebuild(len(keys), [rows], sample)
 
 
@@ -134,6 +137,7 @@ def test_ivf_is_retrained_once_it_outgrows_its_lists():
     assert harness.index.current_kind == "ivf" and harness.rebuilds == 1
     harness.upsert(list(range(1200, 10_000)), refs[1200:], vectors[1200:])
     assert harness.rebuilds == 2 and harness.index.backend.lists > lists
+    assert harness.index.backend.lists == IVFBackend.lists_for(10_000)  # from n, not the sample
 
 
 def test_a_size_hovering_at_the_threshold_does_not_rebuild_on_every_write():
@@ -202,7 +206,7 @@ def test_a_write_recalibrates_only_what_it_can_move():
         """What the change log's owner does: the cached calibration, or one fitted now."""
         return calibration.calibrated(
             pool,
-            index.keys_of_element(pool),
+            lambda: index.keys_of_element(pool),
             lambda keys: (keys, np.stack([harness.refs[k][1] for k in keys.tolist()])),
             pool_search(index, pool),
         )
