@@ -511,18 +511,19 @@ def bench_search(model_dir: Path, full: bool) -> dict:
 
 
 # -- 5. start-up with many stored references -----------------------------------------------
-def fill_store(data_dir: Path, n: int, manifest: dict) -> None:
-    """n references written straight into the service's database, embedded by 'this' model."""
+def fill_store(data_dir: Path, n: int, manifest: dict, first: int = 0) -> None:
+    """n references (ids from r<first>) written straight into the service's database, embedded
+    by 'this' model; each write goes to the change log as the service's own would."""
     from app.database import SqliteDatabase
     from app.store import NewReference, ReferenceStore
 
     store = ReferenceStore(SqliteDatabase(data_dir / "references.sqlite3"))
     store.migrate()
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(3 + first)
     dim, length = manifest["embedding_dim"], manifest["trained_length"]
     signal = np.zeros((manifest["in_channels"], length), dtype=np.float32)
-    for start in range(0, n, 10_000):
-        count = min(10_000, n - start)
+    for start in range(first, first + n, 10_000):
+        count = min(10_000, first + n - start)
         vectors = rng.normal(size=(count, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         store.upsert(
@@ -542,6 +543,9 @@ def fill_store(data_dir: Path, n: int, manifest: dict) -> None:
     store.close()
 
 
+REPLAYED = 10_000  # change-log entries a restarted process replays after its snapshot
+
+
 def bench_startup(model_dir: Path, full: bool) -> dict:
     import psutil
 
@@ -551,7 +555,9 @@ def bench_startup(model_dir: Path, full: bool) -> dict:
         raw_mib = n * manifest["embedding_dim"] * 4 / 2**20
         with tempfile.TemporaryDirectory() as data_dir:
             fill_store(Path(data_dir), n, manifest)
-            for start in ("rebuild from SQLite", "snapshot"):
+            for start in ("rebuild from SQLite", "snapshot", "snapshot + log replay"):
+                if start == "snapshot + log replay":  # written by others while it was down
+                    fill_store(Path(data_dir), REPLAYED, manifest, first=n)
                 began = time.perf_counter()
                 service = Service(model_dir, HSN_DATA_DIR=data_dir)
                 seconds = time.perf_counter() - began
@@ -559,10 +565,10 @@ def bench_startup(model_dir: Path, full: bool) -> dict:
                 ready = httpx.get(f"{service.url}/ready").json()
                 service.process.terminate()  # a graceful stop writes the snapshot
                 service.process.wait(timeout=120)
-                assert ready["references"] == n
+                assert ready["references"] == n + (REPLAYED if "replay" in start else 0)
                 results.append(
                     {
-                        "references": n,
+                        "references": ready["references"],
                         "start": start,
                         "seconds": seconds,
                         "rss_mib": rss,

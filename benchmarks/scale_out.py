@@ -3,7 +3,8 @@
 - /embed (one signal) and /search under wrk with 64 connections, HSN_WORKERS=1 against 2
   (ratios from one run: the machine is noisy);
 - replication lag: time from a 201 on one process to the reference being found by another,
-  for two replicas on one PostgreSQL (when its server binaries are installed);
+  for two worker processes on SQLite and two replicas on one PostgreSQL (when its server
+  binaries are installed);
 - write throughput of each engine (references/s for batches of 1 and 64).
 
     python benchmarks/scale_out.py --model-dir models/default [--references 100000]
@@ -16,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,45 +29,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.postgres import PostgresServer, free_port, server_binaries  # noqa: E402
+from bench import Service, fill_store  # noqa: E402  (as bench.py runs and fills the service)
+
+from tests.postgres import PostgresServer, server_binaries  # noqa: E402
 
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [==[{body}]==]
 """
-
-
-class Process:
-    def __init__(self, model_dir: Path, data_dir: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {
-            **os.environ,
-            "HSN_MODEL_DIR": str(model_dir),
-            "HSN_DATA_DIR": str(data_dir),
-            "HSN_PORT": str(self.port),
-            "HSN_LOG_LEVEL": "WARNING",
-            **env,
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
 
 
 def wrk(url: str, body: dict, seconds: int, connections: int = 64) -> float:
@@ -92,37 +62,19 @@ def signals(manifest: dict, n: int, rng) -> np.ndarray:
     return rng.normal(size=(n, manifest["in_channels"], length)).astype(np.float32)
 
 
-def fill(url: str, x: np.ndarray, batch: int = 256) -> None:
-    with httpx.Client(timeout=600) as http:
-        for start in range(0, len(x), batch):
-            refs = [
-                {
-                    "id": f"r{start + i}",
-                    "element_id": f"e{(start + i) % 500}",
-                    "session_id": f"s{(start + i) % 2000}",
-                    "signal": s.tolist(),
-                }
-                for i, s in enumerate(x[start : start + batch])
-            ]
-            response = http.post(f"{url}/references", json={"references": refs})
-            response.raise_for_status()
-
-
 def bench_workers(model_dir: Path, manifest: dict, references: int, seconds: int) -> dict:
     rng = np.random.default_rng(0)
     one = signals(manifest, 1, rng)[0].tolist()
     results: dict = {}
     with tempfile.TemporaryDirectory() as data_dir:
-        first = Process(model_dir, Path(data_dir), HSN_WORKERS="1")
-        fill(first.url, signals(manifest, references, rng))
-        first.stop()
+        fill_store(Path(data_dir), references, manifest)
         for workers in (1, 2):
-            server = Process(model_dir, Path(data_dir), HSN_WORKERS=str(workers))
+            server = Service(model_dir, HSN_DATA_DIR=data_dir, HSN_WORKERS=str(workers))
             results[workers] = {
                 "embed": wrk(f"{server.url}/embed", {"signals": [one]}, seconds),
                 "search": wrk(f"{server.url}/search", {"signals": [one], "k": 5}, seconds),
             }
-            server.stop()
+            server.close()
             print(f"workers {workers}: {results[workers]}", flush=True)
     return {
         "references": references,
@@ -133,16 +85,23 @@ def bench_workers(model_dir: Path, manifest: dict, references: int, seconds: int
 
 
 def replication_lag(a: str, b: str, x: np.ndarray) -> dict:
-    """From the 201 on ``a`` to the first search on ``b`` that finds the reference."""
+    """From the 201 on ``a`` to the first search on ``b`` answered by another process that
+    finds the reference (``a`` = ``b``: worker processes on one port, a new connection each
+    search so that the kernel spreads them)."""
     lags = []
     with httpx.Client(timeout=30) as http:
         for i, s in enumerate(x):
             ref = {"id": f"lag-{i}", "element_id": "lag", "session_id": "lag", "signal": s.tolist()}
-            http.post(f"{a}/references", json={"references": [ref]}).raise_for_status()
-            written = time.perf_counter()
+            response = http.post(f"{a}/references", json={"references": [ref]})
+            response.raise_for_status()
+            writer, written = response.headers["x-served-by"], time.perf_counter()
             while True:
                 body = {"signals": [s.tolist()], "k": 1, "element_id": "lag"}
-                hits = http.post(f"{b}/search", json=body).json()["results"][0]["neighbors"]
+                with httpx.Client(timeout=30) as fresh:
+                    answer = fresh.post(f"{b}/search", json=body)
+                if answer.headers["x-served-by"] == writer:
+                    continue
+                hits = answer.json()["results"][0]["neighbors"]
                 if hits and hits[0]["id"] == ref["id"]:
                     break
             lags.append(time.perf_counter() - written)
@@ -170,10 +129,14 @@ def bench_engines(model_dir: Path, manifest: dict) -> dict:
     rng = np.random.default_rng(1)
     x = signals(manifest, 2048, rng)
     results = {}
-    with tempfile.TemporaryDirectory() as data_dir:
-        a = Process(model_dir, Path(data_dir) / "a", HSN_WORKERS="1")
-        results["sqlite"] = write_throughput(a.url, x)
-        a.stop()
+    a = Service(model_dir)
+    results["sqlite"] = write_throughput(a.url, x)
+    a.close()
+    workers = Service(model_dir, HSN_WORKERS="2")
+    results["sqlite"]["replication_lag_workers"] = replication_lag(
+        workers.url, workers.url, x[:200]
+    )
+    workers.close()
     binaries = server_binaries()
     if binaries is None:
         print("PostgreSQL skipped: its server binaries are not installed", flush=True)
@@ -181,13 +144,12 @@ def bench_engines(model_dir: Path, manifest: dict) -> dict:
     database = PostgresServer(binaries)
     try:
         url = database.new_database()
-        with tempfile.TemporaryDirectory() as data_dir:
-            a = Process(model_dir, Path(data_dir) / "a", HSN_DATABASE_URL=url)
-            b = Process(model_dir, Path(data_dir) / "b", HSN_DATABASE_URL=url)
-            results["postgresql"] = write_throughput(a.url, x)
-            results["postgresql"]["replication_lag"] = replication_lag(a.url, b.url, x[:200])
-            a.stop()
-            b.stop()
+        a = Service(model_dir, HSN_DATABASE_URL=url)
+        b = Service(model_dir, HSN_DATABASE_URL=url)
+        results["postgresql"] = write_throughput(a.url, x)
+        results["postgresql"]["replication_lag"] = replication_lag(a.url, b.url, x[:200])
+        a.close()
+        b.close()
     finally:
         database.close()
     return results

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.postgres import free_port
 from training.synthetic import SynthConfig, generate
 from training.train import TrainConfig, Trainer
 
@@ -66,12 +66,6 @@ def make_client(model_dir, tmp_path, database_url):
 @pytest.fixture
 def client(make_client) -> TestClient:
     return make_client()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

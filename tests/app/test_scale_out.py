@@ -18,7 +18,7 @@ from app.database import PostgresDatabase, SqliteDatabase
 from app.store import NewReference, ReferenceStore
 from tests.app.conftest import Server
 from tests.app.helpers import references
-from tests.postgres import MISSING, PostgresServer, server_binaries
+from tests.postgres import MISSING, PostgresServer, free_port, server_binaries
 
 SYNC_BOUND_S = 2.0  # HSN_SYNC_INTERVAL_MS is 200: ten times that, for a loaded 2-core box
 
@@ -217,8 +217,6 @@ def test_a_bad_database_url_exits_with_one_clear_line(model_dir, tmp_path, url, 
 
 
 def test_an_unreachable_database_is_retried_then_exits_with_one_line(model_dir, tmp_path):
-    from tests.postgres import free_port
-
     url = f"postgresql://nobody@127.0.0.1:{free_port()}/db"
     started = time.monotonic()
     result = run_app(model_dir, tmp_path, HSN_DATABASE_URL=url, HSN_DATABASE_CONNECT_TIMEOUT_S="2")
