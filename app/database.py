@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
     model_version TEXT NOT NULL,
     key BIGINT NOT NULL,
     vector {blob} NOT NULL,
-    PRIMARY KEY (model_version, key)
+    PRIMARY KEY (key, model_version)  -- key first: a write drops every version of its key
 );
 CREATE TABLE IF NOT EXISTS changes (
     seq {key_type} PRIMARY KEY {autoincrement},

@@ -113,11 +113,11 @@ class ReferenceStore:
                     f"the database has schema version {found}, newer than this service's "
                     f"{SCHEMA_VERSION}: run a newer version of the service"
                 )
-            if found == 1:
-                self._migrate_from_1(s)
             for statement in self.db.schema.split(";"):
                 if statement.strip():
                     s.execute(statement)
+            if found == 1:
+                self._migrate_from_1(s)
             s.execute(
                 "INSERT INTO meta (name, value) VALUES ('schema_version', ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -136,11 +136,8 @@ class ReferenceStore:
         return int(row[0]) if row else 1  # version 1 kept a generation counter only
 
     def _migrate_from_1(self, s: Session) -> None:
-        """Version 1 (SQLite only) kept one embedding column in ``refs`` and no change log."""
-        s.execute(
-            "CREATE TABLE embeddings (model_version TEXT NOT NULL, key BIGINT NOT NULL,"
-            " vector BLOB NOT NULL, PRIMARY KEY (model_version, key))"
-        )
+        """Version 1 (SQLite only) kept one embedding column in ``refs`` and no change log (the
+        schema's new tables exist by now)."""
         s.execute(
             "INSERT INTO embeddings (model_version, key, vector)"
             " SELECT model_version, key, embedding FROM refs"
