@@ -1,6 +1,8 @@
 """VectorIndex on its own: labels, filters, the index type chosen by size, snapshots; the
 anomaly calibration given its vectors."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,3 +234,28 @@ def test_a_write_recalibrates_only_what_it_can_move():
     # a query far from everything scores high; one of the references scores like the rest
     scores = calibration.scores(calibrated(None), [[0.0, 0.0, 0.0], [0.99, 0.98, 0.97]])
     assert scores[0] == 1.0 and scores[1] < 0.5
+
+
+def test_concurrent_searches_that_miss_the_calibration_fit_it_once():
+    rng = np.random.default_rng(7)
+    vectors, refs = clustered(rng, 10, 30)
+    harness = Harness("flat")
+    harness.upsert(list(range(300)), refs, vectors)
+    calibration, fits = AnomalyCalibration(k=3), []
+
+    def vectors_of(keys):
+        fits.append(len(keys))
+        time.sleep(0.2)  # a slow fit: the others arrive while it runs
+        return keys, vectors[keys]
+
+    def calibrated(_):
+        return calibration.calibrated(
+            None,
+            lambda: harness.index.keys_of_element(None),
+            vectors_of,
+            pool_search(harness.index, None),
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(calibrated, range(8)))
+    assert fits == [300] and all(r is results[0] for r in results)
