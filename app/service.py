@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from app.ann import set_search_threads
 from app.calibration import AnomalyCalibration
 from app.database import Database, StoreUnavailable
 from app.errors import InputError
@@ -126,6 +127,7 @@ class SignalService:
             "on" if settings.dynamic_batching else "off",
             database.describe(),
         )
+        set_search_threads(settings.search_threads)
         self.store = ReferenceStore(database, settings.change_log_keep)
         with database.exclusive():  # one process at a time creates or migrates the schema
             found = self.store.migrate()

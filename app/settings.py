@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(32, ge=1)  # inverted lists a query scans (of about sqrt(N))
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_search: int = Field(128, ge=1)
+    # FAISS threads in one search: requests run in parallel already (BENCHMARKS.md "Scaling out")
+    search_threads: int = Field(1, ge=1)
     anomaly_k: int = Field(3, ge=1)  # neighbours averaged into a query's anomaly distance
     anomaly_threshold: float = Field(0.99, gt=0, le=1)  # calibrated score above this: anomaly
 
