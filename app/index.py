@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.ann import FlatBackend, HNSWBackend, IVFBackend, VectorBackend
+from app.ann import FlatBackend, HNSWBackend, IVFBackend, VectorBackend, set_search_threads
 from app.calibration import PoolSearch
 from app.index_policy import CurrentIndex, IndexKind, IndexPolicy
 from app.labels import IndexRows, LabelTable
@@ -50,8 +50,9 @@ class VectorIndex:
         ivf_nprobe: int = 32,
         hnsw_m: int = 32,
         ef_search: int = 128,
+        search_threads: int = 1,
     ) -> None:
-        self.dim, self.policy = dim, policy
+        self.dim, self.policy, self.search_threads = dim, policy, search_threads
         self.ivf_nprobe, self.hnsw_m, self.ef_search = ivf_nprobe, hnsw_m, ef_search
         self.lock = threading.RLock()
         self.labels = LabelTable()
@@ -131,6 +132,7 @@ class VectorIndex:
             selection = self.labels.selection(element_id, session_id, exclude_session_id)
             if len(self) == 0 or selection.is_empty:
                 return [[] for _ in queries]
+            set_search_threads(self.search_threads)  # this thread's: searches come from many
             sims, keys = self.backend.search(queries, min(k, len(self)), selection)
         return [
             [

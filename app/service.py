@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.ann import set_search_threads
 from app.calibration import AnomalyCalibration
 from app.database import Database, StoreUnavailable
 from app.errors import InputError
@@ -127,7 +126,6 @@ class SignalService:
             "on" if settings.dynamic_batching else "off",
             database.describe(),
         )
-        set_search_threads(settings.search_threads)
         self.store = ReferenceStore(database, settings.change_log_keep)
         with database.exclusive():  # one process at a time creates or migrates the schema
             found = self.store.migrate()
@@ -139,6 +137,7 @@ class SignalService:
             ivf_nprobe=settings.ivf_nprobe,
             hnsw_m=settings.hnsw_m,
             ef_search=settings.hnsw_ef_search,
+            search_threads=settings.search_threads,
         )
         self.sync = IndexSync(
             self.store,
