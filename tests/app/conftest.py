@@ -36,6 +36,16 @@ def model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory) -> Path:
+    """A second, different model (another version) for model changes and rollouts."""
+    out = tmp_path_factory.mktemp("other_model")
+    data = generate(SynthConfig(elements=8, sessions=2, signals=4, length=128, seed=12))
+    model = {"conv_channels": (8, 8, 8), "gru_hidden": 8, "embedding_dim": 32}
+    Trainer(TrainConfig(epochs=1, p=4, k=4, model=model), data, out).fit()
+    return out
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request) -> str | None:
     """Every service test runs on both engines: the embedded SQLite file (None) and a real

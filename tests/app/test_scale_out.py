@@ -103,27 +103,65 @@ def test_a_killed_replica_loses_no_acknowledged_write_and_catches_up(replicas, s
         wait_until(lambda: http.get(f"{a.url}/ready").json()["references"] == stored + 3)
 
 
-def test_worker_processes_on_sqlite_share_writes(model_dir, tmp_path, service_data):
-    server = Server(model_dir, tmp_path / "data", HSN_WORKERS="2").start()
+def test_replicas_of_two_model_versions_serve_side_by_side(
+    model_dir, other_model_dir, tmp_path, postgres, service_data
+):
+    """A rollout: each replica searches vectors of its own model; a write through one is
+    embedded by the other's model as it applies the log."""
+    url = postgres.new_database()
+    old = Server(model_dir, tmp_path / "old", HSN_DATABASE_URL=url).start()
+    new = Server(other_model_dir, tmp_path / "new", HSN_DATABASE_URL=url)
+    refs = references(service_data, range(8))
     try:
-        refs = references(service_data, range(12))
-        seen: set[str] = set()
         with httpx.Client(timeout=30) as http:
             assert (
-                http.post(f"{server.url}/references", json={"references": refs}).status_code == 201
+                http.post(f"{old.url}/references", json={"references": refs[:4]}).status_code == 201
             )
-            for ref in refs:
-                # a new connection each time: the kernel spreads them over the two processes
-                def found(ref=ref) -> bool:
-                    with httpx.Client(timeout=30) as fresh:
-                        body = {"signals": [ref["signal"]], "k": 1}
-                        response = fresh.post(f"{server.url}/search", json=body)
-                    seen.add(response.headers["x-served-by"])
-                    hits = response.json()["results"][0]["neighbors"]
-                    return bool(hits) and hits[0]["id"] == ref["id"]
+            new.start()
+            versions = {http.get(f"{s.url}/ready").json()["model_version"] for s in (old, new)}
+            assert len(versions) == 2
+            assert http.get(f"{new.url}/ready").json()["references"] == 4  # embedded at start
+            assert (
+                http.post(f"{old.url}/references", json={"references": refs[4:]}).status_code == 201
+            )
+            wait_until(lambda: found_by(new, refs[6], http))  # embedded by the new model
+            assert found_by(old, refs[6], http) and found_by(new, refs[1], http)
+            hit = http.post(f"{new.url}/search", json={"signals": [refs[6]["signal"]], "k": 1})
+            assert hit.json()["results"][0]["neighbors"][0]["similarity"] > 0.999
+    finally:
+        for server in (old, new):
+            if server.process and server.process.poll() is None:
+                server.stop(signal.SIGKILL)
 
-                wait_until(found)
-        assert len(seen) == 2, seen  # both processes answered, and both found every write
+
+def test_worker_processes_on_sqlite_share_writes(model_dir, tmp_path, service_data):
+    server = Server(model_dir, tmp_path / "data", HSN_WORKERS="2").start()
+
+    def on_every_process(ref: dict, stored: bool):
+        """A condition: the latest search answered by each of the two processes finds ``ref``
+        (or, ``stored`` false, does not). A new connection each search: the kernel spreads
+        them over the processes."""
+        latest: dict[str, bool] = {}
+
+        def check() -> bool:
+            with httpx.Client(timeout=30) as fresh:
+                body = {"signals": [ref["signal"]], "k": 1}
+                response = fresh.post(f"{server.url}/search", json=body)
+            hits = response.json()["results"][0]["neighbors"]
+            latest[response.headers["x-served-by"]] = (hits[0]["id"] == ref["id"]) == stored
+            return len(latest) == 2 and all(latest.values())
+
+        return check
+
+    try:
+        refs = references(service_data, range(12))
+        with httpx.Client(timeout=30) as http:
+            created = http.post(f"{server.url}/references", json={"references": refs})
+            assert created.status_code == 201
+            for ref in refs:
+                wait_until(on_every_process(ref, stored=True))
+            assert http.delete(f"{server.url}/references/{refs[3]['id']}").status_code == 204
+            wait_until(on_every_process(refs[3], stored=False))
     finally:
         server.stop()
 

@@ -13,8 +13,6 @@ import httpx
 import numpy as np
 
 from tests.app.helpers import references
-from training.synthetic import SynthConfig, generate
-from training.train import TrainConfig, Trainer
 
 
 def test_references_survive_a_restart_and_a_kill(server_factory, service_data):
@@ -67,25 +65,12 @@ def test_api_key_over_http_and_never_in_logs(server_factory, service_data):
     assert all(line["request_id"] for line in lines)
 
 
-def test_a_new_model_re_embeds_stored_references(server_factory, model_dir, tmp_path, service_data):
+def test_a_new_model_re_embeds_stored_references(server_factory, other_model_dir, service_data):
     server = server_factory().start()
     refs = references(service_data, range(12))
     httpx.post(f"{server.url}/references", json={"references": refs})
     server.stop()
-
-    other = tmp_path / "other_model"
-    data = generate(SynthConfig(elements=8, sessions=2, signals=4, length=128, seed=12))
-    Trainer(
-        TrainConfig(
-            epochs=1,
-            p=4,
-            k=4,
-            model={"conv_channels": (8, 8, 8), "gru_hidden": 8, "embedding_dim": 32},
-        ),
-        data,
-        other,
-    ).fit()
-    server.env["HSN_MODEL_DIR"] = str(other)
+    server.env["HSN_MODEL_DIR"] = str(other_model_dir)
     server.start()
     ready = httpx.get(f"{server.url}/ready").json()
     assert ready["references"] == ready["stored"] == 12
