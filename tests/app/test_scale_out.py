@@ -148,7 +148,8 @@ def test_worker_processes_on_sqlite_share_writes(model_dir, tmp_path, service_da
                 body = {"signals": [ref["signal"]], "k": 1}
                 response = fresh.post(f"{server.url}/search", json=body)
             hits = response.json()["results"][0]["neighbors"]
-            latest[response.headers["x-served-by"]] = (hits[0]["id"] == ref["id"]) == stored
+            found = bool(hits) and hits[0]["id"] == ref["id"]  # none yet on a process just up
+            latest[response.headers["x-served-by"]] = found == stored
             return len(latest) == 2 and all(latest.values())
 
         return check
