@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS refs (
     signal {blob} NOT NULL,
     model_version TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    revision BIGINT NOT NULL DEFAULT 0
+    revision BIGINT NOT NULL DEFAULT 0,
+    recorded_at TEXT NOT NULL  -- ISO 8601 in UTC, one format: text order is time order
 );
 CREATE INDEX IF NOT EXISTS refs_element ON refs (element_id, key);
 CREATE TABLE IF NOT EXISTS embeddings (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -74,6 +75,11 @@ class ReferenceIn(BaseModel):
     session_id: str = Field(min_length=1, max_length=256)
     signal: Signal
     metadata: dict[str, Any] | None = None
+    recorded_at: datetime | None = Field(
+        None,
+        description="when the signal was recorded (ISO 8601; no zone: UTC); default: when stored."
+        " An element's sessions are ordered by their first recording.",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -97,6 +103,7 @@ class ReferencesRequest(BaseModel):
                             "session_id": "pump-7/2026-11-02",
                             "signal": EXAMPLE_SIGNAL,
                             "metadata": {"operator": "night shift"},
+                            "recorded_at": "2026-11-02T22:15:00Z",
                         }
                     ]
                 }
@@ -118,6 +125,7 @@ class ReferenceOut(BaseModel):
     signal: Signal
     model_version: str
     updated_at: str
+    recorded_at: str
 
 
 class ReferenceSummary(BaseModel):
@@ -128,6 +136,7 @@ class ReferenceSummary(BaseModel):
     length: int
     model_version: str
     updated_at: str
+    recorded_at: str
 
 
 class ReferenceList(BaseModel):

@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +34,7 @@ from app.store import (
     ReferenceStore,
     ReferenceSummary,
     StoredReference,
+    timestamp,
 )
 from app.sync import IndexSync, SyncStatus
 
@@ -48,6 +50,7 @@ class ReferenceInput:
     signal: np.ndarray  # (C, L)
     id: str | None = None
     metadata: dict | None = None
+    recorded_at: datetime | None = None  # None: when stored
 
 
 @dataclass
@@ -185,7 +188,15 @@ class SignalService:
         kept = [refs[n] for n in last]
         embeddings = await self._embed_signals([r.signal for r in kept])
         rows = [
-            NewReference(ids[n], r.element_id, r.session_id, r.metadata or {}, r.signal, e)
+            NewReference(
+                ids[n],
+                r.element_id,
+                r.session_id,
+                r.metadata or {},
+                r.signal,
+                e,
+                None if r.recorded_at is None else timestamp(r.recorded_at),
+            )
             for n, r, e in zip(last, kept, embeddings, strict=True)
         ]
         committed = await run_in_threadpool(self.store.upsert, rows, self.runtime.version)

@@ -1,12 +1,13 @@
 """Durable references, on either engine of :mod:`app.database`; a write is acknowledged once
 committed.
 
-Tables: ``refs`` (one row per reference: the raw signal too, so a new model can re-embed it;
-``key`` is its id in the vector index, never reused), ``embeddings`` (one vector per reference and
-model version: replicas of two model versions can serve side by side during a rollout, each
-searching its own), ``changes`` (the change log: one row per written or deleted key with a
-sequence number, appended in the write's own transaction; every process applies it to its
-index) and ``meta`` (the schema version, and how far the change log has been pruned).
+Tables: ``refs`` (one row per reference: the raw signal too, so a new model can re-embed it, and
+when it was recorded; ``key`` is its id in the vector index, never reused), ``embeddings`` (one
+vector per reference and model version: replicas of two model versions can serve side by side
+during a rollout, each searching its own), ``changes`` (the change log: one row per written or
+deleted key with a sequence number, appended in the write's own transaction; every process
+applies it to its index) and ``meta`` (the schema version, and how far the change log has been
+pruned).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from app.database import Database, Session
 from app.labels import IndexRows
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KEYS_PER_QUERY = 256  # keys looked up by one SELECT ... IN (...)
 PRUNE_EVERY = 1000  # writes between two prunings of the change log
 
@@ -39,6 +40,7 @@ class NewReference:
     metadata: dict
     signal: np.ndarray  # (C, L) float32
     embedding: np.ndarray  # (D,) float32
+    recorded_at: str | None = None  # as timestamp() writes it; None: when stored
 
 
 @dataclass
@@ -78,6 +80,25 @@ class ReferenceSummary:
     length: int
     model_version: str
     updated_at: str
+    recorded_at: str
+
+
+@dataclass
+class ElementSummary:
+    element_id: str
+    references: int
+    sessions: int
+    first_recorded_at: str
+    last_recorded_at: str
+
+
+@dataclass
+class ElementReference:
+    """One of an element's references, as drift monitoring groups them."""
+
+    key: int
+    session_id: str
+    recorded_at: str
 
 
 @dataclass
@@ -89,10 +110,20 @@ class StoredReference:
     signal: list  # one channel: a list of numbers; several: a list of lists
     model_version: str
     updated_at: str
+    recorded_at: str
 
 
 def _f32(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
+
+
+def timestamp(moment: datetime | None = None) -> str:
+    """The stored form of a time (now when None): UTC, milliseconds, one fixed format, so the
+    text sorts in time order on either engine. A time without a zone is taken as UTC."""
+    moment = moment or datetime.now(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 class ReferenceStore:
@@ -118,6 +149,8 @@ class ReferenceStore:
                     s.execute(statement)
             if found == 1:
                 self._migrate_from_1(s)
+            if found in (1, 2):
+                self._migrate_from_2(s)
             s.execute(
                 "INSERT INTO meta (name, value) VALUES ('schema_version', ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -146,6 +179,11 @@ class ReferenceStore:
         s.execute("ALTER TABLE refs ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
         s.execute("DELETE FROM meta WHERE name = 'generation'")
 
+    def _migrate_from_2(self, s: Session) -> None:
+        """Version 2 did not know when a reference was recorded: when it was stored stands in."""
+        s.execute("ALTER TABLE refs ADD COLUMN recorded_at TEXT")
+        s.execute("UPDATE refs SET recorded_at = updated_at")
+
     # -- writes ------------------------------------------------------------------------------
     def _log(self, s: Session, key: int) -> int:
         return s.execute(
@@ -156,20 +194,20 @@ class ReferenceStore:
     def upsert(self, refs: list[NewReference], model_version: str) -> Committed:
         """Insert or replace by id, all or nothing. A replaced signal drops every model's
         embedding of it but the writer's."""
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        now = timestamp()
         keys: list[int] = []
         seq = 0
         with self.db.write() as s:
             for r in refs:
                 key = s.execute(
                     "INSERT INTO refs (id, element_id, session_id, metadata, channels, length,"
-                    " signal, model_version, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " signal, model_version, updated_at, recorded_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET element_id=excluded.element_id,"
                     " session_id=excluded.session_id, metadata=excluded.metadata,"
                     " channels=excluded.channels, length=excluded.length,"
                     " signal=excluded.signal, model_version=excluded.model_version,"
-                    " updated_at=excluded.updated_at"
+                    " updated_at=excluded.updated_at, recorded_at=excluded.recorded_at"
                     " RETURNING key",
                     (
                         r.id,
@@ -181,6 +219,7 @@ class ReferenceStore:
                         r.signal.astype(np.float32).tobytes(),
                         model_version,
                         now,
+                        r.recorded_at or now,
                     ),
                 ).fetchone()[0]
                 seq = self._log(s, key)
@@ -358,7 +397,7 @@ class ReferenceStore:
         with self.db.read() as s:
             row = s.execute(
                 "SELECT id, element_id, session_id, metadata, channels, length, signal,"
-                " model_version, updated_at FROM refs WHERE id = ?",
+                " model_version, updated_at, recorded_at FROM refs WHERE id = ?",
                 (ref_id,),
             ).fetchone()
         if row is None:
@@ -372,6 +411,7 @@ class ReferenceStore:
             signal=signal[0].tolist() if row[4] == 1 else signal.tolist(),
             model_version=row[7],
             updated_at=row[8],
+            recorded_at=row[9],
         )
 
     def list(
@@ -381,14 +421,41 @@ class ReferenceStore:
         with self.db.read() as s:
             total = s.execute(f"SELECT COUNT(*) FROM refs {where}", args).fetchone()[0]
             rows = s.execute(
-                f"SELECT id, element_id, session_id, metadata, length, model_version, updated_at"
-                f" FROM refs {where} ORDER BY key LIMIT ? OFFSET ?",
+                "SELECT id, element_id, session_id, metadata, length, model_version, updated_at,"
+                f" recorded_at FROM refs {where} ORDER BY key LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
-        items = [
-            ReferenceSummary(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows
-        ]
+        items = [ReferenceSummary(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
         return items, total
+
+    def elements(self, limit: int, offset: int) -> tuple[list[ElementSummary], int]:
+        """A page of elements in id order, each with its counts and recording span."""
+        with self.db.read() as s:
+            total = s.execute("SELECT COUNT(DISTINCT element_id) FROM refs").fetchone()[0]
+            rows = s.execute(
+                "SELECT element_id, COUNT(*), COUNT(DISTINCT session_id), MIN(recorded_at),"
+                " MAX(recorded_at) FROM refs GROUP BY element_id ORDER BY element_id"
+                " LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+        return [ElementSummary(*row) for row in rows], total
+
+    def element_references(self, element_id: str) -> list[ElementReference]:
+        """The element's references in time order (none for an unknown element)."""
+        with self.db.read() as s:
+            rows = s.execute(
+                "SELECT key, session_id, recorded_at FROM refs WHERE element_id = ?"
+                " ORDER BY recorded_at, key",
+                (element_id,),
+            ).fetchall()
+        return [ElementReference(*row) for row in rows]
+
+    def signals(self, keys: list[int]) -> dict[int, np.ndarray]:
+        """key -> (C, L) signal of the keys still stored."""
+        return {
+            k: _f32(blob).reshape(c, n)
+            for k, c, n, blob in self._rows_by_key("r.channels, r.length, r.signal", keys, "")
+        }
 
     def metadata(self, keys: list[int]) -> dict[int, dict]:
         """key -> metadata of the keys still stored."""

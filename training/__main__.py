@@ -46,6 +46,15 @@ def _add_synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int, default=d.length, help="samples per signal")
     p.add_argument("--channels", type=int, default=d.channels, help="channels per signal")
     p.add_argument("--fs", type=float, default=d.fs, help="samples per second")
+    p.add_argument(
+        "--min-sessions", type=int, default=d.min_sessions, help="min sessions per element"
+    )
+    p.add_argument(
+        "--drift-fraction",
+        type=float,
+        default=d.drift_fraction,
+        help="share of elements that drift gradually from a random session on",
+    )
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:

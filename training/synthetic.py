@@ -7,17 +7,36 @@ stretch, and small shifts of the waves (a moved sensor). Each **signal** is one 
 cycle at a random offset, with beat-to-beat jitter and noise. The keypoints are the true event
 positions in the window: the first wave's onset, the main wave's peak, the last wave's peak and the
 last wave's end.
+
+**Drift** (``drift_fraction`` > 0): that share of elements (among those with at least
+``MIN_DRIFT_SESSIONS`` sessions) changes gradually from a random session on, the onset: each wave's
+amplitude, width and timing move in the element's own random direction by an amount that grows
+with every session since the onset. The first drifted session moves them about as much as one
+session differs from the next (a person would barely see it); five sessions on, several times
+that. Every set carries its time line and ground truth per signal: ``recorded_at`` (ISO 8601;
+sessions a few days apart, in session order), ``session_index`` (the session's place in its
+element's time order), ``drift_onset`` (the element's first drifted session, -1 for one that never
+drifts) and ``drifted``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from model.data_format import SignalData
 
 KEYPOINT_NAMES = ["onset", "main_peak", "last_peak", "end"]
+# An element drifts only after this many clean sessions, so a baseline of up to this many
+# sessions never holds drift.
+MIN_DRIFT_SESSIONS = 3
+# Drift per session since the onset, as fractions: relative amplitude and width, and timing of a
+# wave in samples of the window. One step is about a session's own perturbation (amplitudes
+# x0.9..1.1, widths x0.95..1.05, centres +-0.004 L).
+DRIFT_STEP = {"amplitude": 0.36, "width": 0.24, "timing": 0.015}
+FIRST_RECORDING = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -29,6 +48,21 @@ class SynthConfig:
     channels: int = 1
     fs: float = 250.0
     seed: int = 0
+    min_sessions: int = 2  # per element
+    drift_fraction: float = 0.0  # share of elements that drift (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.drift_fraction <= 1:
+            raise ValueError(f"drift_fraction must be in [0, 1], got {self.drift_fraction}")
+        if not 1 <= self.min_sessions <= max(1, self.sessions):
+            raise ValueError(
+                f"min_sessions must be in [1, sessions={self.sessions}], got {self.min_sessions}"
+            )
+        if self.drift_fraction and self.sessions <= MIN_DRIFT_SESSIONS:
+            raise ValueError(
+                f"drift needs more than {MIN_DRIFT_SESSIONS} sessions per element "
+                f"(--sessions), got {self.sessions}"
+            )
 
 
 def _element_morphology(rng: np.random.Generator, length: int) -> dict[str, np.ndarray]:
@@ -49,18 +83,39 @@ def _waves(t: np.ndarray, centres, widths, amplitudes) -> np.ndarray:
     return (amplitudes[:, None] * np.exp(-0.5 * z**2)).sum(0)
 
 
+def _drift(rng: np.random.Generator, config: SynthConfig, sessions: int) -> tuple[int, np.ndarray]:
+    """An element's drift onset session (-1: it never drifts) and direction (3, 4): per wave the
+    sign and share of the amplitude, width and timing steps."""
+    direction = rng.uniform(-1, 1, size=(3, 4))
+    drifts = sessions > MIN_DRIFT_SESSIONS and rng.uniform() < config.drift_fraction
+    return (int(rng.integers(MIN_DRIFT_SESSIONS, sessions)) if drifts else -1), direction
+
+
+def _session_dates(rng: np.random.Generator, n: int) -> list[datetime]:
+    """When each of an element's sessions began: 1 to 14 days apart, at a random hour."""
+    start = FIRST_RECORDING + timedelta(days=float(rng.uniform(0, 30)))
+    gaps = np.concatenate([[0.0], np.cumsum(rng.uniform(1, 14, size=n - 1))])
+    return [start + timedelta(days=float(g), hours=float(rng.uniform(0, 8))) for g in gaps]
+
+
 def generate(config: SynthConfig) -> SignalData:
-    """Make a dataset of ``elements`` x 2..``sessions`` x ``signals`` windows of ``length``."""
+    """Make a dataset of ``elements`` x ``min_sessions``..``sessions`` x ``signals`` windows of
+    ``length``, drifting and dated as the module docstring says."""
     rng = np.random.default_rng(config.seed)
+    # Drift and dates draw from a stream of their own: a set without drift is what it always was.
+    drift_rng = np.random.default_rng([config.seed, 1])
     length, channels = config.length, config.channels
     t = np.arange(length, dtype=np.float64)
     signals, element_ids, session_ids, keypoints = [], [], [], []
+    onset_of, session_index, recorded_at = [], [], []
     for e in range(config.elements):
         morph = _element_morphology(rng, length)
         # Each channel sees the waves through its own projection, like two ECG leads.
         lead_gains = rng.uniform(0.4, 1.0, size=(channels, 4)) * rng.choice([-1, 1], (channels, 4))
         lead_gains[0] = 1.0
-        n_sessions = int(rng.integers(2, max(2, config.sessions) + 1))
+        n_sessions = int(rng.integers(config.min_sessions, max(2, config.sessions) + 1))
+        onset, direction = _drift(drift_rng, config, n_sessions)
+        dates = _session_dates(drift_rng, n_sessions)
         for s in range(n_sessions):
             stretch = rng.uniform(0.92, 1.08)
             gain = rng.uniform(0.5, 2.0)
@@ -69,7 +124,11 @@ def generate(config: SynthConfig) -> SignalData:
             centres = morph["centres"] * stretch + rng.normal(0, 0.004 * length, 4)
             widths = morph["widths"] * stretch * rng.uniform(0.95, 1.05, 4)
             amplitudes = morph["amplitudes"] * rng.uniform(0.9, 1.1, 4)
-            for _ in range(config.signals):
+            steps = s - onset + 1 if 0 <= onset <= s else 0
+            amplitudes = amplitudes * np.exp(steps * DRIFT_STEP["amplitude"] * direction[0])
+            widths = widths * np.exp(steps * DRIFT_STEP["width"] * direction[1])
+            centres = centres + steps * DRIFT_STEP["timing"] * length * direction[2]
+            for i in range(config.signals):
                 # Place the whole cycle, onset to end, anywhere inside the window.
                 first, last = centres[0] - 2.5 * widths[0], centres[-1] + 2.5 * widths[-1]
                 shift = rng.uniform(2 - first, max(2 - first, length - 3 - last))
@@ -86,6 +145,17 @@ def generate(config: SynthConfig) -> SignalData:
                 keypoints.append(np.clip(np.round(events), 0, length - 1).astype(np.int64))
                 element_ids.append(f"element_{config.seed}_{e:04d}")
                 session_ids.append(f"element_{config.seed}_{e:04d}/session_{s}")
+                onset_of.append(onset)
+                session_index.append(s)
+                # One cycle a second within the session (a heartbeat's pace)
+                recorded_at.append((dates[s] + timedelta(seconds=i)).isoformat())
+    onset_of, session_index = np.asarray(onset_of), np.asarray(session_index)
+    extras = {
+        "recorded_at": np.asarray(recorded_at),
+        "drift_onset": onset_of,
+        "session_index": session_index,
+        "drifted": (onset_of >= 0) & (session_index >= onset_of),
+    }
     return SignalData(
         signals=np.asarray(signals, dtype=np.float32),
         element_ids=np.asarray(element_ids),
@@ -93,4 +163,5 @@ def generate(config: SynthConfig) -> SignalData:
         keypoints=np.asarray(keypoints),
         keypoint_names=list(KEYPOINT_NAMES),
         fs=config.fs,
+        extras=extras,
     )

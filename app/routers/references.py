@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.dependencies import Service, require_read_key, require_write_key
@@ -44,6 +46,7 @@ async def upsert_references(body: ReferencesRequest, service: Service):
             session_id=r.session_id,
             id=r.id,
             metadata=r.metadata,
+            recorded_at=r.recorded_at,
             signal=parse_one(r.signal, limits, f"body.references.{i}.signal"),
         )
         for i, r in enumerate(body.references)
@@ -68,8 +71,9 @@ async def upsert_references(body: ReferencesRequest, service: Service):
 )
 async def bulk_load_npz(request: Request, service: Service):
     """The body is an NPZ file in the training format (``signals``, ``element_ids``,
-    ``session_ids``; optional ``ids`` (N,) str to make reloads idempotent). Stored in
-    batches of HSN_MAX_BATCH, each committed before the next."""
+    ``session_ids``; optional ``ids`` (N,) str to make reloads idempotent and ``recorded_at``
+    (N,) ISO 8601 strings). Stored in batches of HSN_MAX_BATCH, each committed before the
+    next."""
     body = await request.body()
     try:
         data = load_npz(io.BytesIO(body), source="body")
@@ -78,6 +82,7 @@ async def bulk_load_npz(request: Request, service: Service):
     ids = data.extras.get("ids")
     if ids is not None and (ids.shape != (len(data),) or ids.dtype.kind not in "US"):
         raise InputError("body.ids", f"must be ({len(data)},) strings like 'signals'")
+    recorded = _recorded_at(data.extras.get("recorded_at"), len(data))
     limits = service.runtime.limits
     signals = check_array(data.signals, limits, "body.signals")
     refs = [
@@ -86,6 +91,7 @@ async def bulk_load_npz(request: Request, service: Service):
             session_id=str(data.session_ids[i]),
             id=None if ids is None else str(ids[i]),
             signal=signals[i],
+            recorded_at=recorded[i],
         )
         for i in range(len(data))
     ]
@@ -93,6 +99,21 @@ async def bulk_load_npz(request: Request, service: Service):
     for start in range(0, len(refs), limits.max_batch):
         stored += await service.upsert(refs[start : start + limits.max_batch])
     return respond(ReferencesCreated, {"ids": stored}, status_code=201)
+
+
+def _recorded_at(raw: np.ndarray | None, n: int) -> list[datetime | None]:
+    """An NPZ's optional ``recorded_at`` (N,) ISO 8601 strings, parsed; all None when absent."""
+    if raw is None:
+        return [None] * n
+    if raw.shape != (n,) or raw.dtype.kind not in "US":
+        raise InputError("body.recorded_at", f"must be ({n},) ISO 8601 strings like 'signals'")
+    parsed = []
+    for i, text in enumerate(raw.tolist()):
+        try:
+            parsed.append(datetime.fromisoformat(str(text)))
+        except ValueError as exc:
+            raise InputError(f"body.recorded_at.{i}", f"not an ISO 8601 time: {exc}") from exc
+    return parsed
 
 
 @router.get(

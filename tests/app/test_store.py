@@ -83,7 +83,29 @@ def test_a_version_1_database_is_migrated_with_its_embeddings(tmp_path):
     keys, vectors = store.embeddings(np.array([1]), "m1")
     assert keys.tolist() == [1] and np.array_equal(vectors[0], vector)
     assert store.get("a").signal == SIGNAL[0].tolist()
+    assert store.get("a").recorded_at == "t"  # when it was stored stands in
     store.upsert([ref("b")], "m1")  # the log works on the migrated file
     assert [c.key for c in store.changes_after(0).entries] == [2]
     assert store.migrate() == SCHEMA_VERSION
     store.close()
+
+
+def test_a_version_2_database_gets_recording_times(store):
+    store.upsert([ref("a"), ref("b", element="f")], "m1")
+    with store.db.write() as s:  # back to version 2: no recorded_at
+        s.execute("ALTER TABLE refs DROP COLUMN recorded_at")
+        s.execute("UPDATE meta SET value = 2 WHERE name = 'schema_version'")
+    with store.db.exclusive():
+        assert store.migrate() == 2
+    a = store.get("a")
+    assert a.recorded_at == a.updated_at
+    store.upsert(
+        [NewReference("c", "e", "s2", {}, SIGNAL, np.ones(4, np.float32), "2020-01-01")], "m1"
+    )
+    assert [r.session_id for r in store.element_references("e")] == ["s2", "s"]
+    elements, total = store.elements(limit=10, offset=0)
+    assert total == 2 and [(e.element_id, e.references, e.sessions) for e in elements] == [
+        ("e", 2, 2),
+        ("f", 1, 1),
+    ]
+    assert elements[0].first_recorded_at == "2020-01-01"
