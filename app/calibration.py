@@ -1,4 +1,5 @@
-"""Anomaly scores calibrated on the references themselves.
+"""Scores calibrated on the references themselves: anomaly scores, and the cache that keeps the
+drift and verification calibrations (:class:`FittedCache`).
 
 Each reference's leave-one-out distance (1 - mean cosine similarity to its ``k`` nearest other
 references) forms an empirical distribution; a query's score is the share of references whose
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 CALIBRATION_SAMPLE = 2000  # references whose leave-one-out distance calibrates a pool
+REFIT_SHARE = 0.01  # a calibration over sampled references is refitted once this share changed
 
 # (queries (n, D), k) -> per query the (key, similarity) of its k nearest references of the pool
 PoolSearch = Callable[[np.ndarray, int], list[list[tuple[int, float]]]]
@@ -108,7 +111,7 @@ class AnomalyCalibration:
             for element in elements:
                 self._pools.pop(element, None)
             self._writes_since_global += writes
-            if total <= self.sample_size or self._writes_since_global > 0.01 * total:
+            if total <= self.sample_size or self._writes_since_global > REFIT_SHARE * total:
                 self._pools.pop(None, None)
 
     def clear(self) -> None:
@@ -123,3 +126,61 @@ class AnomalyCalibration:
             return np.full(len(similarities), np.nan)
         distances = np.array([distance(row[: self.k]) for row in similarities])
         return np.searchsorted(calibrated, distances, side="left") / len(calibrated)
+
+
+class Calibration(Protocol):
+    """What the change log drops: :class:`app.sync.IndexSync` calls these as it applies it."""
+
+    def invalidate(self, elements: set[str], writes: int, total: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+Fitted = TypeVar("Fitted")
+
+
+class FittedCache(Generic[Fitted]):
+    """Calibrations fitted on a sample of all references, one per key (a setting such as a
+    baseline size), fitted once at a time per key and dropped like the anomaly calibration's
+    global pool: once the writes since the fit pass REFIT_SHARE of the references, or at any
+    write while there are at most ``small`` of them. Thread-safe."""
+
+    def __init__(self, small: int = CALIBRATION_SAMPLE) -> None:
+        self.small = small
+        self._lock = threading.Lock()
+        self._fitted: dict[object, Fitted] = {}
+        self._fitting: dict[object, threading.Lock] = {}
+        self._epoch = 0
+        self._writes = 0
+
+    def get(self, key: object, fit: Callable[[], Fitted]) -> Fitted:
+        with self._lock:
+            if key in self._fitted:
+                return self._fitted[key]
+            fitting = self._fitting.setdefault(key, threading.Lock())
+        with fitting:  # concurrent misses wait for one fit
+            with self._lock:
+                if key in self._fitted:
+                    return self._fitted[key]
+                epoch = self._epoch
+            value = fit()
+            with self._lock:
+                if epoch == self._epoch:  # no write dropped the cache while this fitted
+                    self._fitted[key] = value
+            return value
+
+    def invalidate(self, elements: set[str], writes: int, total: int) -> None:
+        """After ``writes`` changes (``elements`` unused: every fit covers all of them)."""
+        with self._lock:
+            self._writes += writes
+            if total <= self.small or self._writes > REFIT_SHARE * total:
+                self._clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._epoch += 1
+        self._writes = 0
+        self._fitted.clear()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import InputError
@@ -14,6 +14,8 @@ from app.schemas import SearchOptions
 from app.service import SignalService
 from app.settings import Settings
 from app.signals import NPY_MEDIA_TYPE, SignalBatch, parse_json_body, parse_npy_body, parse_signals
+
+Options = TypeVar("Options", bound=BaseModel)
 
 INLINE_PARSE_BYTES = 256 * 1024  # smaller bodies parse faster than a thread hand-off
 
@@ -75,13 +77,18 @@ def _parse(body: bytes, is_npy: bool, query, service: SignalService) -> tuple[Si
     return parse_signals(payload["signals"], limits, field="body.signals"), payload
 
 
-def search_options(values: dict, settings: Settings) -> SearchOptions:
+def parse_options(model: type[Options], values: dict) -> Options:
+    """A request's non-signal fields (from a JSON body, or the query with a .npy body)."""
     try:
-        options = SearchOptions.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"])
         raise InputError(f"body.{field}", error["msg"], kind=error["type"]) from exc
+
+
+def search_options(values: dict, settings: Settings) -> SearchOptions:
+    options = parse_options(SearchOptions, values)
     if options.k > settings.max_k:
         raise InputError(
             "body.k", f"{options.k} is over the limit of {settings.max_k}", kind="less_than_equal"

@@ -126,10 +126,13 @@ class VectorIndex:
         element_id: str | None = None,
         session_id: str | None = None,
         exclude_session_id: str | None = None,
+        exclude_element_id: str | None = None,
     ) -> list[list[Neighbor]]:
         """Top-k neighbours per query (N, D), optionally restricted; fewer when fewer match."""
         with self.lock:
-            selection = self.labels.selection(element_id, session_id, exclude_session_id)
+            selection = self.labels.selection(
+                element_id, session_id, exclude_session_id, exclude_element_id
+            )
             if len(self) == 0 or selection.is_empty:
                 return [[] for _ in queries]
             set_search_threads(self.search_threads)  # this thread's: searches come from many
@@ -154,6 +157,14 @@ class VectorIndex:
     def keys_of_element(self, element_id: str | None) -> np.ndarray:
         with self.lock:
             return self.labels.keys_of_element(element_id).copy()
+
+    def session_counts(self) -> dict[str, int]:
+        with self.lock:
+            return self.labels.session_counts()
+
+    def sessions_of_element(self, element_id: str) -> dict[str, np.ndarray]:
+        with self.lock:
+            return self.labels.sessions_of_element(element_id)
 
     def memory_bytes(self) -> int:
         with self.lock:

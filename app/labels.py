@@ -144,11 +144,29 @@ class LabelTable:
         code = codes.codes.get(name)
         return self.keys[of == code] if code is not None else self.keys[:0]
 
+    def session_counts(self) -> dict[str, int]:
+        """element -> how many sessions it has references in, for every element that has any."""
+        pairs = np.unique(np.stack([self.element_of, self.session_of]), axis=1)
+        codes, counts = np.unique(pairs[0], return_counts=True)
+        return {
+            self.elements.names[c]: n for c, n in zip(codes.tolist(), counts.tolist(), strict=True)
+        }
+
+    def sessions_of_element(self, element_id: str) -> dict[str, np.ndarray]:
+        """session name -> its keys, for one element's references."""
+        keys = self.keys_of_element(element_id)
+        at, _ = self.positions(keys)
+        codes = self.session_of[at]
+        return {
+            self.sessions.names[code]: keys[codes == code] for code in np.unique(codes).tolist()
+        }
+
     def selection(
         self,
         element_id: str | None = None,
         session_id: str | None = None,
         exclude_session_id: str | None = None,
+        exclude_element_id: str | None = None,
     ) -> Selection:
         """The keys a search filtered this way may return."""
         allowed: np.ndarray | None = None
@@ -160,6 +178,10 @@ class LabelTable:
         excluded: np.ndarray | None = None
         if exclude_session_id is not None:
             excluded = self._keys_where(self.sessions, self.session_of, exclude_session_id)
+        if exclude_element_id is not None:
+            of_element = self._keys_where(self.elements, self.element_of, exclude_element_id)
+            excluded = of_element if excluded is None else np.union1d(excluded, of_element)
+        if excluded is not None:
             if allowed is not None:
                 allowed, excluded = np.setdiff1d(allowed, excluded), None
             elif not len(excluded):

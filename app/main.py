@@ -14,7 +14,7 @@ from app.database import StoreUnavailable, open_database
 from app.errors import InputError, error_body, input_error_handler, store_unavailable_handler
 from app.observability import Metrics, RequestContextMiddleware
 from app.responses import FastJSONResponse
-from app.routers import inference, ops, references
+from app.routers import applications, elements, inference, ops, references
 from app.service import SERVED_BY, SignalService
 from app.settings import Settings
 
@@ -116,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, service
     app.include_router(inference.router)
     app.include_router(references.router)
+    app.include_router(applications.router)
+    app.include_router(elements.router)
     app.include_router(ops.router)
     app.add_exception_handler(InputError, input_error_handler)
     app.add_exception_handler(StoreUnavailable, store_unavailable_handler)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
 import uuid
 
@@ -69,6 +70,38 @@ class Metrics:
         self.database_up = Gauge(
             "hsn_database_up", "1 when the database answered the last check", registry=self.registry
         )
+
+        # Drift and verification: never one series per element (unbounded cardinality)
+        self.drift_scores = Histogram(
+            "hsn_drift_score",
+            "drift scores of the sessions scored (GET /elements/{id}/drift, POST /drift)",
+            buckets=(0.5, 0.9, 0.95, 0.99, 0.999, 1.0),
+            registry=self.registry,
+        )
+        self.elements_drifting = Gauge(
+            "hsn_elements_drifting",
+            "elements whose latest session scored (by this process) is drifting",
+            registry=self.registry,
+        )
+        self.verifications = Counter(
+            "hsn_verifications_total",
+            "POST /verify answers",
+            ["accepted"],
+            registry=self.registry,
+        )
+        self._drifting: set[str] = set()
+        self._drifting_lock = threading.Lock()
+
+    def observe_drift(self, element_id: str, scores: list[float], latest_drifting: bool) -> None:
+        """Scores of one element's sessions, and whether its latest one drifts."""
+        for score in scores:
+            self.drift_scores.observe(score)
+        with self._drifting_lock:
+            if latest_drifting:
+                self._drifting.add(element_id)
+            else:
+                self._drifting.discard(element_id)
+            self.elements_drifting.set(len(self._drifting))
 
     def observe_inference(self, signals: int, seconds: float) -> None:
         self.batch_signals.observe(signals)

@@ -44,12 +44,10 @@ def install(app: FastAPI, limits: SignalLimits, settings: Settings) -> None:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         signal = signal_schema(limits)
-        for path in ("/embed", "/keypoints", "/search"):
+        for path in ("/embed", "/keypoints", "/search", "/verify", "/drift"):
             body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
             properties = body["schema"]["properties"]
-            properties["signals"].update(
-                {"items": signal, "maxItems": limits.max_batch, "minItems": 1}
-            )
+            properties["signals"].update({"items": signal, "maxItems": limits.max_batch})
             if "k" in properties:
                 properties["k"]["maximum"] = settings.max_k
         schemas = spec["components"]["schemas"]

@@ -159,6 +159,11 @@ class Neighbor(BaseModel):
 class PredictedElement(BaseModel):
     element_id: str
     confidence: float = Field(ge=0, le=1, description="similarity-weighted share of the vote")
+    known: bool | None = Field(
+        description="false when the signal is less like this element than the open-set threshold"
+        " (HSN_VERIFY_FAR) allows: most likely an element the service has never stored. Null"
+        " while fewer than two elements are stored (nothing to calibrate on)"
+    )
 
 
 class Anomaly(BaseModel):
@@ -179,6 +184,124 @@ class SearchResponse(BaseModel):
     model_version: str
 
 
+class ElementSummary(BaseModel):
+    element_id: str
+    references: int
+    sessions: int
+    first_recorded_at: str
+    last_recorded_at: str
+
+
+class ElementList(BaseModel):
+    items: list[ElementSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class DriftBaseline(BaseModel):
+    sessions: list[str] = Field(description="the element's first sessions, in time order")
+    references: int
+    first_recorded_at: str
+    last_recorded_at: str = Field(description="when the baseline's last session began")
+
+
+class DriftCalibratedOn(BaseModel):
+    elements: int = Field(description="elements whose baseline sessions calibrated the score")
+    sessions: int = Field(description="leave-one-session-out distances the score is a share of")
+
+
+class SessionDrift(BaseModel):
+    session_id: str
+    recorded_at: str = Field(description="the session's first recording")
+    references: int
+    distance: float = Field(
+        ge=0,
+        description="how far the session's centroid moved from the baseline's, along the"
+        " directions sessions vary in, in units of the element's spread: about 1 for a baseline"
+        " session against the others",
+    )
+    score: float = Field(
+        ge=0, le=1, description="share of baseline sessions' own distances below this one"
+    )
+    drifting: bool = Field(description="score above the threshold (HSN_DRIFT_THRESHOLD)")
+
+
+class DriftResponse(BaseModel):
+    element_id: str
+    baseline: DriftBaseline
+    sessions: list[SessionDrift] = Field(description="every session after the baseline, in order")
+    threshold: float
+    calibrated_on: DriftCalibratedOn
+
+
+class DriftOptions(BaseModel):
+    """The non-signal fields of POST /drift (JSON, or query parameters with a .npy body)."""
+
+    model_config = ConfigDict(extra="ignore")
+    element_id: str = Field(min_length=1, max_length=256)
+    baseline_sessions: int | None = Field(
+        None, ge=1, le=10_000, description="default HSN_DRIFT_BASELINE_SESSIONS"
+    )
+
+
+class DriftRequest(DriftOptions):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"element_id": "pump-7", "signals": [EXAMPLE_SIGNAL, EXAMPLE_SIGNAL]}]
+        }
+    )
+    signals: list[Signal] = Field(min_length=2, description="a session just recorded")
+
+
+class BatchDriftResponse(BaseModel):
+    element_id: str
+    baseline: DriftBaseline
+    signals: int
+    distance: float = Field(ge=0, description="as for a stored session")
+    score: float = Field(ge=0, le=1)
+    drifting: bool
+    threshold: float
+    centroid_distance: float = Field(
+        description="1 - cosine of the batch's and the baseline's mean embeddings"
+    )
+    mmd: float = Field(description="squared maximum mean discrepancy of the embeddings (RBF)")
+    p_value: float = Field(
+        ge=0, le=1, description="permutation p-value of the MMD: small = distributions differ"
+    )
+    permutations: int
+    calibrated_on: DriftCalibratedOn
+
+
+class VerifyOptions(BaseModel):
+    """The non-signal fields of POST /verify (JSON, or query parameters with a .npy body)."""
+
+    model_config = ConfigDict(extra="ignore")
+    element_id: str = Field(min_length=1, max_length=256, description="the claimed element")
+
+
+class VerifyRequest(VerifyOptions):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"element_id": "pump-7", "signals": [EXAMPLE_SIGNAL]}]}
+    )
+    signals: list[Signal] = Field(min_length=1, description="signals of one session")
+
+
+class VerifyResponse(BaseModel):
+    element_id: str
+    score: float = Field(
+        description="per signal the mean similarity of its HSN_VERIFY_K most similar references"
+        " of the element, averaged over the signals: higher = more likely the claimed element"
+    )
+    accepted: bool = Field(description="score >= threshold")
+    threshold: float = Field(
+        description="calibrated on the references for this many signals: impostors reach it at"
+        " the rate far"
+    )
+    far: float = Field(description="the target false-accept rate (HSN_VERIFY_FAR)")
+    signals_used: int
+
+
 class ErrorItem(BaseModel):
     loc: list[str | int] = Field(description="where: body, a field, an index")
     msg: str = Field(description="what is wrong")
@@ -194,6 +317,7 @@ def error_responses(*codes: int) -> dict:
         400: "malformed JSON",
         401: "missing or wrong API key",
         404: "unknown id",
+        409: "nothing stored to calibrate against",
         413: "body or batch over its limit",
         422: "invalid input, field named",
     }

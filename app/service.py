@@ -19,17 +19,27 @@ from datetime import datetime
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.calibration import AnomalyCalibration
+from app.calibration import AnomalyCalibration, FittedCache
 from app.database import Database, StoreUnavailable
+from app.drift import (
+    Baseline,
+    DriftCalibration,
+    NothingToCompare,
+    Session,
+    session_drift,
+    split,
+    two_sample_test,
+)
 from app.errors import InputError
 from app.index import Neighbor, VectorIndex
 from app.index_policy import IndexPolicy
 from app.observability import Metrics
 from app.runtime import DynamicBatcher, Inference, ModelRuntime
 from app.settings import Settings
-from app.signals import SignalBatch
+from app.signals import SignalBatch, batch_size
 from app.store import (
     SCHEMA_VERSION,
+    ElementSummary,
     NewReference,
     ReferenceStore,
     ReferenceSummary,
@@ -37,10 +47,21 @@ from app.store import (
     timestamp,
 )
 from app.sync import IndexSync, SyncStatus
+from app.verification import (
+    SAMPLE_ELEMENTS,
+    SESSIONS_PER_ELEMENT,
+    CannotCalibrate,
+    ElementSample,
+    Threshold,
+    fit_threshold,
+    impostor_quantile,
+)
 
 log = logging.getLogger(__name__)
 
 SERVED_BY = f"{socket.gethostname()}:{os.getpid()}"
+CALIBRATION_REFERENCES = 256  # of one session, at most, in the verification calibration
+OPEN_SET_NEIGHBORS = 10  # x verify_k neighbours searched for a reference's best other element
 
 
 @dataclass
@@ -66,6 +87,7 @@ class NeighborResult:
 class PredictedElement:
     element_id: str
     confidence: float
+    known: bool | None = None  # None: fewer than two elements stored, nothing to calibrate on
 
 
 @dataclass
@@ -89,6 +111,73 @@ class ReferencePage:
     total: int
     limit: int
     offset: int
+
+
+@dataclass
+class ElementPage:
+    items: list[ElementSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass
+class DriftBaseline:
+    sessions: list[str]
+    references: int
+    first_recorded_at: str
+    last_recorded_at: str
+
+
+@dataclass
+class DriftCalibratedOn:
+    elements: int  # elements whose baseline sessions calibrated the score
+    sessions: int  # leave-one-session-out distances the score is a share of
+
+
+@dataclass
+class SessionDriftResult:
+    session_id: str
+    recorded_at: str
+    references: int
+    distance: float
+    score: float
+    drifting: bool
+
+
+@dataclass
+class DriftReport:
+    element_id: str
+    baseline: DriftBaseline
+    sessions: list[SessionDriftResult]
+    threshold: float
+    calibrated_on: DriftCalibratedOn
+
+
+@dataclass
+class BatchDrift:
+    element_id: str
+    baseline: DriftBaseline
+    signals: int
+    distance: float
+    score: float
+    drifting: bool
+    threshold: float
+    centroid_distance: float  # 1 - cosine of the batch's and the baseline's mean embeddings
+    mmd: float
+    p_value: float
+    permutations: int
+    calibrated_on: DriftCalibratedOn
+
+
+@dataclass
+class VerifyResult:
+    element_id: str
+    score: float
+    accepted: bool
+    threshold: float
+    far: float
+    signals_used: int
 
 
 @dataclass
@@ -142,6 +231,10 @@ class SignalService:
             ef_search=settings.hnsw_ef_search,
             search_threads=settings.search_threads,
         )
+        # Drift and verification calibrations, by baseline size and probe size: refitted as
+        # the references change (the change log drops them, see app/sync.py)
+        self.drift_calibrations: FittedCache[DriftCalibration] = FittedCache()
+        self.thresholds: FittedCache[Threshold] = FittedCache()
         self.sync = IndexSync(
             self.store,
             self.index,
@@ -150,6 +243,7 @@ class SignalService:
             self._embed_signals,
             settings.data_dir / f"index-{self.runtime.version}.npz",
             settings.sync_interval_ms / 1000,
+            other_calibrations=[self.drift_calibrations, self.thresholds],
         )
         self.ready = False
 
@@ -274,8 +368,9 @@ class SignalService:
         except StoreUnavailable:
             metadata = None
         threshold = self.settings.anomaly_threshold
+        open_set = self._open_set_threshold()
         results = []
-        for row, score in zip(rows, scores, strict=True):
+        for query, row, score in zip(embeddings, rows, scores, strict=True):
             neighbors = [
                 NeighborResult(
                     *described[n.key],
@@ -293,7 +388,11 @@ class SignalService:
                     threshold,
                     expected_element or "all references",
                 )
-            results.append(SearchResult(neighbors, vote(neighbors), anomaly))
+            predicted = vote(neighbors)
+            if predicted is not None and open_set is not None:
+                best = self._element_score(query[None], predicted.element_id)
+                predicted.known = bool(best >= open_set.threshold)
+            results.append(SearchResult(neighbors, predicted, anomaly))
         return results
 
     def _anomaly_scores(
@@ -311,6 +410,207 @@ class SignalService:
             neighbors = self.index.search(queries, self.settings.anomaly_k, element_id=pool)
         similarities = [[n.similarity for n in row] for row in neighbors]
         return self.sync.calibration.scores(calibrated, similarities)
+
+    # -- verification and the open set ------------------------------------------------------
+    async def verify(self, element_id: str, batch: SignalBatch) -> VerifyResult:
+        self._require_element(element_id, "body.element_id")
+        embeddings = (await self.embed(batch)).embeddings
+        await self.sync.ensure_fresh()
+        return await run_in_threadpool(self._verify, element_id, embeddings)
+
+    def _verify(self, element_id: str, probe: np.ndarray) -> VerifyResult:
+        try:
+            threshold = self.thresholds.get(
+                ("verify", len(probe)), lambda: self._fit_verify_threshold(len(probe))
+            )
+        except CannotCalibrate as exc:
+            raise InputError("body.element_id", str(exc), status=409, kind="conflict") from exc
+        score = self._element_score(probe, element_id)
+        accepted = bool(score >= threshold.threshold)
+        self.metrics.verifications.labels(str(accepted).lower()).inc()
+        return VerifyResult(
+            element_id, score, accepted, threshold.threshold, threshold.far, len(probe)
+        )
+
+    def _element_score(self, probe: np.ndarray, element_id: str) -> float:
+        """app.verification's score, from the index: each probe signal's k nearest
+        references of the element."""
+        rows = self.index.search(probe, self.settings.verify_k, element_id=element_id)
+        return float(np.mean([np.mean([n.similarity for n in row]) for row in rows]))
+
+    def _sample_elements(self, min_sessions: int) -> list[str]:
+        """Up to SAMPLE_ELEMENTS elements with at least ``min_sessions`` sessions (the same
+        ones while the references stay the same)."""
+        counts = self.index.session_counts()
+        names = [e for e, n in counts.items() if n >= min_sessions]
+        if len(names) <= SAMPLE_ELEMENTS:
+            return names
+        picked = np.random.default_rng(0).choice(len(names), SAMPLE_ELEMENTS, replace=False)
+        return [names[i] for i in sorted(picked)]
+
+    def _element_sample(self, element_id: str) -> ElementSample:
+        sessions = []
+        for keys in self.index.sessions_of_element(element_id).values():
+            _, vectors = self.store.embeddings(keys[:CALIBRATION_REFERENCES], self.runtime.version)
+            if len(vectors):
+                sessions.append(vectors)
+        return ElementSample(element_id, sessions)
+
+    def _fit_verify_threshold(self, probe_size: int) -> Threshold:
+        elements = [self._element_sample(e) for e in self._sample_elements(1)]
+        return fit_threshold(
+            [e for e in elements if e.sessions],
+            probe_size,
+            self.settings.verify_far,
+            self.settings.verify_k,
+        )
+
+    def _open_set_threshold(self) -> Threshold | None:
+        """None while it cannot be calibrated (fewer than two elements), or must be fitted while
+        the database is unreachable."""
+        try:
+            return self.thresholds.get("open set", self._fit_open_set_threshold)
+        except (CannotCalibrate, StoreUnavailable):
+            return None
+
+    def _fit_open_set_threshold(self) -> Threshold:
+        """Each sampled reference (a few per element) against the best element but its own."""
+        elements = self._sample_elements(1)
+        if len(elements) < 2:
+            raise CannotCalibrate("the open set needs references of at least two elements")
+        k = self.settings.verify_k
+        best_other = []
+        for element in elements:
+            sample = self._element_sample(element)
+            probes = np.stack([session[0] for session in sample.sessions[:SESSIONS_PER_ELEMENT]])
+            # The best other element is almost always among the nearest few references
+            rows = self.index.search(probes, OPEN_SET_NEIGHBORS * k, exclude_element_id=element)
+            for row in rows:
+                described = self.index.describe(np.array([n.key for n in row], dtype=np.int64))
+                by_element: dict[str, list[float]] = {}
+                for n in row:  # most similar first: each element's list is in order
+                    if n.key in described:
+                        by_element.setdefault(described[n.key][1], []).append(n.similarity)
+                if by_element:
+                    best_other.append(max(float(np.mean(s[:k])) for s in by_element.values()))
+        far = self.settings.verify_far
+        return Threshold(
+            impostor_quantile(np.array(best_other), far), far, len(best_other), 0, None
+        )
+
+    # -- drift -------------------------------------------------------------------------------
+    async def elements(self, limit: int, offset: int) -> ElementPage:
+        items, total = await run_in_threadpool(self.store.elements, limit, offset)
+        return ElementPage(items, total, limit, offset)
+
+    async def drift(self, element_id: str, baseline_sessions: int | None) -> DriftReport:
+        return await run_in_threadpool(self._drift, element_id, baseline_sessions)
+
+    def _drift(self, element_id: str, baseline_sessions: int | None) -> DriftReport:
+        n = baseline_sessions or self.settings.drift_baseline_sessions
+        sessions = self._sessions_of(element_id, "path.element_id")
+        try:
+            baseline, later = split(sessions, n)
+        except NothingToCompare as exc:
+            raise InputError("query.baseline_sessions", str(exc)) from exc
+        calibration = self._drift_calibration(n)
+        threshold = self.settings.drift_threshold
+        results = [
+            SessionDriftResult(**vars(d), drifting=d.score > threshold)
+            for d in session_drift(baseline, later, calibration)
+        ]
+        self.metrics.observe_drift(element_id, [r.score for r in results], results[-1].drifting)
+        return DriftReport(
+            element_id,
+            _baseline_summary(baseline),
+            results,
+            threshold,
+            DriftCalibratedOn(calibration.elements, len(calibration.null_distances)),
+        )
+
+    async def drift_batch(
+        self, element_id: str, batch: SignalBatch, baseline_sessions: int | None
+    ) -> BatchDrift:
+        if batch_size(batch) < 2:
+            raise InputError(
+                "body.signals", "a two-sample test needs at least two signals", kind="too_short"
+            )
+        self._require_element(element_id, "body.element_id")
+        embeddings = (await self.embed(batch)).embeddings
+        return await run_in_threadpool(self._drift_batch, element_id, embeddings, baseline_sessions)
+
+    def _drift_batch(
+        self, element_id: str, embeddings: np.ndarray, baseline_sessions: int | None
+    ) -> BatchDrift:
+        n = baseline_sessions or self.settings.drift_baseline_sessions
+        sessions = self._sessions_of(element_id, "body.element_id")
+        try:
+            baseline = Baseline.of(sessions[:n])  # all the element has, when fewer
+        except NothingToCompare as exc:
+            raise InputError("body.element_id", str(exc)) from exc
+        calibration = self._drift_calibration(n)
+        (result,) = session_drift(baseline, [Session("", "", embeddings)], calibration)
+        reference = np.concatenate([s.embeddings for s in baseline.sessions])
+        test = two_sample_test(embeddings, reference, self.settings.drift_permutations)
+        centroid, mean = baseline.centroid, embeddings.mean(0)
+        cosine = float(centroid @ mean / (np.linalg.norm(centroid) * np.linalg.norm(mean) + 1e-12))
+        threshold = self.settings.drift_threshold
+        self.metrics.drift_scores.observe(result.score)
+        return BatchDrift(
+            element_id,
+            _baseline_summary(baseline),
+            len(embeddings),
+            result.distance,
+            result.score,
+            result.score > threshold,
+            threshold,
+            1.0 - cosine,
+            test.mmd,
+            test.p_value,
+            test.permutations,
+            DriftCalibratedOn(calibration.elements, len(calibration.null_distances)),
+        )
+
+    def _sessions_of(self, element_id: str, field: str) -> list[Session]:
+        """The element's sessions in the order of their first recording, with this model's
+        embeddings."""
+        refs = self.store.element_references(element_id)
+        if not refs:
+            raise InputError(
+                field, f"no references of element {element_id!r}", status=404, kind="not_found"
+            )
+        keys, vectors = self.store.embeddings(np.array([r.key for r in refs]), self.runtime.version)
+        vector_of = dict(zip(keys.tolist(), vectors, strict=True))
+        grouped: dict[str, list[np.ndarray]] = {}
+        first: dict[str, str] = {}
+        for ref in refs:  # in time order: a session's first row is its first recording
+            if ref.key in vector_of:
+                grouped.setdefault(ref.session_id, []).append(vector_of[ref.key])
+                first.setdefault(ref.session_id, ref.recorded_at)
+        return [Session(s, first[s], np.stack(v)) for s, v in grouped.items()]
+
+    def _drift_calibration(self, baseline_sessions: int) -> DriftCalibration:
+        # a baseline of one session is calibrated on pairs of sessions (the least to leave out)
+        n = max(2, baseline_sessions)
+        return self.drift_calibrations.get(("drift", n), lambda: self._fit_drift_calibration(n))
+
+    def _fit_drift_calibration(self, n: int) -> DriftCalibration:
+        baselines = []
+        for element in self._sample_elements(2):
+            try:
+                baselines.append(Baseline.of(self._sessions_of(element, "")[:n]))
+            except NothingToCompare:
+                continue
+        try:
+            return DriftCalibration.fit(baselines)
+        except NothingToCompare as exc:
+            raise InputError("path.element_id", str(exc), status=409, kind="conflict") from exc
+
+    def _require_element(self, element_id: str, field: str) -> None:
+        if not self.index.has_element(element_id):
+            raise InputError(
+                field, f"no references of element {element_id!r}", status=404, kind="not_found"
+            )
 
     # -- operations --------------------------------------------------------------------------
     async def status(self) -> ReadyStatus:
@@ -334,6 +634,15 @@ class SignalService:
             sync=sync,
             served_by=SERVED_BY,
         )
+
+
+def _baseline_summary(baseline: Baseline) -> DriftBaseline:
+    return DriftBaseline(
+        [s.session_id for s in baseline.sessions],
+        sum(len(s.embeddings) for s in baseline.sessions),
+        baseline.sessions[0].recorded_at,
+        baseline.sessions[-1].recorded_at,
+    )
 
 
 def vote(neighbors: list[NeighborResult]) -> PredictedElement | None:

@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     anomaly_k: int = Field(3, ge=1)  # neighbours averaged into a query's anomaly distance
     anomaly_threshold: float = Field(0.99, gt=0, le=1)  # calibrated score above this: anomaly
 
+    # Drift monitoring (app/drift.py)
+    drift_threshold: float = Field(0.99, gt=0, le=1)  # a session scoring above this is drifting
+    drift_baseline_sessions: int = Field(3, ge=1)  # an element's first sessions form its baseline
+    drift_permutations: int = Field(1000, ge=10, le=100_000)  # for POST /drift's p-value
+
+    # Verification and open-set search (app/verification.py)
+    verify_far: float = Field(0.01, gt=0, lt=1)  # target false-accept rate of the thresholds
+    verify_k: int = Field(3, ge=1)  # an element's references each probe signal is compared with
+
     log_level: str = "INFO"
 
     @property

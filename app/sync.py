@@ -8,8 +8,8 @@ key's current row, so replaying an entry twice or out of date is harmless. A pro
 fallen behind what the log keeps rebuilds from the store. If applying fails after a commit, the
 index is marked stale and brought back in step before the next search answers.
 
-Anomaly calibrations are dropped by the log too (for the elements whose references it touched),
-so they stay right when another process wrote.
+Calibrations (anomaly, drift, verification) are dropped by the log too (the anomaly ones for the
+elements whose references it touched), so they stay right when another process wrote.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.ann import IVFBackend
-from app.calibration import AnomalyCalibration
+from app.calibration import AnomalyCalibration, Calibration
 from app.database import StoreUnavailable
 from app.index import VectorIndex, pool_search
 from app.labels import IndexRows
@@ -60,8 +60,10 @@ class IndexSync:
         embed: Embedder,
         snapshot: Path,
         interval_s: float,
+        other_calibrations: Sequence[Calibration] = (),
     ) -> None:
         self.store, self.index, self.calibration = store, index, calibration
+        self.calibrations: list[Calibration] = [calibration, *other_calibrations]
         self.version, self.embed, self.snapshot, self.interval_s = (
             model_version,
             embed,
@@ -172,7 +174,8 @@ class IndexSync:
         if self.index.kind_for(n) == "ivf":
             sample = self.store.sample_vectors(self.version, IVFBackend.sample_size(n))
         self.index.rebuild(n, self.store.iter_index_rows(self.version), sample)
-        self.calibration.clear()
+        for calibration in self.calibrations:
+            calibration.clear()
         self.applied_seq = self.store_seq = seq
 
     # -- following the log -------------------------------------------------------------------
@@ -231,7 +234,8 @@ class IndexSync:
             if touched is None:  # the index cannot take it in place (size, type): rebuild
                 await run_in_threadpool(self._rebuild)
                 continue
-            self.calibration.invalidate(touched, len(keys), len(self.index))
+            for calibration in self.calibrations:
+                calibration.invalidate(touched, len(keys), len(self.index))
             self.applied_seq = page.entries[-1].seq
             if len(page.entries) < PAGE:  # the log's end when read: what came since waits
                 self._oldest_pending = None  # for the next poll or notification

@@ -24,7 +24,7 @@ router = APIRouter(
 )
 
 
-def _body(model: type) -> dict:
+def signals_body(model: type) -> dict:
     """OpenAPI for a body read by hand: the JSON schema, or a raw .npy array."""
     return {
         "requestBody": {
@@ -37,7 +37,7 @@ def _body(model: type) -> dict:
     }
 
 
-async def _read(request: Request, service: Service) -> tuple[SignalBatch, dict]:
+async def read_counted(request: Request, service: Service) -> tuple[SignalBatch, dict]:
     """The request's signals (counted in the metrics per route) and its other values."""
     batch, values = await read_signals(request, service)
     route = request.scope["route"].path
@@ -48,12 +48,12 @@ async def _read(request: Request, service: Service) -> tuple[SignalBatch, dict]:
 @router.post(
     "/embed",
     response_model=EmbedResponse,
-    openapi_extra=_body(SignalsRequest),
+    openapi_extra=signals_body(SignalsRequest),
     summary="Embed signals",
 )
 async def embed(request: Request, service: Service):
     """One L2-normalised embedding per signal, in request order."""
-    batch, _ = await _read(request, service)
+    batch, _ = await read_counted(request, service)
     result = await service.embed(batch)
     return FastJSONResponse(
         {
@@ -67,13 +67,13 @@ async def embed(request: Request, service: Service):
 @router.post(
     "/keypoints",
     response_model=KeypointsResponse,
-    openapi_extra=_body(SignalsRequest),
+    openapi_extra=signals_body(SignalsRequest),
     summary="Locate keypoints",
 )
 async def keypoints(request: Request, service: Service):
     """Per signal, one entry per keypoint type in manifest order: position in that signal's own
     samples (fractional) and a confidence in [0, 1]."""
-    batch, _ = await _read(request, service)
+    batch, _ = await read_counted(request, service)
     result = await service.embed(batch)
     names = service.runtime.keypoint_names
     positions = np.round(result.positions.astype(np.float64), 3).tolist()
@@ -95,14 +95,14 @@ async def keypoints(request: Request, service: Service):
 @router.post(
     "/search",
     response_model=SearchResponse,
-    openapi_extra=_body(SearchRequest),
+    openapi_extra=signals_body(SearchRequest),
     summary="Nearest references, element vote and anomaly score",
 )
 async def search(request: Request, service: Service):
     """For each signal: its k nearest references (optionally within one element or session, or
     outside one session), the element they vote for, and an anomaly score calibrated on the
     references (on ``expected_element``'s alone when given)."""
-    batch, values = await _read(request, service)
+    batch, values = await read_counted(request, service)
     options = search_options(values, request.app.state.settings)
     results = await service.search(
         batch,
