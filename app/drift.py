@@ -110,19 +110,28 @@ class DriftCalibration:
     @staticmethod
     def fit(baselines: list[Baseline]) -> DriftCalibration:
         """From baselines of two or more sessions each (of as many elements as the caller
-        sampled)."""
+        sampled). The directions are found on half of the elements and measured on the other
+        half: measured on the sessions they were found on, chance directions of the largest
+        spread look larger than they are, and every later distance looks smaller."""
         usable = [b for b in baselines if len(b.sessions) >= 2]
-        if not usable:
+        if len(usable) < 2:
             raise NothingToCompare(
-                "no element has two or more sessions to learn session-to-session variation from"
+                "fewer than two elements have two or more sessions to learn session-to-session"
+                " variation from"
             )
-        null = np.concatenate([b.leave_one_out_shifts() for b in usable])  # (n, D)
-        q = max(1, min(COMPONENTS, len(null) // MIN_NULL_PER_COMPONENT, null.shape[1]))
-        _, singular, vt = np.linalg.svd(null, full_matrices=False)
-        scale = singular[:q] / np.sqrt(len(null))  # the null's standard deviation per direction
-        directions = vt[:q] / np.maximum(scale, 1e-12)[:, None]
-        calibration = DriftCalibration(directions, np.zeros(0), len(usable))
-        calibration.null_distances = np.sort(calibration.distance(null))
+        find = np.concatenate([b.leave_one_out_shifts() for b in usable[0::2]])  # (n, D)
+        measure = np.concatenate([b.leave_one_out_shifts() for b in usable[1::2]])
+        q = max(1, min(COMPONENTS, len(find) // MIN_NULL_PER_COMPONENT, find.shape[1]))
+        directions = np.linalg.svd(find, full_matrices=False)[2][:q]  # (q, D) orthonormal
+        scale = np.sqrt(((measure @ directions.T) ** 2).mean(0))  # the null's spread per direction
+        calibration = DriftCalibration(
+            directions / np.maximum(scale, 1e-12)[:, None], np.zeros(0), len(usable)
+        )
+        sizes = [len(b.sessions) for b in usable[1::2] for _ in b.sessions]
+        # A baseline session left out is compared with one session fewer than a later session
+        # is: its expected squared distance is larger by (1 + 1/(N-1)) / (1 + 1/N).
+        fewer = np.sqrt([(1 + 1 / n) / (1 + 1 / (n - 1)) for n in sizes])
+        calibration.null_distances = np.sort(calibration.distance(measure) * fewer)
         return calibration
 
     def distance(self, shifts: np.ndarray) -> np.ndarray:

@@ -11,9 +11,9 @@ last wave's end.
 **Drift** (``drift_fraction`` > 0): that share of elements (among those with at least
 ``MIN_DRIFT_SESSIONS`` sessions) changes gradually from a random session on, the onset: each wave's
 amplitude, width and timing move in the element's own random direction by an amount that grows
-with every session since the onset. The first drifted session moves them about as much as one
-session differs from the next (a person would barely see it); five sessions on, several times
-that. Every set carries its time line and ground truth per signal: ``recorded_at`` (ISO 8601;
+with every session since the onset. The first drifted session moves them less than a session's
+gain and time scale change anyway (a person comparing the two would barely see it); five
+sessions on, five times that. Every set carries its time line and ground truth per signal: ``recorded_at`` (ISO 8601;
 sessions a few days apart, in session order), ``session_index`` (the session's place in its
 element's time order), ``drift_onset`` (the element's first drifted session, -1 for one that never
 drifts) and ``drifted``.
@@ -32,10 +32,12 @@ KEYPOINT_NAMES = ["onset", "main_peak", "last_peak", "end"]
 # An element drifts only after this many clean sessions, so a baseline of up to this many
 # sessions never holds drift.
 MIN_DRIFT_SESSIONS = 3
-# Drift per session since the onset, as fractions: relative amplitude and width, and timing of a
-# wave in samples of the window. One step is about a session's own perturbation (amplitudes
-# x0.9..1.1, widths x0.95..1.05, centres +-0.004 L).
-DRIFT_STEP = {"amplitude": 0.36, "width": 0.24, "timing": 0.015}
+# Drift per session since the onset, at most (each wave's share is uniform in [-1, 1]): log change
+# of a wave's amplitude and width, and its timing as a fraction of the window. A first step moves
+# a wave's amplitude by 15% on average and its timing by 1.5 samples, less than what every
+# session changes anyway (gain x0.5..2, time scale +-8%; and each wave's amplitude +-10%, width
+# +-5%, timing +-1 sample): drift is a direction that persists and grows, not a jump.
+DRIFT_STEP = {"amplitude": 0.3, "width": 0.2, "timing": 0.012}
 FIRST_RECORDING = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 

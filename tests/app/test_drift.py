@@ -1,0 +1,220 @@
+"""Drift monitoring: the score's properties on vectors made to order, and the API on real
+references (recorded_at, GET /elements, GET /elements/{id}/drift, POST /drift)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from app.drift import (
+    Baseline,
+    DriftCalibration,
+    NothingToCompare,
+    Session,
+    session_drift,
+    split,
+    two_sample_test,
+)
+from tests.app.helpers import NPY, npy
+from training.synthetic import SynthConfig, generate
+
+DIM = 32
+SHARED = 4  # directions along which every element's sessions vary
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def make_element(rng, basis, sessions: int, drift: np.ndarray | None = None) -> list[Session]:
+    """Sessions of 12 signals around one centre; each session moves the centre along the shared
+    directions (session-to-session variation); ``drift`` is added to the later ones."""
+    centre = rng.normal(size=DIM)
+    out = []
+    for s in range(sessions):
+        moved = centre + rng.normal(0, 1.0, SHARED) @ basis
+        if drift is not None and s >= 3:
+            moved = moved + drift * (s - 2)
+        signals = unit(moved * 3 + rng.normal(0, 1.0, (12, DIM)))
+        out.append(Session(f"s{s}", f"2026-01-{s + 1:02d}", signals))
+    return out
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(DIM, DIM)))[0][:SHARED]  # (SHARED, DIM) orthonormal
+    elements = [make_element(rng, basis, 8) for _ in range(120)]
+    calibration = DriftCalibration.fit([Baseline.of(e[:3]) for e in elements])
+    return rng, basis, elements, calibration
+
+
+def test_clean_sessions_score_like_the_baselines_own(world):
+    _, _, elements, calibration = world
+    scores = np.concatenate(
+        [[d.score for d in session_drift(*split(e, 3), calibration)] for e in elements]
+    )
+    assert 0.35 < np.median(scores) < 0.65  # calibrated: a clean session is a typical one
+    assert np.mean(scores > 0.99) < 0.03
+
+
+def test_a_shift_along_the_sessions_own_directions_is_not_drift_but_the_same_elsewhere_is(world):
+    rng, basis, _, calibration = world
+    elsewhere = np.linalg.qr(np.concatenate([basis, rng.normal(size=(1, DIM))]).T)[0][:, -1]
+    size = 1.0  # per session after the third: the first drifted session moves this far
+    along = [make_element(rng, basis, 8, drift=size * basis[0]) for _ in range(30)]
+    across = [make_element(rng, basis, 8, drift=size * elsewhere) for _ in range(30)]
+
+    def first_drifted_scores(elements):
+        return np.array([session_drift(*split(e, 3), calibration)[0].score for e in elements])
+
+    # The naive centroid distance sees two equal moves; the score sees only the second as drift
+    across_scores, along_scores = first_drifted_scores(across), first_drifted_scores(along)
+    assert np.median(across_scores) > 0.95
+    assert np.median(along_scores) < 0.8
+
+
+def test_split_and_baseline_refuse_what_cannot_be_compared(world):
+    _, _, elements, _ = world
+    with pytest.raises(NothingToCompare, match="8 session"):
+        split(elements[0], 8)
+    with pytest.raises(NothingToCompare, match="one signal"):
+        Baseline.of([Session("s", "t", elements[0][0].embeddings[:1])])
+    with pytest.raises(NothingToCompare, match="two or more sessions"):
+        DriftCalibration.fit([Baseline.of(elements[0][:1])])
+
+
+def test_the_two_sample_test_tells_a_shifted_batch_from_the_same_one():
+    rng = np.random.default_rng(1)
+    baseline = unit(rng.normal(size=(60, DIM)) + 2)
+    same = two_sample_test(unit(rng.normal(size=(20, DIM)) + 2), baseline, permutations=500)
+    shifted = two_sample_test(unit(rng.normal(size=(20, DIM)) + 2.6), baseline, permutations=500)
+    assert same.p_value > 0.05
+    assert shifted.p_value <= 0.01 and shifted.mmd > same.mmd
+    assert shifted.p_value >= 1 / 501  # never zero: (1 + hits) / (1 + permutations)
+
+
+# -- the API -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def drift_set():
+    return generate(
+        SynthConfig(
+            elements=5,
+            sessions=5,
+            min_sessions=5,
+            signals=4,
+            length=128,
+            seed=21,
+            drift_fraction=0.4,
+        )
+    )
+
+
+def npz(data, recorded_at) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        signals=data.signals,
+        element_ids=data.element_ids,
+        session_ids=data.session_ids,
+        recorded_at=recorded_at,
+    )
+    return buffer.getvalue()
+
+
+def test_elements_and_their_drift(client, drift_set):
+    # Stored out of time order: sessions are ordered by when they were recorded
+    order = np.argsort(-drift_set.extras["session_index"], kind="stable")
+    stored = drift_set.subset(order)
+    response = client.post("/references/npz", content=npz(stored, stored.extras["recorded_at"]))
+    assert response.status_code == 201
+
+    page = client.get("/elements", params={"limit": 2, "offset": 1}).json()
+    assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 1
+    first = page["items"][0]
+    assert first["element_id"] == sorted(set(drift_set.element_ids))[1]
+    assert first["references"] == 20 and first["sessions"] == 5
+    assert first["first_recorded_at"] < first["last_recorded_at"]
+
+    element = first["element_id"]
+    report = client.get(f"/elements/{element}/drift", params={"baseline_sessions": 2}).json()
+    assert report["baseline"]["sessions"] == [f"{element}/session_0", f"{element}/session_1"]
+    assert report["baseline"]["references"] == 8
+    sessions = report["sessions"]
+    assert [s["session_id"] for s in sessions] == [f"{element}/session_{i}" for i in (2, 3, 4)]
+    assert [s["recorded_at"] for s in sessions] == sorted(s["recorded_at"] for s in sessions)
+    for s in sessions:
+        assert 0 <= s["score"] <= 1 and s["distance"] >= 0 and s["references"] == 4
+        assert s["drifting"] == (s["score"] > report["threshold"])
+    # baseline pairs of the 5 elements: half find the directions, half (2 x 2) measure them
+    assert report["calibrated_on"] == {"elements": 5, "sessions": 4}
+
+    default = client.get(f"/elements/{element}/drift").json()  # HSN_DRIFT_BASELINE_SESSIONS=3
+    assert len(default["baseline"]["sessions"]) == 3 and len(default["sessions"]) == 2
+
+    metrics = client.get("/metrics").text
+    assert "hsn_drift_score_count 5.0" in metrics and "hsn_elements_drifting" in metrics
+    assert element not in metrics  # never one series per element
+
+
+def test_drift_of_a_batch_not_stored(client, drift_set):
+    client.post(
+        "/references/npz", content=npz(drift_set, drift_set.extras["recorded_at"])
+    ).raise_for_status()
+    element = str(drift_set.element_ids[0])
+    last = drift_set.signals[drift_set.session_ids == f"{element}/session_4"][:, 0]
+    answer = client.post("/drift", json={"element_id": element, "signals": last.tolist()}).json()
+    assert answer["signals"] == 4 and answer["baseline"]["references"] == 12
+    assert 0 <= answer["score"] <= 1 and 0 < answer["p_value"] <= 1
+    assert answer["permutations"] == 1000 and answer["centroid_distance"] >= 0
+    as_npy = client.post(
+        "/drift", content=npy(last), headers=NPY, params={"element_id": element}
+    ).json()
+    assert as_npy["score"] == answer["score"] and as_npy["p_value"] == answer["p_value"]
+
+
+def test_drift_errors_name_the_field(client, drift_set):
+    client.post(
+        "/references/npz", content=npz(drift_set, drift_set.extras["recorded_at"])
+    ).raise_for_status()
+    element = str(drift_set.element_ids[0])
+    signals = drift_set.signals[:2, 0].tolist()
+
+    def error(response, status):
+        assert response.status_code == status, response.text
+        return response.json()["detail"][0]
+
+    assert error(client.get("/elements/nobody/drift"), 404)["loc"] == ["path", "element_id"]
+    refused = error(client.get(f"/elements/{element}/drift?baseline_sessions=5"), 422)
+    assert refused["loc"] == ["query", "baseline_sessions"] and "5 session" in refused["msg"]
+    assert error(client.get(f"/elements/{element}/drift?baseline_sessions=0"), 422)["loc"] == [
+        "query",
+        "baseline_sessions",
+    ]
+    missing = error(client.post("/drift", json={"element_id": "nobody", "signals": signals}), 404)
+    assert missing["loc"] == ["body", "element_id"]
+    one = error(client.post("/drift", json={"element_id": element, "signals": signals[:1]}), 422)
+    assert one["loc"] == ["body", "signals"]
+    assert error(client.post("/drift", json={"signals": signals}), 422)["loc"] == [
+        "body",
+        "element_id",
+    ]
+
+
+def test_recorded_at_is_stored_in_utc_and_checked(client, service_data):
+    signal = service_data.signals[0, 0].tolist()
+    ref = {"element_id": "e", "session_id": "s", "signal": signal}
+    created = client.post(
+        "/references",
+        json={"references": [{**ref, "id": "a", "recorded_at": "2026-03-01T12:00:00+02:00"}]},
+    )
+    assert created.status_code == 201
+    assert client.get("/references/a").json()["recorded_at"] == "2026-03-01T10:00:00.000+00:00"
+    client.post("/references", json={"references": [{**ref, "id": "b"}]}).raise_for_status()
+    b = client.get("/references/b").json()
+    assert b["recorded_at"] == b["updated_at"]  # default: when stored
+    bad = client.post("/references", json={"references": [{**ref, "recorded_at": "last tuesday"}]})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"][:4] == ["body", "references", 0, "recorded_at"]
