@@ -56,7 +56,7 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.drift_fraction <= 1:
             raise ValueError(f"drift_fraction must be in [0, 1], got {self.drift_fraction}")
-        if not 1 <= self.min_sessions <= max(1, self.sessions):
+        if not 1 <= self.min_sessions <= max(2, self.sessions):
             raise ValueError(
                 f"min_sessions must be in [1, sessions={self.sessions}], got {self.min_sessions}"
             )
