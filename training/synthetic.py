@@ -13,10 +13,10 @@ last wave's end.
 amplitude, width and timing move in the element's own random direction by an amount that grows
 with every session since the onset. The first drifted session moves them less than a session's
 gain and time scale change anyway (a person comparing the two would barely see it); five
-sessions on, five times that. Every set carries its time line and ground truth per signal: ``recorded_at`` (ISO 8601;
-sessions a few days apart, in session order), ``session_index`` (the session's place in its
-element's time order), ``drift_onset`` (the element's first drifted session, -1 for one that never
-drifts) and ``drifted``.
+sessions on, five times that. Every set carries its time line and ground truth per signal:
+``recorded_at`` (ISO 8601; sessions a few days apart, in session order), ``session_index`` (the
+session's place in its element's time order), ``drift_onset`` (the element's first drifted
+session, -1 for one that never drifts) and ``drifted``.
 """
 
 from __future__ import annotations
