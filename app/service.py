@@ -511,8 +511,10 @@ class SignalService:
         sessions = self._sessions_of(element_id, "path.element_id")
         try:
             baseline, later = split(sessions, n)
-        except NothingToCompare as exc:
-            raise InputError("query.baseline_sessions", str(exc)) from exc
+        except NothingToCompare as exc:  # what is stored, not the request, falls short: 409
+            raise InputError(
+                "query.baseline_sessions", str(exc), status=409, kind="conflict"
+            ) from exc
         calibration = self._drift_calibration(n)
         threshold = self.settings.drift_threshold
         results = [
@@ -547,7 +549,7 @@ class SignalService:
         try:
             baseline = Baseline.of(sessions[:n])  # all the element has, when fewer
         except NothingToCompare as exc:
-            raise InputError("body.element_id", str(exc)) from exc
+            raise InputError("body.element_id", str(exc), status=409, kind="conflict") from exc
         calibration = self._drift_calibration(n)
         (result,) = session_drift(baseline, [Session("", "", embeddings)], calibration)
         reference = np.concatenate([s.embeddings for s in baseline.sessions])

@@ -237,7 +237,7 @@ def drift_ecgid(model_dir: Path, shared: Path, out: Path) -> dict:
         upload(client, data, recorded)
         for person in np.unique(data.element_ids).tolist():
             response = client.get(f"/elements/{person}/drift?baseline_sessions=1")
-            if response.status_code == 422:  # one recording: nothing to compare
+            if response.status_code == 409:  # one recording: nothing to compare
                 continue
             report = ok(response)
             first = datetime.fromisoformat(report["baseline"]["first_recorded_at"])

@@ -187,7 +187,7 @@ def test_drift_errors_name_the_field(client, drift_set):
         return response.json()["detail"][0]
 
     assert error(client.get("/elements/nobody/drift"), 404)["loc"] == ["path", "element_id"]
-    refused = error(client.get(f"/elements/{element}/drift?baseline_sessions=5"), 422)
+    refused = error(client.get(f"/elements/{element}/drift?baseline_sessions=5"), 409)
     assert refused["loc"] == ["query", "baseline_sessions"] and "5 session" in refused["msg"]
     assert error(client.get(f"/elements/{element}/drift?baseline_sessions=0"), 422)["loc"] == [
         "query",
