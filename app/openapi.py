@@ -44,7 +44,7 @@ def install(app: FastAPI, limits: SignalLimits, settings: Settings) -> None:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         signal = signal_schema(limits)
-        for path in ("/embed", "/keypoints", "/search", "/verify", "/drift"):
+        for path in ("/embed", "/keypoints", "/search", "/align", "/verify", "/drift"):
             body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
             properties = body["schema"]["properties"]
             properties["signals"].update({"items": signal, "maxItems": limits.max_batch})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # One channel: a list of numbers; C channels: a list of C lists (channels first).
 Signal = list[float] | list[list[float]]
@@ -300,6 +300,117 @@ class VerifyResponse(BaseModel):
     )
     far: float = Field(description="the target false-accept rate (HSN_VERIFY_FAR)")
     signals_used: int
+
+
+class AlignTarget(BaseModel):
+    """Where the keypoints should land: exactly one of the three."""
+
+    model_config = ConfigDict(extra="forbid")
+    positions: dict[str, float] | None = Field(
+        None, description="keypoint name -> position in samples of the output grid"
+    )
+    reference_id: str | None = Field(
+        None, min_length=1, description="a stored reference's predicted keypoints"
+    )
+    element_id: str | None = Field(
+        None, min_length=1, description="the median keypoints of an element's references"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AlignTarget:
+        given = [n for n in ("positions", "reference_id", "element_id") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of positions, reference_id or element_id"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+class AlignOptions(BaseModel):
+    """The non-signal fields of POST /align (JSON; with a .npy body, query parameters:
+    ``mode``, ``average``, ``length``, ``min_confidence``, ``keypoints`` comma-separated and a
+    target as ``reference_id`` or ``element_id``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    target: AlignTarget | None = Field(
+        None, description="absent: the median keypoints of the request's own signals"
+    )
+    mode: Literal["piecewise", "shift"] = Field(
+        "piecewise",
+        description="shift: move each signal by one keypoint; piecewise: warp time piecewise"
+        " linearly between consecutive keypoints",
+    )
+    keypoints: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="the anchors to use, by name (shift: the first); default all, and for shift"
+        " the most confident",
+    )
+    average: bool = Field(False, description="also return the mean and SD of the aligned signals")
+    length: int | None = Field(
+        None, ge=2, le=1_000_000, description="samples of the output grid (default: the input's)"
+    )
+    min_confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="keypoints below are skipped; default HSN_ALIGN_MIN_CONFIDENCE",
+    )
+
+
+class AlignRequest(AlignOptions):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "signals": [EXAMPLE_SIGNAL, EXAMPLE_SIGNAL[3:] + EXAMPLE_SIGNAL[:3]],
+                    "mode": "piecewise",
+                    "average": True,
+                }
+            ]
+        }
+    )
+    signals: list[Signal] = Field(min_length=1, description="a batch of signals")
+
+
+class Warp(BaseModel):
+    source: list[float] = Field(description="ascending samples of the signal, from 0 to L - 1")
+    target: list[float] = Field(
+        description="where each lands on the output grid: aligned[t] = signal[w^-1(t)],"
+        " linear in between and beyond"
+    )
+
+
+class SkippedKeypoint(BaseModel):
+    name: str
+    reason: str
+
+
+class AlignedSignal(BaseModel):
+    aligned: Signal = Field(description="the signal on the target's grid (edges held)")
+    warp: Warp
+    keypoints_used: list[str]
+    skipped: list[SkippedKeypoint]
+
+
+class AlignAverage(BaseModel):
+    mean: Signal
+    std: Signal
+
+
+class AlignResponse(BaseModel):
+    results: list[AlignedSignal]
+    target: dict[str, float] = Field(description="keypoint -> position on the output grid")
+    reference: str | None = Field(
+        description="the shift keypoint; piecewise anchors are shrunk towards it"
+    )
+    shrinkage: dict[str, float] = Field(
+        description="per anchor, the weight of its own observed interval to the reference (1:"
+        " trusted as predicted; 0: the model's error exceeds the signals' own variation)"
+    )
+    average: AlignAverage | None
+    model_version: str
 
 
 class ErrorItem(BaseModel):

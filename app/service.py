@@ -19,6 +19,7 @@ from datetime import datetime
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from app.alignment import align, check_keypoints, check_target, keypoint_errors, median_target
 from app.calibration import AnomalyCalibration, FittedCache
 from app.database import Database, StoreUnavailable
 from app.drift import (
@@ -36,7 +37,7 @@ from app.index_policy import IndexPolicy
 from app.observability import Metrics
 from app.runtime import DynamicBatcher, Inference, ModelRuntime
 from app.settings import Settings
-from app.signals import SignalBatch, batch_size
+from app.signals import SignalBatch, as_json_signal, batch_size, signals_of
 from app.store import (
     SCHEMA_VERSION,
     ElementSummary,
@@ -181,6 +182,24 @@ class VerifyResult:
 
 
 @dataclass
+class AlignedResult:
+    aligned: list  # the API's signal form
+    warp: dict[str, list[float]]  # {"source", "target"}
+    keypoints_used: list[str]
+    skipped: list[dict[str, str]]  # {"name", "reason"}
+
+
+@dataclass
+class AlignResult:
+    results: list[AlignedResult]
+    target: dict[str, float]
+    reference: str | None
+    shrinkage: dict[str, float]
+    average: dict[str, list] | None  # {"mean", "std"}
+    model_version: str
+
+
+@dataclass
 class ReadyStatus:
     ready: bool
     references: int
@@ -245,6 +264,7 @@ class SignalService:
             settings.sync_interval_ms / 1000,
             other_calibrations=[self.drift_calibrations, self.thresholds],
         )
+        self.keypoint_errors = keypoint_errors(self.runtime.manifest)  # for alignment's anchors
         self.ready = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -306,11 +326,11 @@ class SignalService:
         self.metrics.index_size.set(len(self.index))
         return True
 
-    async def get_reference(self, ref_id: str) -> StoredReference:
+    async def get_reference(self, ref_id: str, field: str = "path.ref_id") -> StoredReference:
         ref = await run_in_threadpool(self.store.get, ref_id)
         if ref is None:
             raise InputError(
-                "path.ref_id", f"no reference with id {ref_id!r}", status=404, kind="not_found"
+                field, f"no reference with id {ref_id!r}", status=404, kind="not_found"
             )
         return ref
 
@@ -410,6 +430,88 @@ class SignalService:
             neighbors = self.index.search(queries, self.settings.anomaly_k, element_id=pool)
         similarities = [[n.similarity for n in row] for row in neighbors]
         return self.sync.calibration.scores(calibrated, similarities)
+
+    # -- alignment ---------------------------------------------------------------------------
+    async def align(
+        self,
+        batch: SignalBatch,
+        *,
+        positions: dict[str, float] | None = None,
+        reference_id: str | None = None,
+        element_id: str | None = None,
+        mode: str = "piecewise",
+        keypoints: list[str] | None = None,
+        average: bool = False,
+        length: int | None = None,
+        min_confidence: float | None = None,
+    ) -> AlignResult:
+        """Aligns the batch's signals by their keypoints on a target: explicit ``positions``, a
+        stored reference's keypoints, an element's median keypoints, or (none given) the
+        median of the batch's own (see app/alignment.py)."""
+        names = self.runtime.keypoint_names
+        keypoints = check_keypoints(keypoints, names) if keypoints is not None else None
+        confidence = (
+            self.settings.align_min_confidence if min_confidence is None else min_confidence
+        )
+        if positions is not None:
+            check_target(positions, names, keypoints, "body.target.positions")
+        signals = signals_of(batch)
+        inference = await self.embed(batch)
+        if positions is not None:
+            target = positions
+        elif reference_id is not None or element_id is not None:
+            target = await self._keypoint_target(reference_id, element_id, confidence)
+        else:
+            target = median_target(inference.positions, inference.confidences, names, confidence)
+        result = await run_in_threadpool(
+            align,
+            signals,
+            inference.positions,
+            inference.confidences,
+            names,
+            target,
+            mode=mode,
+            keypoints=keypoints,
+            min_confidence=confidence,
+            errors=self.keypoint_errors,
+            length=length,
+            average=average,
+        )
+        return AlignResult(
+            [
+                AlignedResult(
+                    as_json_signal(r.aligned),
+                    {"source": r.warp.source, "target": r.warp.target},
+                    r.keypoints_used,
+                    [{"name": s.name, "reason": s.reason} for s in r.skipped],
+                )
+                for r in result.results
+            ],
+            result.target,
+            result.reference,
+            result.shrinkage,
+            None
+            if result.mean is None
+            else {"mean": as_json_signal(result.mean), "std": as_json_signal(result.std)},
+            self.runtime.version,
+        )
+
+    async def _keypoint_target(
+        self, reference_id: str | None, element_id: str | None, min_confidence: float
+    ) -> dict[str, float]:
+        """The median confident keypoints of a stored reference, or of (up to
+        HSN_ALIGN_TARGET_REFERENCES of) an element's references, by this model."""
+        if reference_id is not None:
+            stored = await self.get_reference(reference_id, "body.target.reference_id")
+            signals = [np.atleast_2d(np.asarray(stored.signal, np.float32))]  # (C, L)
+        else:
+            self._require_element(element_id, "body.target.element_id")
+            keys = self.index.keys_of_element(element_id)[: self.settings.align_target_references]
+            signals = list((await run_in_threadpool(self.store.signals, keys.tolist())).values())
+        inference = await self.embed([s[None] for s in signals])
+        return median_target(
+            inference.positions, inference.confidences, self.runtime.keypoint_names, min_confidence
+        )
 
     # -- verification and the open set ------------------------------------------------------
     async def verify(self, element_id: str, batch: SignalBatch) -> VerifyResult:

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     drift_baseline_sessions: int = Field(3, ge=1)  # an element's first sessions form its baseline
     drift_permutations: int = Field(1000, ge=10, le=100_000)  # for POST /drift's p-value
 
+    # Alignment (app/alignment.py)
+    align_min_confidence: float = Field(0.5, ge=0, le=1)  # keypoints below are not anchors
+    align_target_references: int = Field(256, ge=1)  # of an element, for its median keypoints
+
     # Verification and open-set search (app/verification.py)
     verify_far: float = Field(0.01, gt=0, lt=1)  # target false-accept rate of the thresholds
     verify_k: int = Field(3, ge=1)  # an element's references each probe signal is compared with

@@ -38,6 +38,16 @@ def batch_size(batch: SignalBatch) -> int:
     return sum(len(chunk) for chunk in batch)
 
 
+def signals_of(batch: SignalBatch) -> list[np.ndarray]:
+    """The batch's signals, each (C, L), in request order."""
+    return [signal for chunk in batch for signal in chunk]
+
+
+def as_json_signal(signal: np.ndarray) -> list:
+    """(C, L) -> the API's form: a list of numbers for one channel, else a list of lists."""
+    return signal[0].tolist() if signal.shape[0] == 1 else signal.tolist()
+
+
 def parse_json_body(body: bytes) -> dict:
     try:
         payload = orjson.loads(body)

@@ -22,6 +22,7 @@ import numpy as np
 
 from app.database import Database, Session
 from app.labels import IndexRows
+from app.signals import as_json_signal
 
 SCHEMA_VERSION = 3
 KEYS_PER_QUERY = 256  # keys looked up by one SELECT ... IN (...)
@@ -408,7 +409,7 @@ class ReferenceStore:
             element_id=row[1],
             session_id=row[2],
             metadata=json.loads(row[3]),
-            signal=signal[0].tolist() if row[4] == 1 else signal.tolist(),
+            signal=as_json_signal(signal),
             model_version=row[7],
             updated_at=row[8],
             recorded_at=row[9],

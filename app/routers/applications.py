@@ -1,5 +1,6 @@
-"""What users do with the embeddings: verify an element (POST /verify) and score a new session's
-drift (POST /drift). JSON bodies, or .npy bodies with the other fields as query parameters."""
+"""What users do with the embeddings and keypoints: align signals (POST /align), verify an element
+(POST /verify) and score a new session's drift (POST /drift). JSON bodies, or .npy bodies with
+the other fields as query parameters."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from app.dependencies import Service, parse_options, require_read_key
 from app.responses import respond
 from app.routers.inference import read_counted, signals_body
 from app.schemas import (
+    AlignOptions,
+    AlignRequest,
+    AlignResponse,
     BatchDriftResponse,
     DriftOptions,
     DriftRequest,
@@ -17,12 +21,56 @@ from app.schemas import (
     VerifyResponse,
     error_responses,
 )
+from app.signals import NPY_MEDIA_TYPE
 
 router = APIRouter(
     dependencies=[Depends(require_read_key)],
     tags=["applications"],
     responses=error_responses(400, 401, 404, 409, 413, 422),
 )
+
+
+@router.post(
+    "/align",
+    response_model=AlignResponse,
+    openapi_extra=signals_body(AlignRequest),
+    summary="Align signals by their keypoints",
+)
+async def align(request: Request, service: Service):
+    """Each signal's predicted keypoints (those at least ``min_confidence`` sure) are mapped onto
+    the target's positions: ``shift`` moves the signal by one keypoint, ``piecewise`` warps time
+    piecewise linearly between consecutive ones (monotone; an anchor the model places less
+    precisely than the signals' own interval variation is pulled towards the shift). Per signal
+    the aligned signal, the warp as anchor lists, the keypoints used and those skipped (why);
+    with ``average`` the ensemble mean and SD."""
+    batch, values = await read_counted(request, service)
+    if request.headers.get("content-type", "").split(";")[0].strip() == NPY_MEDIA_TYPE:
+        values = _align_query(values)
+    options = parse_options(AlignOptions, values)
+    target = options.target
+    result = await service.align(
+        batch,
+        positions=target.positions if target else None,
+        reference_id=target.reference_id if target else None,
+        element_id=target.element_id if target else None,
+        mode=options.mode,
+        keypoints=options.keypoints,
+        average=options.average,
+        length=options.length,
+        min_confidence=options.min_confidence,
+    )
+    return respond(AlignResponse, result)
+
+
+def _align_query(query: dict) -> dict:
+    """/align's query parameters (with a .npy body) as its JSON fields."""
+    values = dict(query)
+    if "keypoints" in values:
+        values["keypoints"] = [k for k in values["keypoints"].split(",") if k]
+    targets = {k: values.pop(k) for k in ("reference_id", "element_id") if k in values}
+    if targets:
+        values["target"] = targets
+    return values
 
 
 @router.post(
