@@ -32,6 +32,14 @@ sigma^2)`` relative to the reference: never worse than the shift (``s = 0``, err
 than trusting the anchor as predicted (``s = 1``, error ``sigma^2``). With fewer than 3 such
 signals, or no known error for ``k``, the observed position is used (``s = 1``).
 
+The bound holds only as far as ``errors`` is the model's error across the request's signals. The
+training run's validation error overstates that: it is measured against another annotator and
+pooled over records, so it holds each record's constant bias (half of it on QTDB's validation
+records: a median error of 1.52 samples for the QRS onset, 0.74 within a record) and the
+annotator's own jitter. On held-out QTDB records it gave ``s = 0`` to every anchor but the T peak
+(the predicted QRS-onset-to-R interval varies by 0.7 samples within a record, the manifest's
+errors imply 2.4), so the warp came out as the R shift there (``benchmarks/apps_alignment.py``).
+
 Pure numpy: no model, no store.
 """
 
