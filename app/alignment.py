@@ -6,8 +6,13 @@ and confidences (B, K), with a ``target``: where each keypoint should land on th
 (an explicit one, or ``median_target`` of the request's own signals). Two modes:
 
 * ``shift`` translates each signal so that one reference keypoint lands on its target. The
-  reference is the same for every signal of a request (the first requested keypoint, else the one
-  with the highest median confidence), so an ensemble is aligned consistently.
+  reference is the same for every signal of a request, so an ensemble is aligned consistently:
+  the first requested keypoint, else the one with the smallest known error among those confident
+  in at least half of the signals, else the one with the highest median confidence. Every shrunk
+  anchor below inherits the reference's error; and the confidence says whether the model found a
+  keypoint, not how precisely: on QTDB the keypoints' median confidences differ by less than 0.03
+  and the most confident one was R in only 9 of 21 records, which left R, the most precise
+  keypoint, shrunk towards a less precise one (R's within-record spread 1.66 ms against 1.42).
 * ``piecewise`` warps time monotonically and piecewise-linearly through several anchors. Outside
   the first and last anchor the slope is 1: the ends keep their local time scale, because
   stretching the partly visible neighbouring cycles with the interval between two anchors would
@@ -26,6 +31,14 @@ lands on its target with error variance ``tau^2 sigma^2 / (tau^2 + sigma^2) <= m
 sigma^2)`` relative to the reference: never worse than the shift (``s = 0``, error ``tau^2``) nor
 than trusting the anchor as predicted (``s = 1``, error ``sigma^2``). With fewer than 3 such
 signals, or no known error for ``k``, the observed position is used (``s = 1``).
+
+The bound holds only as far as ``errors`` is the model's error across the request's signals. The
+training run's validation error overstates that: it is measured against another annotator and
+pooled over records, so it holds each record's constant bias (half of it on QTDB's validation
+records: a median error of 1.52 samples for the QRS onset, 0.74 within a record) and the
+annotator's own jitter. On held-out QTDB records it gave ``s = 0`` to every anchor but the T peak
+(the predicted QRS-onset-to-R interval varies by 0.7 samples within a record, the manifest's
+errors imply 2.4), so the warp came out as the R shift there (``benchmarks/apps_alignment.py``).
 
 Pure numpy: no model, no store.
 """
@@ -188,7 +201,9 @@ def align(
     column = {name: k for k, name in enumerate(names)}
     confident = confidences >= min_confidence  # (B, K)
     candidates = [name for name in requested if name in target]
-    reference = _reference(candidates, keypoints is not None, confidences, column)
+    reference = _reference(
+        candidates, keypoints is not None, confidences, confident, column, errors
+    )
     sources, shrinkage = positions, {}
     if mode == "piecewise" and reference is not None:
         sources, shrinkage = _shrink(positions, confident, candidates, reference, column, errors)
@@ -228,14 +243,24 @@ def align(
 
 
 def _reference(
-    candidates: list[str], requested: bool, confidences: np.ndarray, column: dict[str, int]
+    candidates: list[str],
+    requested: bool,
+    confidences: np.ndarray,
+    confident: np.ndarray,
+    column: dict[str, int],
+    errors: dict[str, float] | None,
 ) -> str | None:
     """The request's reference keypoint: the first requested one the target places, else the
-    one the model is most sure of across the signals (highest median confidence)."""
+    most precise one (smallest known error) of those confident in at least half of the signals,
+    else the one the model is most sure of (highest median confidence)."""
     if not candidates:
         return None
     if requested:
         return candidates[0]
+    errors = errors or {}
+    precise = [n for n in candidates if n in errors and confident[:, column[n]].mean() >= 0.5]
+    if precise:
+        return min(precise, key=errors.__getitem__)
     return max(candidates, key=lambda name: np.median(confidences[:, column[name]]))
 
 

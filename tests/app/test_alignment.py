@@ -116,6 +116,25 @@ def test_out_of_order_keypoint_is_dropped_and_reported():
     assert np.allclose(apply_warp(aligned.warp, [30, 80]), [30, 70])
 
 
+def test_the_reference_is_the_most_precise_keypoint_the_model_finds():
+    signals, positions = warped_signals(np.random.default_rng(7), count=6)
+    confidences = np.full_like(positions, 0.9)
+    confidences[:, 0] = 0.99  # the onset is the most confident
+    target = median_target(positions, confidences, NAMES, 0.5)
+    errors = {"onset": 2.0, "peak": 1.5, "end": 0.5}
+
+    def reference(confidences, errors, **options):
+        result = align(signals, positions, confidences, NAMES, target, errors=errors, **options)
+        return result.reference
+
+    assert reference(confidences, {}) == "onset"
+    assert reference(confidences, errors) == "end"
+    assert reference(confidences, errors, keypoints=["peak", "end"]) == "peak"
+    unsure_end = confidences.copy()
+    unsure_end[:4, 2] = 0.2  # found in only a third of the signals: not a reference
+    assert reference(unsure_end, errors) == "peak"
+
+
 def test_low_confidence_and_untargeted_keypoints_are_skipped_with_the_reason():
     positions = np.array([[30.0, 80.0, 150.0]])
     confidences = np.array([[0.31, 0.9, 0.9]])
@@ -187,7 +206,7 @@ def test_exact_anchors_are_trusted():
     result = align(
         [cycle(*row) for row in true], true, sure_of_the_peak(true), NAMES, target, errors=errors
     )
-    assert result.shrinkage == {"onset": 1.0, "end": 1.0}
+    assert result.shrinkage == {n: 1.0 for n in NAMES if n != result.reference}
     for row, aligned in zip(true, result.results, strict=True):
         assert np.allclose(apply_warp(aligned.warp, row), [50, 80, 140])
 
