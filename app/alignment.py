@@ -180,7 +180,8 @@ def align(
     """Align ``signals`` (each (C, L_b)) on ``target`` through their keypoint ``positions`` and
     ``confidences`` (B, K), ``names`` the K keypoints in model order. ``errors`` is the model's
     error SD per keypoint in samples (``keypoint_errors``); ``length`` the output length (default:
-    each signal's own); ``average`` adds the mean and SD of the aligned signals."""
+    each signal's own, or the longest one's when averaging); ``average`` adds the mean and SD of
+    the aligned signals."""
     positions = np.asarray(positions, dtype=np.float64)  # (B, K)
     confidences = np.asarray(confidences, dtype=np.float64)  # (B, K)
     if positions.shape != (len(signals), len(names)) or confidences.shape != positions.shape:
@@ -191,13 +192,9 @@ def align(
     requested = check_keypoints(keypoints, names)
     if length is not None and length < 2:
         raise InputError("body.length", "must be at least 2 samples")
+    if length is None and average:  # an ensemble needs one grid: the longest signal's
+        length = max(signal.shape[-1] for signal in signals)
     out_lengths = [length or signal.shape[-1] for signal in signals]
-    if average and len(set(out_lengths)) > 1:
-        raise InputError(
-            "body.length",
-            f"the signals differ in length ({min(out_lengths)} to {max(out_lengths)} samples); "
-            "give length to average them on one grid",
-        )
     column = {name: k for k, name in enumerate(names)}
     confident = confidences >= min_confidence  # (B, K)
     candidates = [name for name in requested if name in target]

@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, served_by=SERVED_BY)
-    openapi.install(app, service.runtime.limits, settings)
+    openapi.install(app, service.runtime.limits, settings, service.runtime.keypoint_names)
     return app
 
 

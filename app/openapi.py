@@ -34,7 +34,21 @@ def signal_schema(limits: SignalLimits) -> dict:
     return channels_first
 
 
-def install(app: FastAPI, limits: SignalLimits, settings: Settings) -> None:
+def _name_keypoints(align_body: dict, keypoint_names: list[str]) -> None:
+    """/align's ``keypoints`` and ``target.positions`` take this model's keypoint names only."""
+    properties = align_body["properties"]
+    for option in properties["keypoints"]["anyOf"]:
+        if option.get("type") == "array":
+            option["items"]["enum"] = list(keypoint_names)
+    target = next(o for o in properties["target"]["anyOf"] if "oneOf" in o)
+    for option in target["oneOf"]:
+        if "positions" in option["properties"]:
+            option["properties"]["positions"]["propertyNames"] = {"enum": list(keypoint_names)}
+
+
+def install(
+    app: FastAPI, limits: SignalLimits, settings: Settings, keypoint_names: list[str]
+) -> None:
     """Replace ``app.openapi`` with one that states this model's and these settings' limits."""
 
     def openapi() -> dict:
@@ -50,6 +64,10 @@ def install(app: FastAPI, limits: SignalLimits, settings: Settings) -> None:
             properties["signals"].update({"items": signal, "maxItems": limits.max_batch})
             if "k" in properties:
                 properties["k"]["maximum"] = settings.max_k
+        _name_keypoints(
+            spec["paths"]["/align"]["post"]["requestBody"]["content"]["application/json"]["schema"],
+            keypoint_names,
+        )
         schemas = spec["components"]["schemas"]
         schemas["ReferenceIn"]["properties"]["signal"] = signal
         schemas["ReferencesRequest"]["properties"]["references"]["maxItems"] = limits.max_batch

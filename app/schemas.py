@@ -302,12 +302,27 @@ class VerifyResponse(BaseModel):
     signals_used: int
 
 
+def _one_of_three(schema: dict) -> None:
+    """The JSON schema says what the validator checks: exactly one of the three fields."""
+    properties = schema.pop("properties")
+    schema.pop("required", None)
+    schema["oneOf"] = [
+        {
+            "type": "object",
+            "properties": {name: next(o for o in value["anyOf"] if o.get("type") != "null")},
+            "required": [name],
+            "additionalProperties": False,
+        }
+        for name, value in properties.items()
+    ]
+
+
 class AlignTarget(BaseModel):
     """Where the keypoints should land: exactly one of the three."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of_three)
     positions: dict[str, float] | None = Field(
-        None, description="keypoint name -> position in samples of the output grid"
+        None, min_length=1, description="keypoint name -> position in samples of the output grid"
     )
     reference_id: str | None = Field(
         None, min_length=1, description="a stored reference's predicted keypoints"
@@ -349,7 +364,11 @@ class AlignOptions(BaseModel):
     )
     average: bool = Field(False, description="also return the mean and SD of the aligned signals")
     length: int | None = Field(
-        None, ge=2, le=1_000_000, description="samples of the output grid (default: the input's)"
+        None,
+        ge=2,
+        le=1_000_000,
+        description="samples of the output grid (default: each signal's own; with average, the"
+        " longest signal's)",
     )
     min_confidence: float | None = Field(
         None,

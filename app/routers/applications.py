@@ -50,9 +50,9 @@ async def align(request: Request, service: Service):
     target = options.target
     result = await service.align(
         batch,
-        positions=target.positions if target else None,
-        reference_id=target.reference_id if target else None,
-        element_id=target.element_id if target else None,
+        positions=getattr(target, "positions", None),
+        reference_id=getattr(target, "reference_id", None),
+        element_id=getattr(target, "element_id", None),
         mode=options.mode,
         keypoints=options.keypoints,
         average=options.average,

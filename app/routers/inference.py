@@ -30,11 +30,29 @@ def signals_body(model: type) -> dict:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": model.model_json_schema()},
+                "application/json": {"schema": _inline(model.model_json_schema())},
                 NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
             },
         }
     }
+
+
+def _inline(schema: dict) -> dict:
+    """A model's JSON schema with its nested models (``$defs``) written in place: the schema is
+    embedded in the OpenAPI document, where ``#/$defs/...`` would point nowhere."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
 
 
 async def read_counted(request: Request, service: Service) -> tuple[SignalBatch, dict]:

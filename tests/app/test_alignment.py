@@ -254,13 +254,13 @@ def test_few_signals_use_the_observed_positions():
         assert np.allclose(apply_warp(aligned.warp, row), [50, 80, 140])
 
 
-def test_averaging_signals_of_different_lengths_needs_a_length():
+def test_averaging_signals_of_different_lengths_puts_them_on_one_grid():
     signals = [cycle(30, 80, 150), cycle(30, 80, 150, length=240)]
     positions = np.array([[30.0, 80.0, 150.0]] * 2)
     confidences = np.full((2, 3), 0.9)
-    with pytest.raises(InputError) as error:
-        align(signals, positions, confidences, NAMES, {"peak": 90.0}, average=True)
-    assert error.value.field == "body.length" and "length" in error.value.message
+    longest = align(signals, positions, confidences, NAMES, {"peak": 90.0}, average=True)
+    assert longest.mean.shape == (2, max(s.shape[-1] for s in signals))
+    assert {r.aligned.shape[-1] for r in longest.results} == {longest.mean.shape[-1]}
     result = align(signals, positions, confidences, NAMES, {"peak": 90.0}, average=True, length=220)
     assert result.mean.shape == (2, 220)
     # without averaging each signal keeps its own length
