@@ -9,7 +9,7 @@ PORT ?= 8000
 
 ECG ?= ../shared/ecg
 
-.PHONY: install test lint demo serve eval-ecg loadtest docker-check bench bench-full bench-scale clean
+.PHONY: install test lint demo serve eval-ecg loadtest docker-check bench bench-full bench-scale bench-apps clean
 
 install: $(STAMP)
 
@@ -50,6 +50,14 @@ bench-full: $(STAMP)
 bench-scale: $(STAMP)
 	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
 	$(BIN)/python benchmarks/scale_out.py --model-dir $(MODEL_DIR)
+
+# Alignment, drift and verification measured through the service (a few minutes): drift on a
+# drifted synthetic set; with ../shared/ecg and the models make eval-ecg trains, verification and
+# drift on ECG-ID and alignment on QTDB (skipped with one line otherwise).
+bench-apps: $(STAMP)
+	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
+	$(BIN)/python benchmarks/applications.py --model-dir $(MODEL_DIR) --ecgid-model runs/ecgid \
+		--qtdb-model runs/qtdb --shared $(ECG) --out benchmarks/results
 
 # 60 s of 16 concurrent clients mixing /embed, /search and writes against a fresh server.
 loadtest: $(STAMP)

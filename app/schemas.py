@@ -287,11 +287,16 @@ class VerifyRequest(VerifyOptions):
     signals: list[Signal] = Field(min_length=1, description="signals of one session")
 
 
+class NearestOther(BaseModel):
+    element_id: str
+    similarity: float
+
+
 class VerifyResponse(BaseModel):
     element_id: str
     score: float = Field(
-        description="per signal the mean similarity of its HSN_VERIFY_K most similar references"
-        " of the element, averaged over the signals: higher = more likely the claimed element"
+        description="the similarity, less how far the most similar other element's exceeds it"
+        " (nothing when none does): higher = more likely the claimed element"
     )
     accepted: bool = Field(description="score >= threshold")
     threshold: float = Field(
@@ -300,6 +305,13 @@ class VerifyResponse(BaseModel):
     )
     far: float = Field(description="the target false-accept rate (HSN_VERIFY_FAR)")
     signals_used: int
+    similarity: float = Field(
+        description="per signal the mean cosine similarity of its HSN_VERIFY_K most similar"
+        " references of the claimed element, averaged over the signals"
+    )
+    nearest_other: NearestOther | None = Field(
+        description="the most similar other stored element (null: none is stored)"
+    )
 
 
 def _one_of_three(schema: dict) -> None:

@@ -56,6 +56,7 @@ from app.verification import (
     Threshold,
     fit_threshold,
     impostor_quantile,
+    verification_score,
 )
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 SERVED_BY = f"{socket.gethostname()}:{os.getpid()}"
 CALIBRATION_REFERENCES = 256  # of one session, at most, in the verification calibration
 OPEN_SET_NEIGHBORS = 10  # x verify_k neighbours searched for a reference's best other element
+NEAREST_CANDIDATES = 10  # elements of those neighbours scored in full for the nearest other one
 
 
 @dataclass
@@ -172,13 +174,21 @@ class BatchDrift:
 
 
 @dataclass
+class NearestOther:
+    element_id: str
+    similarity: float
+
+
+@dataclass
 class VerifyResult:
     element_id: str
-    score: float
+    score: float  # the similarity, marked down by a more similar other element
     accepted: bool
     threshold: float
     far: float
     signals_used: int
+    similarity: float
+    nearest_other: NearestOther | None
 
 
 @dataclass
@@ -527,18 +537,44 @@ class SignalService:
             )
         except CannotCalibrate as exc:
             raise InputError("body.element_id", str(exc), status=409, kind="conflict") from exc
-        score = self._element_score(probe, element_id)
+        similarity = self._element_score(probe, element_id)
+        nearest = self._nearest_other(probe, element_id)
+        score = verification_score(similarity, nearest.similarity if nearest else None)
         accepted = bool(score >= threshold.threshold)
         self.metrics.verifications.labels(str(accepted).lower()).inc()
         return VerifyResult(
-            element_id, score, accepted, threshold.threshold, threshold.far, len(probe)
+            element_id,
+            score,
+            accepted,
+            threshold.threshold,
+            threshold.far,
+            len(probe),
+            similarity,
+            nearest,
         )
 
     def _element_score(self, probe: np.ndarray, element_id: str) -> float:
-        """app.verification's score, from the index: each probe signal's k nearest
+        """app.verification's similarity, from the index: each probe signal's k nearest
         references of the element."""
         rows = self.index.search(probe, self.settings.verify_k, element_id=element_id)
         return float(np.mean([np.mean([n.similarity for n in row]) for row in rows]))
+
+    def _nearest_other(self, probe: np.ndarray, element_id: str) -> NearestOther | None:
+        """The stored element other than ``element_id`` most similar to the probe (None when
+        there is none): the candidates are the elements of each probe signal's nearest
+        references, where the most similar element almost always is."""
+        k = self.settings.verify_k
+        rows = self.index.search(probe, OPEN_SET_NEIGHBORS * k, exclude_element_id=element_id)
+        closest: dict[str, float] = {}
+        for row in rows:
+            described = self.index.describe(np.array([n.key for n in row], dtype=np.int64))
+            for n in row:
+                if n.key in described:
+                    other = described[n.key][1]
+                    closest[other] = max(closest.get(other, -1.0), n.similarity)
+        candidates = sorted(closest, key=closest.get, reverse=True)[:NEAREST_CANDIDATES]
+        scored = [NearestOther(c, self._element_score(probe, c)) for c in candidates]
+        return max(scored, key=lambda other: other.similarity, default=None)
 
     def _sample_elements(self, min_sessions: int) -> list[str]:
         """Up to SAMPLE_ELEMENTS elements with at least ``min_sessions`` sessions (the same

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -106,8 +107,8 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> float:
 
 
 # -- drift: synthetic ------------------------------------------------------------------------
-def drift_synthetic(model_dir: Path, out: Path) -> dict:
-    data = generate(DRIFT_SET)
+def drift_synthetic(model_dir: Path, out: Path, config: SynthConfig = DRIFT_SET) -> dict:
+    data = generate(config)
     onset = dict(zip(data.element_ids.tolist(), data.extras["drift_onset"].tolist(), strict=True))
     index_of = dict(
         zip(data.session_ids.tolist(), data.extras["session_index"].tolist(), strict=True)
@@ -380,10 +381,15 @@ def main() -> int:
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--only", choices=["drift", "ecgid-drift", "verify", "align"])
+    parser.add_argument(
+        "--drift-elements", type=int, default=DRIFT_SET.elements, help="of the synthetic set"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     parts = {
-        "drift": lambda: drift_synthetic(args.model_dir, args.out),
+        "drift": lambda: drift_synthetic(
+            args.model_dir, args.out, replace(DRIFT_SET, elements=args.drift_elements)
+        ),
         "ecgid-drift": lambda: drift_ecgid(args.ecgid_model, args.shared, args.out),
         "verify": lambda: verification(args.ecgid_model, args.shared, args.out),
         "align": lambda: align(args.qtdb_model, args.shared, args.out),

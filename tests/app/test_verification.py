@@ -13,6 +13,7 @@ from app.verification import (
     fit_threshold,
     impostor_quantile,
     top_k_means,
+    verification_score,
 )
 from tests.app.helpers import NPY, npy, references
 from training.synthetic import SynthConfig, generate
@@ -28,6 +29,12 @@ def test_the_score_is_the_mean_of_each_signals_k_best_similarities():
     assert top_k_means(probe @ references.T, 2).tolist() == pytest.approx([2**-0.5, 0.5])
     assert element_score(probe, references, 2) == pytest.approx((2**-0.5 + 0.5) / 2)
     assert element_score(probe, references, 10) == pytest.approx((2 * 2**-0.5 + 1) / 6)
+
+
+def test_a_more_similar_other_element_marks_the_score_down_and_nothing_marks_it_up():
+    assert verification_score(0.5, 0.7) == pytest.approx(0.3)
+    assert verification_score(0.5, 0.2) == 0.5  # a stranger gains nothing from a weak cohort
+    assert verification_score(0.5, None) == 0.5
 
 
 @pytest.mark.parametrize("far", [0.001, 0.01, 0.05, 0.3])
@@ -108,6 +115,8 @@ def test_a_session_of_the_claimed_element_is_accepted_and_others_are_not(client,
             ).json()
             assert answer["signals_used"] == 3 and answer["far"] == 0.01
             assert answer["accepted"] == (answer["score"] >= answer["threshold"])
+            assert answer["score"] <= answer["similarity"]
+            assert answer["nearest_other"]["element_id"] not in (claim, None)
             accepted[claim == element].append(answer["accepted"])
     assert np.mean(accepted[True]) >= 0.8
     assert np.mean(accepted[False]) <= 0.1
