@@ -333,8 +333,11 @@ def verification(model_dir: Path, shared: Path, out: Path) -> dict:
                                 mean @ centre / np.linalg.norm(mean) / np.linalg.norm(centre)
                             )
                             variants[f"{name}: cosine of means"][claim != person].append(cos)
-                        variants["crops: the service's score"][claim != person].append(
+                        variants["crops: similarity (k=3)"][claim != person].append(
                             element_score(crops[probe], crops[enrolled], 3)
+                        )
+                        variants["embeddings: similarity alone"][claim != person].append(
+                            answer["similarity"]
                         )
             genuine, impostor = np.array(genuine), np.array(impostor)
             rows[n] = {
