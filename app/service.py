@@ -54,6 +54,7 @@ from app.verification import (
     CannotCalibrate,
     ElementSample,
     Threshold,
+    calibrated_probe_size,
     fit_threshold,
     impostor_quantile,
     verification_score,
@@ -531,9 +532,10 @@ class SignalService:
         return await run_in_threadpool(self._verify, element_id, embeddings)
 
     def _verify(self, element_id: str, probe: np.ndarray) -> VerifyResult:
+        size = calibrated_probe_size(len(probe))
         try:
             threshold = self.thresholds.get(
-                ("verify", len(probe)), lambda: self._fit_verify_threshold(len(probe))
+                ("verify", size), lambda: self._fit_verify_threshold(size)
             )
         except CannotCalibrate as exc:
             raise InputError("body.element_id", str(exc), status=409, kind="conflict") from exc

@@ -21,7 +21,8 @@ it against its element's other sessions, an impostor trial claims another elemen
 probe's own element left out of the comparison (an impostor the service does not know: one it
 does know can only score lower, marked down by their own element). The threshold is the
 impostor scores' quantile at 1 - FAR (``HSN_VERIFY_FAR``), so at most about that share of
-impostors is accepted; it is fitted per probe size, since a mean over more signals varies less.
+impostors is accepted; it is fitted per probe size (a few sizes, ``calibrated_probe_size``),
+since a mean over more signals varies less.
 Above SAMPLE_ELEMENTS elements the most similar other element is looked for among all of them
 when verifying but among the sample when calibrating: a deployed score can only be lower.
 
@@ -40,6 +41,16 @@ import numpy as np
 SAMPLE_ELEMENTS = 200  # elements whose sessions make the calibration trials
 SESSIONS_PER_ELEMENT = 5  # probe sessions per sampled element
 IMPOSTORS_PER_PROBE = 20  # other elements each probe is scored against
+
+
+PROBE_SIZES = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)  # thresholds are fitted for these
+
+
+def calibrated_probe_size(signals: int) -> int:
+    """The probe size whose threshold serves a request of ``signals``: the largest fitted size
+    not above it. A mean over fewer signals varies more, so its threshold is, if anything, too
+    strict: false accepts stay below the rate asked for, and at most len(PROBE_SIZES) fits."""
+    return max(size for size in PROBE_SIZES if size <= signals)
 
 
 class CannotCalibrate(ValueError):

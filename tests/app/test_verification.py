@@ -9,6 +9,7 @@ import pytest
 from app.verification import (
     CannotCalibrate,
     ElementSample,
+    calibrated_probe_size,
     element_score,
     fit_threshold,
     impostor_quantile,
@@ -35,6 +36,10 @@ def test_a_more_similar_other_element_marks_the_score_down_and_nothing_marks_it_
     assert verification_score(0.5, 0.7) == pytest.approx(0.3)
     assert verification_score(0.5, 0.2) == 0.5  # a stranger gains nothing from a weak cohort
     assert verification_score(0.5, None) == 0.5
+
+
+def test_a_request_takes_the_threshold_of_the_largest_fitted_size_not_above_it():
+    assert [calibrated_probe_size(n) for n in (1, 2, 4, 9, 10, 256)] == [1, 2, 3, 5, 10, 200]
 
 
 @pytest.mark.parametrize("far", [0.001, 0.01, 0.05, 0.3])
