@@ -9,7 +9,8 @@ PORT ?= 8000
 
 ECG ?= ../shared/ecg
 
-.PHONY: install test lint demo serve eval-ecg loadtest docker-check bench bench-full bench-scale bench-apps clean
+.PHONY: install test lint demo serve eval-ecg loadtest docker-check bench bench-full bench-scale bench-apps \
+	explorer-screenshots clean
 
 install: $(STAMP)
 
@@ -58,6 +59,11 @@ bench-apps: $(STAMP)
 	@test -f $(MODEL_DIR)/model.pt || $(BIN)/python -m training demo --out $(MODEL_DIR)
 	$(BIN)/python benchmarks/applications.py --model-dir $(MODEL_DIR) --ecgid-model runs/ecgid \
 		--qtdb-model runs/qtdb --shared $(ECG) --out benchmarks/results
+
+# The explorer's pictures in docs/ (README "Explorer"), taken by its browser tests (needs the OS's
+# chromium and chromium-driver; about half a minute).
+explorer-screenshots: $(STAMP)
+	EXPLORER_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/app/test_explorer_browser.py
 
 # 60 s of 16 concurrent clients mixing /embed, /search and writes against a fresh server.
 loadtest: $(STAMP)

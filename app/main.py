@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import openapi
+from app import explorer, openapi
 from app.database import StoreUnavailable, open_database
 from app.errors import InputError, error_body, input_error_handler, store_unavailable_handler
 from app.observability import Metrics, RequestContextMiddleware
@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(applications.router)
     app.include_router(elements.router)
     app.include_router(ops.router)
+    explorer.install(app)
     app.add_exception_handler(InputError, input_error_handler)
     app.add_exception_handler(StoreUnavailable, store_unavailable_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)

@@ -1,0 +1,30 @@
+// The explorer's views by the URL's fragment: #/elements, #/element/<id>, #/signal?ref=<id>.
+
+import { renderElement } from "./views/element.js";
+import { renderElements } from "./views/elements.js";
+import { renderSignal } from "./views/signal.js";
+
+const VIEWS = { elements: renderElements, element: renderElement, signal: renderSignal };
+
+function route(moveFocus) {
+  const [path, query = ""] = location.hash.replace(/^#\/?/, "").split("?");
+  const [name, ...rest] = path.split("/");
+  const view = VIEWS[name] ? name : "elements";
+  for (const link of document.querySelectorAll("nav a[data-view]")) {
+    if (link.dataset.view === view) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  // Each view draws into a section of its own: one still loading after the user moved on
+  // fills a section no longer shown.
+  const section = document.createElement("section");
+  document.getElementById("content").replaceChildren(section);
+  VIEWS[view](section, {
+    arg: decodeURIComponent(rest.join("/")),
+    params: new URLSearchParams(query),
+  });
+  // Views put their heading in place before their first request
+  if (moveFocus) section.querySelector("h2")?.focus(); // keyboard users start at the new view
+}
+
+window.addEventListener("hashchange", () => route(true));
+route(false);
