@@ -639,8 +639,8 @@ class SignalService:
         )
 
     # -- drift -------------------------------------------------------------------------------
-    async def elements(self, limit: int, offset: int) -> ElementPage:
-        items, total = await run_in_threadpool(self.store.elements, limit, offset)
+    async def elements(self, limit: int, offset: int, contains: str | None = None) -> ElementPage:
+        items, total = await run_in_threadpool(self.store.elements, limit, offset, contains)
         return ElementPage(items, total, limit, offset)
 
     async def drift(self, element_id: str, baseline_sessions: int | None) -> DriftReport:

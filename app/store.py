@@ -429,15 +429,24 @@ class ReferenceStore:
         items = [ReferenceSummary(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
         return items, total
 
-    def elements(self, limit: int, offset: int) -> tuple[list[ElementSummary], int]:
-        """A page of elements in id order, each with its counts and recording span."""
+    def elements(
+        self, limit: int, offset: int, contains: str | None = None
+    ) -> tuple[list[ElementSummary], int]:
+        """A page of elements in id order, each with its counts and recording span; with
+        ``contains``, only those whose id contains it (ignoring case)."""
+        where, args = "", ()
+        if contains:
+            escaped = contains.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where, args = "WHERE LOWER(element_id) LIKE ? ESCAPE '\\'", (f"%{escaped}%",)
         with self.db.read() as s:
-            total = s.execute("SELECT COUNT(DISTINCT element_id) FROM refs").fetchone()[0]
+            total = s.execute(
+                f"SELECT COUNT(DISTINCT element_id) FROM refs {where}", args
+            ).fetchone()[0]
             rows = s.execute(
                 "SELECT element_id, COUNT(*), COUNT(DISTINCT session_id), MIN(recorded_at),"
-                " MAX(recorded_at) FROM refs GROUP BY element_id ORDER BY element_id"
+                f" MAX(recorded_at) FROM refs {where} GROUP BY element_id ORDER BY element_id"
                 " LIMIT ? OFFSET ?",
-                (limit, offset),
+                (*args, limit, offset),
             ).fetchall()
         return [ElementSummary(*row) for row in rows], total
 

@@ -23,9 +23,12 @@ async def list_elements(
     service: Service,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
+    contains: Annotated[
+        str | None, Query(max_length=256, description="only ids containing this (any case)")
+    ] = None,
 ):
     """Elements in id order, each with its references, sessions and recording span."""
-    return respond(ElementList, await service.elements(limit, offset))
+    return respond(ElementList, await service.elements(limit, offset, contains))
 
 
 @router.get("/{element_id}/drift", response_model=DriftResponse, summary="An element's drift")

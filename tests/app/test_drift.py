@@ -137,6 +137,10 @@ def test_elements_and_their_drift(client, drift_set):
     assert first["element_id"] == sorted(set(drift_set.element_ids))[1]
     assert first["references"] == 20 and first["sessions"] == 5
     assert first["first_recorded_at"] < first["last_recorded_at"]
+    found = client.get("/elements", params={"contains": first["element_id"][-3:].upper()}).json()
+    assert [e["element_id"] for e in found["items"]] == [first["element_id"]]
+    assert found["total"] == 1
+    assert client.get("/elements", params={"contains": "%"}).json()["total"] == 0  # no wildcard
 
     element = first["element_id"]
     report = client.get(f"/elements/{element}/drift", params={"baseline_sessions": 2}).json()
