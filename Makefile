@@ -14,10 +14,12 @@ ECG ?= ../shared/ecg
 
 install: $(STAMP)
 
-# Re-install whenever pyproject.toml changes; torch==2.13.0 pins the CPU build.
-$(STAMP): pyproject.toml
+# Re-install whenever pyproject.toml changes; torch==2.13.0 pins the CPU build. The Python
+# client (client/, its own package: httpx and numpy only) goes in too, for its tests.
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./client
 	touch $(STAMP)
 
 test: $(STAMP)
