@@ -162,9 +162,11 @@ class AsyncClient:
         """See ``Client.list_references``."""
         return await self._run(self._ops.list_references(element_id, limit, offset))
 
-    async def elements(self, limit: int = 100, offset: int = 0) -> Page[ElementSummary]:
+    async def elements(
+        self, limit: int = 100, offset: int = 0, contains: str | None = None
+    ) -> Page[ElementSummary]:
         """See ``Client.elements``."""
-        return await self._run(self._ops.elements(limit, offset))
+        return await self._run(self._ops.elements(limit, offset, contains))
 
     async def element_drift(
         self, element_id: str, baseline_sessions: int | None = None

@@ -183,9 +183,12 @@ class Client:
     ) -> Page[ReferenceSummary]:
         return self._run(self._ops.list_references(element_id, limit, offset))
 
-    def elements(self, limit: int = 100, offset: int = 0) -> Page[ElementSummary]:
-        """Stored elements in id order, with their references, sessions and recording span."""
-        return self._run(self._ops.elements(limit, offset))
+    def elements(
+        self, limit: int = 100, offset: int = 0, contains: str | None = None
+    ) -> Page[ElementSummary]:
+        """Stored elements in id order, with their references, sessions and recording span;
+        with ``contains``, those whose id contains it (any case)."""
+        return self._run(self._ops.elements(limit, offset, contains))
 
     def element_drift(self, element_id: str, baseline_sessions: int | None = None) -> ElementDrift:
         """A stored element's baseline and the drift of each later session."""

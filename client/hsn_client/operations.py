@@ -212,8 +212,13 @@ class Operations:
         answer = yield Call("GET", "/references", {"params": params})
         return page_from_json(answer, ReferenceSummary)
 
-    def elements(self, limit: int, offset: int) -> Operation[Page[ElementSummary]]:
-        answer = yield Call("GET", "/elements", {"params": {"limit": limit, "offset": offset}})
+    def elements(
+        self, limit: int, offset: int, contains: str | None
+    ) -> Operation[Page[ElementSummary]]:
+        params = {"limit": limit, "offset": offset}
+        if contains:
+            params["contains"] = contains
+        answer = yield Call("GET", "/elements", {"params": params})
         return page_from_json(answer, ElementSummary)
 
     def element_drift(

@@ -194,6 +194,9 @@ def test_elements_and_their_drift(client, raw, stored_data):
     assert [e.element_id for e in page.items] == [e["element_id"] for e in expected["items"]]
     assert (page.total, page.limit, page.offset) == (expected["total"], 2, 1)
     assert page.items[0].first_recorded_at <= page.items[0].last_recorded_at
+    named = page.items[0].element_id
+    found = client.elements(contains=named.upper())
+    assert [e.element_id for e in found.items] == [named] and found.total == 1
 
     element = str(stored_data.element_ids[0])
     report = client.element_drift(element, baseline_sessions=3)
