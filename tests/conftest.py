@@ -17,6 +17,7 @@ torch.set_num_threads(1)
 SHARED_ECG = Path(__file__).resolve().parents[2] / "shared" / "ecg"
 TINY_MODEL = {"conv_channels": (8, 16, 16), "gru_hidden": 16, "embedding_dim": 16}
 TINY_MODEL_FLAGS = ["--conv-channels", "8,16,16", "--gru-hidden", "16", "--embedding-dim", "16"]
+SMALL_MODEL = {"conv_channels": (16, 32, 32), "gru_hidden": 32, "embedding_dim": 32}
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +29,15 @@ def tiny_data():
 def tiny_model_dir(tmp_path_factory, tiny_data) -> Path:
     out = tmp_path_factory.mktemp("tiny_model")
     Trainer(TrainConfig(epochs=1, p=4, k=4, model=TINY_MODEL), tiny_data, out).fit()
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """The small model the service and client tests serve (trained once per run)."""
+    out = tmp_path_factory.mktemp("service_model")
+    data = generate(SynthConfig(elements=32, sessions=3, signals=8, length=128, seed=10))
+    Trainer(TrainConfig(epochs=6, p=8, k=4, lr=3e-3, model=SMALL_MODEL), data, out).fit()
     return out
 
 

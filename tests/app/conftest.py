@@ -19,21 +19,11 @@ from tests.postgres import free_port
 from training.synthetic import SynthConfig, generate
 from training.train import TrainConfig, Trainer
 
-SMALL_MODEL = {"conv_channels": (16, 32, 32), "gru_hidden": 32, "embedding_dim": 32}
-
 
 @pytest.fixture(scope="session")
 def service_data():
     """Elements the model never saw: references and queries for the service."""
     return generate(SynthConfig(elements=6, sessions=3, signals=6, length=128, seed=11))
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("service_model")
-    data = generate(SynthConfig(elements=32, sessions=3, signals=8, length=128, seed=10))
-    Trainer(TrainConfig(epochs=6, p=8, k=4, lr=3e-3, model=SMALL_MODEL), data, out).fit()
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hsn_client import Client
 
-from tests.app.conftest import Server, model_dir  # noqa: F401  (model_dir: a fixture)
+from tests.app.conftest import Server
 from training.synthetic import SynthConfig, generate
 
 KEY = "client-test-key"
@@ -44,7 +44,7 @@ def stored_npz(stored_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service(model_dir, stored_npz, tmp_path_factory):  # noqa: F811  (the imported fixture)
+def service(model_dir, stored_npz, tmp_path_factory):
     """One server for the client's tests: batches of at most MAX_BATCH signals and an API key
     on reads and writes, so every call below is split and authorised. The references of
     ``stored_npz`` are loaded whole, without the client."""
