@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import struct
 import zipfile
 from collections.abc import Iterable
@@ -99,8 +100,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _mmap_member(path: Path, name: str) -> np.ndarray:
-    """The ``name`` array of an uncompressed NPZ file, memory-mapped read-only in place."""
+def _mmap_member(path: Path, name: str) -> tuple[np.ndarray, mmap.mmap]:
+    """The ``name`` array of an uncompressed NPZ file, memory-mapped read-only in place, and
+    its mapping."""
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(name + ".npy")
     if info.compress_type != zipfile.ZIP_STORED:
@@ -117,10 +119,11 @@ def _mmap_member(path: Path, name: str) -> np.ndarray:
         )
         shape, fortran, dtype = read_header(f)
         offset = f.tell()
-    if dtype.hasobject:
-        raise DataFormatError(f"{path}: '{name}' is an object array")
+        if dtype.hasobject:
+            raise DataFormatError(f"{path}: '{name}' is an object array")
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     order = "F" if fortran else "C"
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+    return np.ndarray(shape, dtype, buffer=mapping, offset=offset, order=order), mapping
 
 
 @dataclass
@@ -130,6 +133,14 @@ class _Shard:
     count: int
     signals: np.ndarray  # (count, C, L) float32, memory-mapped
     keypoints: np.ndarray | None  # (count, K) int64, memory-mapped
+    mappings: list[mmap.mmap]
+
+    def release(self) -> None:
+        """Unmap the pages read so far from this process (the page cache keeps them). Measured:
+        the kernel maps a whole page-cache folio per fault, so 100 batches of 64 random rows
+        left 1.6 GB of a 2.1 GB dataset resident; released after each batch, it stays flat."""
+        for mapping in self.mappings:
+            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 class ShardedData:
@@ -183,15 +194,19 @@ class ShardedData:
             raise DataFormatError(f"{path}: shard listed in the index is missing")
         if _sha256(path) != entry["sha256"]:
             raise DataFormatError(f"{path}: 'sha256' does not match the index")
-        signals = _mmap_member(path, "signals")
+        signals, mapping = _mmap_member(path, "signals")
         expected = (entry["count"], self.channels, self.length)
         if signals.shape != expected or signals.dtype != np.float32:
             raise DataFormatError(
                 f"{path}: 'signals' is {signals.dtype} {signals.shape}, the index says "
                 f"float32 {expected}"
             )
-        keypoints = _mmap_member(path, "keypoints") if self.keypoint_names else None
-        return _Shard(path, start, entry["count"], signals, keypoints)
+        mappings = [mapping]
+        keypoints = None
+        if self.keypoint_names:
+            keypoints, mapping = _mmap_member(path, "keypoints")
+            mappings.append(mapping)
+        return _Shard(path, start, entry["count"], signals, keypoints, mappings)
 
     def __len__(self) -> int:
         return self.size
@@ -220,6 +235,7 @@ class ShardedData:
             signals[mine[order]] = shard.signals[local[order]]
             if keypoints is not None:
                 keypoints[mine[order]] = shard.keypoints[local[order]]
+            shard.release()
         return signals, keypoints
 
     def groups(self, elements: Iterable[str]) -> list[list[np.ndarray]]:
