@@ -1,7 +1,9 @@
 """A sharded dataset: a directory of NPZ shards plus ``index.json``, for data larger than memory.
 
 Each shard is a file of the NPZ format (``model.data_format``) written *uncompressed*, so its
-members can be memory-mapped in place; its rows are sorted by (element, session). The index
+members can be memory-mapped in place; its rows are sorted by (element, session), and it keeps
+the per-signal extra keys of its source (training reads none of them). Being an NPZ of the
+format, a shard is also what the service's bulk load takes, one request per shard. The index
 describes every shard without opening it::
 
     {"format": "signal-shards/1", "channels": C, "length": L, "keypoint_names": [...], "fs": ...,
@@ -64,6 +66,7 @@ def write_shards(sources: Iterable[SignalData], out: str | Path, shard_size: int
                 arrays["keypoint_names"] = np.asarray(part.keypoint_names, dtype=str)
             if part.fs is not None:
                 arrays["fs"] = np.float64(part.fs)
+            arrays.update(part.extras)  # per-signal extras (ids, recorded_at) travel along
             np.savez(out / name, **arrays)  # uncompressed: members can be memory-mapped
             index["shards"].append(
                 {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.data_format import DataFormatError
+from model.data_format import DataFormatError, load_npz
 from model.shards import INDEX_FILE, ShardedData, load_signals, write_shards
 from tests.conftest import TINY_MODEL, TINY_MODEL_FLAGS
 from training.__main__ import main
@@ -38,6 +38,7 @@ def test_shards_hold_the_same_rows_and_labels_come_from_the_index(tiny_data, tmp
     first = index["shards"][0]
     assert {"path", "count", "length", "channels", "elements", "sessions", "sha256"} <= set(first)
     assert sum(run[2] for run in first["runs"]) == first["count"]
+    assert load_npz(tmp_path / first["path"]).extras.keys() == tiny_data.extras.keys()
 
     sharded = ShardedData(tmp_path)
     assert all(isinstance(s.signals.base, mmap.mmap) for s in sharded.shards)
