@@ -79,6 +79,15 @@ def test_two_processes_export_a_model_and_a_resume_with_one_continues(shards, tm
     assert _checkpoint(out) == {"step": 2 * first_step["step"] + signals // 16, "world_size": 1}
 
 
+def test_a_time_budget_stops_both_processes_at_the_same_step(shards, tmp_path):
+    """Were the ranks to stop at different steps, one would wait for the other until the
+    timeout and the run would fail."""
+    args = _train_args(shards, tmp_path / "run", epochs=10_000)
+    run = _torchrun(2, args + ["--max-minutes", "0.05", "--dist-timeout", "30"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["stopped_by"] == "max_minutes"
+
+
 def _checkpoint(out: Path) -> dict:
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     return {"step": state["step"], "world_size": state["world_size"]}
