@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def steps(data_path: Path, n_steps: int, device: str) -> None:
     elements = len(data.element_names) if data_path.is_dir() else len(set(data.element_ids))
     opened = time.monotonic() - started
     config = TrainConfig(epochs=1, p=16, k=4, val_fraction=VAL_ELEMENTS / elements, device=device)
-    trainer = Trainer(config, data, Path("/tmp") / f"train_scale_rank{rank}")
+    trainer = Trainer(config, data, tempfile.mkdtemp(prefix=f"train_scale_rank{rank}_"))
     trainer.started = time.monotonic()
     # Five warm-up steps, then the timed ones: by rank 0's clock, after a barrier.
     trainer.sampler.batches_per_epoch = 5

@@ -32,6 +32,8 @@ from model.data_format import DataFormatError, SignalData, load_npz
 
 INDEX_FILE = "index.json"
 FORMAT = "signal-shards/1"
+INDEX_KEYS = ("format", "channels", "length", "keypoint_names", "fs", "shards")
+SHARD_KEYS = ("path", "count", "length", "channels", "elements", "sessions", "runs", "sha256")
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # a zip member's local file header (30 bytes)
 
 
@@ -107,7 +109,10 @@ def _mmap_member(path: Path, name: str) -> tuple[np.ndarray, mmap.mmap]:
     """The ``name`` array of an uncompressed NPZ file, memory-mapped read-only in place, and
     its mapping."""
     with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(name + ".npy")
+        try:
+            info = archive.getinfo(name + ".npy")
+        except KeyError:
+            raise DataFormatError(f"{path}: no '{name}' array") from None
     if info.compress_type != zipfile.ZIP_STORED:
         raise DataFormatError(f"{path}: '{name}' is compressed; shards must be stored uncompressed")
     with open(path, "rb") as f:
@@ -149,12 +154,15 @@ class _Shard:
 class ShardedData:
     """A sharded dataset opened for reading: labels from the index, rows from memory maps.
 
-    Rows are numbered globally in shard order. ``runs`` holds one line per (element, session)
-    run: its first global row, its length and the element's and session's codes (indices into
-    ``element_names`` and ``session_names``), so any row's labels are a binary search away.
+    Rows are numbered globally in shard order. The ``run_*`` arrays hold one entry per
+    (element, session) run: its first global row, its length and the element's and session's
+    codes (indices into ``element_names`` and ``session_names``), so any row's labels are a
+    binary search away.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, verify: bool = True) -> None:
+        """``verify``: check every shard's SHA-256 against the index, which reads every byte
+        once (measured: 2.5 s for 2.1 GB from the page cache)."""
         self.directory = Path(directory)
         index_path = self.directory / INDEX_FILE
         if not index_path.is_file():
@@ -163,7 +171,8 @@ class ShardedData:
             index = json.loads(index_path.read_text())
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{index_path}: not JSON ({exc})") from exc
-        if index.get("format") != FORMAT:
+        _require(index, INDEX_KEYS, index_path)
+        if index["format"] != FORMAT:
             raise DataFormatError(f"{index_path}: 'format' must be {FORMAT!r}")
         self.channels: int = index["channels"]
         self.length: int = index["length"]
@@ -173,7 +182,8 @@ class ShardedData:
         runs: list[tuple[int, str, str, int]] = []
         start = 0
         for entry in index["shards"]:
-            shard = self._open_shard(entry, start)
+            _require(entry, SHARD_KEYS, index_path)
+            shard = self._open_shard(entry, start, verify)
             row = start
             for element, session, count in entry["runs"]:
                 runs.append((row, element, session, count))
@@ -191,11 +201,11 @@ class ShardedData:
         self.run_elements = element_codes.astype(np.int64)
         self.run_sessions = session_codes.astype(np.int64)
 
-    def _open_shard(self, entry: dict, start: int) -> _Shard:
+    def _open_shard(self, entry: dict, start: int, verify: bool) -> _Shard:
         path = self.directory / entry["path"]
         if not path.is_file():
             raise DataFormatError(f"{path}: shard listed in the index is missing")
-        if _sha256(path) != entry["sha256"]:
+        if verify and _sha256(path) != entry["sha256"]:
             raise DataFormatError(f"{path}: 'sha256' does not match the index")
         signals, mapping = _mmap_member(path, "signals")
         expected = (entry["count"], self.channels, self.length)
@@ -300,6 +310,12 @@ class ShardedData:
             "fs": self.fs,
             "shards": len(self.shards),
         }
+
+
+def _require(entry: dict, keys: tuple[str, ...], where: Path) -> None:
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        raise DataFormatError(f"{where}: missing {', '.join(repr(k) for k in missing)}")
 
 
 def is_sharded(path: str | Path) -> bool:

@@ -91,6 +91,12 @@ def test_a_damaged_shard_or_mismatched_sources_are_refused(tiny_data, tmp_path):
     shard.write_bytes(bytes(raw))
     with pytest.raises(DataFormatError, match="shard-00001.npz: 'sha256'"):
         ShardedData(tmp_path / "a")
+    ShardedData(tmp_path / "a", verify=False)  # the damage goes unseen without the check
+    index = json.loads((tmp_path / "a" / INDEX_FILE).read_text())
+    del index["shards"][0]["runs"]
+    (tmp_path / "a" / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(DataFormatError, match="index.json: missing 'runs'"):
+        ShardedData(tmp_path / "a")
     shorter = tiny_data.subset(np.arange(len(tiny_data)))
     shorter.signals = shorter.signals[:, :, :32]
     shorter.keypoints = np.minimum(shorter.keypoints, 31)
