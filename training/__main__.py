@@ -1,4 +1,4 @@
-"""``python -m training {synth,train,evaluate,demo}``: the offline command line."""
+"""``python -m training {synth,shard,train,evaluate,demo}``: the offline command line."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import torch
 
 from model.data_format import DataFormatError, load_npz
 from model.export_format import ExportFormatError
+from model.shards import ShardedData, is_sharded, load_signals, write_shards
+from training import distributed
 from training.evaluate import evaluate_model, unseen_only
 from training.export import load_export
 from training.synthetic import SynthConfig, generate
@@ -151,7 +153,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         default=d.patience,
         help="epochs without improvement before early stopping",
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (with any number of processes)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a process waits for the others (e.g. for a dead one, or "
+        "rank 0's validation) before failing",
+    )
     p.add_argument(
         "--device",
         default=d.device,
@@ -192,15 +205,31 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--seed", type=int, default=0)
     _add_synth_options(p)
 
-    p = sub.add_parser("train", help="train on an NPZ file and export the best model")
-    p.add_argument("--data", type=Path, required=True)
+    p = sub.add_parser("shard", help="write NPZ files as a sharded dataset (index.json + shards)")
+    p.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="NPZ files, read one at a time"
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory to write")
+    p.add_argument("--shard-size", type=int, required=True, help="signals per shard at most")
+
+    p = sub.add_parser(
+        "train",
+        help="train on an NPZ file or a sharded directory and export the best model "
+        "(several processes under torchrun)",
+    )
+    p.add_argument("--data", type=Path, required=True, help="an NPZ file or a sharded directory")
     p.add_argument("--out", type=Path, required=True, help="directory for the run and export")
     p.add_argument("--seed", type=int, default=0)
     _add_train_options(p)
 
     p = sub.add_parser("evaluate", help="print one JSON object of metrics")
     p.add_argument("--model", type=Path, required=True, help="an exported model directory")
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="an NPZ file or a sharded directory (read into memory: metrics compare all pairs)",
+    )
     p.add_argument(
         "--baseline",
         action="store_true",
@@ -253,8 +282,36 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(json.dumps({"out": str(args.out), **data.summary()}))
 
 
+def cmd_shard(args: argparse.Namespace) -> None:
+    index = write_shards((load_npz(path) for path in args.data), args.out, args.shard_size)
+    shards = index["shards"]
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "shards": len(shards),
+                "signals": sum(s["count"] for s in shards),
+                "channels": index["channels"],
+                "length": index["length"],
+            }
+        )
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    data = load_npz(args.data)
+    distributed.init_from_env(args.device, args.dist_timeout)
+    try:
+        _train(args)
+    finally:
+        distributed.close()
+
+
+def _train(args: argparse.Namespace) -> None:
+    if is_sharded(args.data):
+        # Rank 0 checks the checksums: every process reading every byte again buys nothing.
+        data = ShardedData(args.data, verify=distributed.rank_and_size()[0] == 0)
+    else:
+        data = load_npz(args.data)
     gold = None
     if args.gold_data is not None:
         path = args.gold_data
@@ -263,12 +320,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         gold = load_npz(path)
     trainer = Trainer(train_config_from_args(args), data, args.out, gold=gold)
     manifest = trainer.fit(resume=args.resume)
-    print(json.dumps(_run_summary(manifest, args.out)))
+    if manifest:  # rank 0
+        print(json.dumps(_run_summary(manifest, args.out)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     model, manifest = load_export(args.model)
-    data = load_npz(args.data)
+    data = load_signals(args.data)
     if data.channels != manifest["in_channels"]:
         raise DataFormatError(
             f"{args.data}: signals have {data.channels} channels, the model expects "
@@ -303,7 +361,13 @@ def _run_summary(manifest: dict, out: Path) -> dict:
     }
 
 
-COMMANDS = {"synth": cmd_synth, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+COMMANDS = {
+    "synth": cmd_synth,
+    "shard": cmd_shard,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

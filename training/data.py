@@ -1,4 +1,5 @@
-"""Training-side views of the NPZ format: a torch dataset and an element-wise split."""
+"""Training-side views of the data formats: torch datasets (in memory, or over shards) and an
+element-wise split."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from model.data_format import SignalData
+from model.shards import ShardedData
 
 
 class SignalDataset(Dataset):
@@ -36,20 +38,63 @@ class SignalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
+    def batch(
+        self, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch's (signals (B, C, L), keypoints (B, K), element codes, session codes)."""
+        return (
+            self.signals[index],
+            self.keypoints[index],
+            self.element_codes[index],
+            self.session_codes[index],
+        )
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         return self.signals[index], self.keypoints[index], index
+
+
+class ShardedSignalDataset:
+    """Batches gathered from a sharded dataset's memory maps: indices are global row numbers,
+    labels come from the index, and only a batch's rows are ever read, so resident memory does
+    not grow with the dataset. ``batch`` returns what ``SignalDataset.batch`` does."""
+
+    def __init__(self, data: ShardedData) -> None:
+        self.data = data
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> ShardedSignalDataset:
+        """Batches are moved to ``device`` as they are read; nothing is moved in advance."""
+        self.device = device
+        return self
+
+    def batch(
+        self, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = index.cpu().numpy()
+        signals, keypoints = self.data.rows(rows)
+        if keypoints is None:
+            keypoints = np.full((len(rows), 1), -1, dtype=np.int64)
+        elements, sessions = self.data.labels(rows)
+        return tuple(
+            torch.from_numpy(a).to(self.device) for a in (signals, keypoints, elements, sessions)
+        )
+
+
+def split_elements(elements: np.ndarray, fraction: float, seed: int) -> set[str]:
+    """The ``fraction`` of the distinct ``elements`` held out (at least one, never all)."""
+    elements = np.unique(elements)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(elements)
+    n_out = int(round(len(elements) * fraction))
+    if fraction > 0 and len(elements) >= 2:
+        n_out = min(max(n_out, 1), len(elements) - 1)
+    return set(elements[:n_out].tolist())
 
 
 def split_by_element(
     data: SignalData, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) with whole elements on one side, so validation elements are unseen."""
-    elements = np.unique(data.element_ids)
-    rng = np.random.default_rng(seed)
-    rng.shuffle(elements)
-    n_val = int(round(len(elements) * val_fraction))
-    if val_fraction > 0 and len(elements) >= 2:
-        n_val = min(max(n_val, 1), len(elements) - 1)
-    val_elements = set(elements[:n_val].tolist())
+    val_elements = split_elements(data.element_ids, val_fraction, seed)
     is_val = np.array([e in val_elements for e in data.element_ids])
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -33,19 +33,51 @@ class HierarchicalSampler(Sampler[list[int]]):
         k: int,
         seed: int = 0,
         batches_per_epoch: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        if p < 2 or k < 2:
-            raise ValueError(f"P and K must both be at least 2 (got P={p}, K={k})")
-        self.p, self.k, self.seed, self.epoch = p, k, seed, 0
         elements = np.asarray(element_codes)
         sessions = np.asarray(session_codes)
         # element -> session -> indices
-        self.tree: list[list[np.ndarray]] = []
+        tree: list[list[np.ndarray]] = []
         for e in np.unique(elements):
             idx = np.flatnonzero(elements == e)
-            if len(idx) < 2:
-                continue
-            self.tree.append([idx[sessions[idx] == s] for s in np.unique(sessions[idx])])
+            tree.append([idx[sessions[idx] == s] for s in np.unique(sessions[idx])])
+        self._setup(tree, p, k, seed, batches_per_epoch, rank, world_size)
+
+    @classmethod
+    def from_groups(
+        cls,
+        tree: list[list[np.ndarray]],
+        p: int,
+        k: int,
+        seed: int = 0,
+        batches_per_epoch: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> HierarchicalSampler:
+        """A sampler over an element -> session -> indices tree built elsewhere (e.g. from a
+        sharded dataset's index, without a label per row)."""
+        sampler = cls.__new__(cls)
+        sampler._setup(tree, p, k, seed, batches_per_epoch, rank, world_size)
+        return sampler
+
+    def _setup(
+        self,
+        tree: list[list[np.ndarray]],
+        p: int,
+        k: int,
+        seed: int,
+        batches_per_epoch: int | None,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        """``rank`` of ``world_size`` processes: each draws its own batches (its own random
+        stream; rank 0 keeps the single-process one) and an epoch is split between them."""
+        if p < 2 or k < 2:
+            raise ValueError(f"P and K must both be at least 2 (got P={p}, K={k})")
+        self.p, self.k, self.seed, self.epoch, self.rank = p, k, seed, 0, rank
+        self.tree = [sessions for sessions in tree if sum(len(s) for s in sessions) >= 2]
         if len(self.tree) < 2:
             raise ValueError(
                 f"the P-K sampler needs at least 2 elements with 2 or more signals "
@@ -53,7 +85,9 @@ class HierarchicalSampler(Sampler[list[int]]):
             )
         self.p = min(p, len(self.tree))
         total = sum(len(i) for sessions_ in self.tree for i in sessions_)
-        self.batches_per_epoch = batches_per_epoch or max(1, total // (self.p * self.k))
+        self.batches_per_epoch = batches_per_epoch or max(
+            1, total // (self.p * self.k * world_size)
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -81,7 +115,7 @@ class HierarchicalSampler(Sampler[list[int]]):
         return picked
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([self.seed, self.epoch] + ([self.rank] if self.rank else []))
         order = np.array([], dtype=np.int64)
         for _ in range(self.batches_per_epoch):
             if len(order) < self.p:  # walk through all elements before repeating any

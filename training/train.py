@@ -3,6 +3,13 @@
 Everything a run writes goes to its output directory:
 ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (to resume), ``model.pt`` +
 ``manifest.json`` (the best epoch, exported).
+
+Under ``torchrun`` (see ``training.distributed``) every process trains a DistributedDataParallel
+replica on P-K batches of its own, mining triplets within its own batch; rank 0 alone validates,
+writes the checkpoint and exports, and its decisions (stop for time, stop early) reach every rank.
+BatchNorm stays per process: each rank normalises over a whole P-K batch, the statistics a single
+process sees, so the model does not depend on the number of processes; DDP copies rank 0's
+running statistics to the others at each step.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import copy
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,10 +30,12 @@ from tqdm import tqdm
 
 from model import HierarchicalSignalNet, ModelConfig
 from model.data_format import SignalData
-from training.data import SignalDataset, split_by_element
+from model.shards import ShardedData
+from training import distributed
+from training.data import ShardedSignalDataset, SignalDataset, split_by_element, split_elements
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
-from training.loss import HierarchicalLoss, SegmentDecoder
+from training.loss import HierarchicalLoss, LossParts, SegmentDecoder
 from training.sampler import HierarchicalSampler
 
 log = logging.getLogger(__name__)
@@ -69,43 +79,67 @@ class TrainConfig:
     device: str = "cpu"  # where training runs ("cuda" on a GPU); the export is always for CPU
 
 
+class TrainingStep(torch.nn.Module):
+    """The network and the loss as one module, so DistributedDataParallel keeps both in step
+    (the loss has parameters of its own when it reconstructs segments)."""
+
+    def __init__(self, model: HierarchicalSignalNet, loss: HierarchicalLoss) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        keypoints: torch.Tensor,
+        elements: torch.Tensor,
+        sessions: torch.Tensor,
+        clean: torch.Tensor,
+    ) -> LossParts:
+        embeddings, logits = self.model(inputs)
+        return self.loss(embeddings, logits, keypoints, elements, sessions, clean)
+
+
 class Trainer:
     """Owns the model, optimiser and data of one run; ``fit`` trains, validates and exports."""
 
     def __init__(
         self,
         config: TrainConfig,
-        data: SignalData,
+        data: SignalData | ShardedData,
         out_dir: str | Path,
         gold: SignalData | None = None,
     ) -> None:
-        """``gold``: windows of some of the same elements with better keypoint labels (e.g. the
-        cardiologists' marks where ``data`` has an automatic delineator's). Those of training
-        elements join the training set ``gold_repeat`` times; those of validation elements fit
-        the decoder's per-keypoint offsets after training; those of test elements stay unseen."""
+        """``data``: in memory, or sharded (read batch by batch; its validation elements are
+        loaded into memory, being a small share). ``gold``: windows of some of the same
+        elements with better keypoint labels (e.g. the cardiologists' marks where ``data`` has
+        an automatic delineator's). Those of training elements join the training set
+        ``gold_repeat`` times; those of validation elements fit the decoder's per-keypoint
+        offsets after training; those of test elements stay unseen."""
         self.config = config
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if config.session_key:
-            data = data.sessions_from(config.session_key)
-            gold = gold.sessions_from(config.session_key) if gold is not None else None
-        rest_idx, test_idx = split_by_element(data, config.test_fraction, config.split_seed)
-        self.test_elements = sorted(set(data.element_ids[test_idx].tolist()))
-        data = data.subset(rest_idx)
-        train_idx, val_idx = split_by_element(data, config.val_fraction, config.seed)
-        self.train_data = data.subset(train_idx)
-        self.val_data = data.subset(val_idx) if len(val_idx) else None
-        self.gold_val = None
-        self.gold_summary = gold.summary() if gold is not None else None
-        if gold is not None:
-            gold_train = gold.only_elements(set(self.train_data.element_ids))
-            self.train_data = SignalData.concat(
-                [self.train_data] + [gold_train] * config.gold_repeat
-            )
-            if self.val_data is not None:
-                self.gold_val = gold.only_elements(set(self.val_data.element_ids))
+        self.rank, self.world_size = distributed.rank_and_size()
         self.device = torch.device(config.device)
-        self.train_set = SignalDataset(self.train_data)
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        sampling = {
+            "p": config.p,
+            "k": config.k,
+            "seed": config.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+        if isinstance(data, ShardedData):
+            self._split_shards(data, gold)
+            self.sampler = HierarchicalSampler.from_groups(
+                data.groups(self.train_elements), **sampling
+            )
+        else:
+            self._split_in_memory(data, gold)
+            self.sampler = HierarchicalSampler(
+                self.train_set.element_codes, self.train_set.session_codes, **sampling
+            )
+        self.train_set.to(self.device)  # after the sampler has read the codes on the CPU
 
         torch.manual_seed(config.seed)
         model_config = ModelConfig(
@@ -134,14 +168,14 @@ class Trainer:
             reconstruct_keypoint=reconstruct_index,
             lambda_reconstruct=config.lambda_reconstruct,
         ).to(self.device)
-        self.sampler = HierarchicalSampler(
-            self.train_set.element_codes,
-            self.train_set.session_codes,
-            p=config.p,
-            k=config.k,
-            seed=config.seed,
-        )
-        self.train_set.to(self.device)  # after the sampler has read the codes on the CPU
+        self.train_step: torch.nn.Module = TrainingStep(self.model, self.loss)
+        if self.world_size > 1:
+            # Replicas start from rank 0's weights; augmentation noise differs per rank.
+            gpu = [self.device.index] if self.device.type == "cuda" else None
+            self.train_step = torch.nn.parallel.DistributedDataParallel(
+                self.train_step, device_ids=gpu
+            )
+            torch.manual_seed(config.seed + self.rank)
         self.optimizer = torch.optim.AdamW(
             [*self.model.parameters(), *self.loss.parameters()],  # the loss's decoder, if any
             lr=config.lr,
@@ -156,6 +190,53 @@ class Trainer:
         self.best_metrics: dict = {}
         self.stale_epochs = 0
 
+    def _split_in_memory(self, data: SignalData, gold: SignalData | None) -> None:
+        config = self.config
+        if config.session_key:
+            data = data.sessions_from(config.session_key)
+            gold = gold.sessions_from(config.session_key) if gold is not None else None
+        rest_idx, test_idx = split_by_element(data, config.test_fraction, config.split_seed)
+        self.test_elements = sorted(set(data.element_ids[test_idx].tolist()))
+        data = data.subset(rest_idx)
+        train_idx, val_idx = split_by_element(data, config.val_fraction, config.seed)
+        self.train_data = data.subset(train_idx)
+        self.val_data = data.subset(val_idx) if len(val_idx) else None
+        self.gold_val = None
+        self.gold_summary = gold.summary() if gold is not None else None
+        if gold is not None:
+            gold_train = gold.only_elements(set(self.train_data.element_ids))
+            self.train_data = SignalData.concat(
+                [self.train_data] + [gold_train] * config.gold_repeat
+            )
+            if self.val_data is not None:
+                self.gold_val = gold.only_elements(set(self.val_data.element_ids))
+        self.train_set = SignalDataset(self.train_data)
+        self.train_summary = self.train_data.summary()
+
+    def _split_shards(self, data: ShardedData, gold: SignalData | None) -> None:
+        """The same element split as in memory (same seeds, same elements), from the index."""
+        config = self.config
+        if config.session_key:
+            raise ValueError("session_key needs the data in memory: give an NPZ file, not shards")
+        if gold is not None:
+            raise ValueError("gold data needs the data in memory: give an NPZ file, not shards")
+        test = split_elements(data.element_names, config.test_fraction, config.split_seed)
+        self.test_elements = sorted(test)
+        rest = np.array(sorted(set(data.element_names.tolist()) - test))
+        val = split_elements(rest, config.val_fraction, config.seed)
+        if not val:
+            raise ValueError(
+                "val_fraction must hold out at least one element with sharded data "
+                "(validation runs on held-out elements, in memory)"
+            )
+        self.train_elements = sorted(set(rest.tolist()) - val)
+        self.train_data = None
+        self.train_summary = data.summary(self.train_elements)
+        self.val_data = data.load_elements(val)
+        self.gold_val = None
+        self.gold_summary = None
+        self.train_set = ShardedSignalDataset(data)
+
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         state = {
@@ -165,6 +246,7 @@ class Trainer:
             "loss": self.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "world_size": self.world_size,  # a step covers this many P-K batches
             "seconds": self.seconds_before + time.monotonic() - self.started,
             "epoch": self.epoch,
             "best_score": self.best_score,
@@ -192,7 +274,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(saved_loss)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
+        # Steps of another number of processes, rescaled to ours: the same samples seen.
+        self.step = round(state["step"] * state.get("world_size", 1) / self.world_size)
         self.seconds_before = state["seconds"]
         self.epoch = state["epoch"]
         self.best_score = state["best_score"]
@@ -202,9 +285,10 @@ class Trainer:
         log.info("resumed from %s after epoch %d", path, self.epoch)
 
     # -- one epoch ---------------------------------------------------------------------------
-    def train_epoch(self, deadline: float | None) -> tuple[dict[str, float], bool]:
-        """Train over one epoch of P-K batches; returns mean loss parts and whether time ran out."""
-        self.model.train()
+    def train_epoch(self, budget: float | None) -> tuple[dict[str, float], bool]:
+        """Train over one epoch of P-K batches; returns mean loss parts and whether time ran out
+        (by rank 0's clock, so every rank stops at the same step)."""
+        self.train_step.train()
         self.sampler.set_epoch(self.epoch)
         sums: dict[str, float] = {}
         batches = 0
@@ -215,23 +299,16 @@ class Trainer:
             leave=False,
             unit="batch",
             dynamic_ncols=True,
-            disable=None,  # no bar when not a terminal
+            disable=None if self.rank == 0 else True,  # no bar when not a terminal
         )
         for batch in bar:
-            if deadline is not None and time.monotonic() > deadline:
+            if budget is not None and self.seconds_before + self.elapsed() > budget:
                 out_of_time = True
                 break
             index = torch.tensor(batch, device=self.device)
-            signals = self.train_set.signals[index]
-            embeddings, logits = self.model(self.augment(signals))
-            parts = self.loss(
-                embeddings,
-                logits,
-                self.train_set.keypoints[index],
-                self.train_set.element_codes[index],
-                self.train_set.session_codes[index],
-                signals,  # clean: the decoder rebuilds what augmentation hid
-            )
+            signals, keypoints, elements, sessions = self.train_set.batch(index)
+            # clean signals last: the decoder rebuilds what augmentation hid
+            parts = self.train_step(self.augment(signals), keypoints, elements, sessions, signals)
             self.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             torch.nn.utils.clip_grad_norm_(  # the network's and the decoder's, as one norm
@@ -277,8 +354,13 @@ class Trainer:
         by_steps = self.step / self.total_steps
         if not self.config.max_minutes:
             return by_steps
-        elapsed = self.seconds_before + time.monotonic() - self.started
+        elapsed = self.seconds_before + self.elapsed()
         return max(by_steps, elapsed / (60 * self.config.max_minutes))
+
+    def elapsed(self) -> float:
+        """Seconds since ``fit`` started by rank 0's clock, so that every rank has the same
+        learning rate and runs out of time at the same step."""
+        return distributed.rank0_number(time.monotonic() - self.started, self.device)
 
     def _set_learning_rate(self) -> None:
         """Linear warm-up over the first 5%, then cosine decay to 1% of the peak, so the rate
@@ -309,63 +391,75 @@ class Trainer:
 
     def validate(self) -> tuple[dict, float]:
         """Metrics on the held-out elements and the score that picks the best epoch."""
-        data = self.val_data or self.train_data
+        data = self.val_data if self.val_data is not None else self.train_data
         self.model.eval()
         embeddings, positions, _ = predict(self.model, data.signals)
         metrics = score(embeddings, positions, data)
         return metrics, selection_score(metrics, positions, data, self.model.config.stride)
 
     # -- the run -----------------------------------------------------------------------------
+    def end_epoch(self, losses: dict[str, float], out_of_time: bool) -> str | None:
+        """Validate, log and checkpoint the epoch just trained (on rank 0); why to stop, if so."""
+        metrics, epoch_score = self.validate()
+        improved = epoch_score > self.best_score or self.best_state is None
+        if improved:
+            self.best_score = epoch_score
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_metrics = {**metrics, "epoch": self.epoch, "score": epoch_score}
+            self.stale_epochs = 0
+        else:
+            self.stale_epochs += 1
+        record = {
+            "epoch": self.epoch,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": losses,
+            "validation": metrics,
+            "score": epoch_score,
+            "best": improved,
+        }
+        with open(self.out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        tqdm.write(_epoch_line(record), file=sys.stderr)
+        self.save_checkpoint()
+        if out_of_time:
+            return "max_minutes"
+        if self.stale_epochs >= self.config.patience:
+            return "early_stopping"
+        return None
+
     def fit(self, resume: bool = False) -> dict:
-        """Train until ``epochs``, early stopping or ``max_minutes``; export the best epoch."""
+        """Train until ``epochs``, early stopping or ``max_minutes``; export the best epoch and
+        return its manifest (on rank 0; other ranks return an empty dict)."""
         self.started = started = time.monotonic()
         if resume:
             self.load_checkpoint()
         self._set_learning_rate()
         budget = 60 * self.config.max_minutes if self.config.max_minutes else None
-        deadline = started + budget - self.seconds_before if budget else None
         log.info(
-            "training on %d signals (%d elements), validating on %d signals (%d elements)",
-            len(self.train_data),
-            len(np.unique(self.train_data.element_ids)),
+            "rank %d of %d: training on %d signals (%d elements), validating on %d signals "
+            "(%d elements)",
+            self.rank,
+            self.world_size,
+            self.train_summary["signals"],
+            self.train_summary["elements"],
             len(self.val_data) if self.val_data else 0,
             len(np.unique(self.val_data.element_ids)) if self.val_data else 0,
         )
         stop_reason = "epochs"
         while self.epoch < self.config.epochs:
-            losses, out_of_time = self.train_epoch(deadline)
+            losses, out_of_time = self.train_epoch(budget)
             if out_of_time and not losses:
                 stop_reason = "max_minutes"
                 break
-            metrics, epoch_score = self.validate()
             self.epoch += 1
-            improved = epoch_score > self.best_score or self.best_state is None
-            if improved:
-                self.best_score = epoch_score
-                self.best_state = copy.deepcopy(self.model.state_dict())
-                self.best_metrics = {**metrics, "epoch": self.epoch, "score": epoch_score}
-                self.stale_epochs = 0
-            else:
-                self.stale_epochs += 1
-            record = {
-                "epoch": self.epoch,
-                "seconds": round(time.monotonic() - started, 1),
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "loss": losses,
-                "validation": metrics,
-                "score": epoch_score,
-                "best": improved,
-            }
-            with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            tqdm.write(_epoch_line(record), file=sys.stderr)
-            self.save_checkpoint()
-            if out_of_time:
-                stop_reason = "max_minutes"
+            stop = self.end_epoch(losses, out_of_time) if self.rank == 0 else None
+            stop = distributed.rank0_object(stop)
+            if stop is not None:
+                stop_reason = stop
                 break
-            if self.stale_epochs >= self.config.patience:
-                stop_reason = "early_stopping"
-                break
+        if self.rank != 0:  # rank 0 alone exports
+            return {}
         if self.best_state is None:  # the budget ran out before one epoch finished
             self.best_metrics, self.best_score = self.validate()
             self.best_state = self.model.state_dict()
@@ -375,7 +469,7 @@ class Trainer:
         manifest = export_model(
             self.model,
             self.out_dir,
-            training_data=self.train_data.summary(),
+            training_data=self.train_summary,
             validation_metrics=self.best_metrics,
             extra={
                 "train_config": asdict(self.config),
@@ -388,6 +482,7 @@ class Trainer:
                 "keypoint_offsets": offsets,
                 "stopped_by": stop_reason,
                 "epochs_run": self.epoch,
+                "processes": self.world_size,
                 "training_seconds": round(time.monotonic() - started, 1),
             },
         )
