@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", type=Path, required=True, help="the embeddings, (B, D) .npy")
     embed.set_defaults(command=_embed)
 
-    load = commands.add_parser("load", help="store the references of an NPZ (training format)")
+    load = commands.add_parser(
+        "load", help="store the references of an NPZ (training format) or a sharded directory"
+    )
     load.add_argument("npz", type=Path)
     load.add_argument(
         "--progress",

@@ -166,8 +166,9 @@ class Client:
         )
 
     def load_npz(self, path: str | Path, *, progress: bool | None = None) -> list[str]:
-        """Store the references of an NPZ file of the training format, a batch per request,
-        with a progress line on stderr (default: when stderr is a terminal); their ids."""
+        """Store the references of an NPZ file of the training format (or of every shard of a
+        directory ``python -m training shard`` wrote), a batch per request, with a progress
+        line on stderr (default: when stderr is a terminal); their ids."""
         shown = sys.stderr.isatty() if progress is None else progress
         return self._run(self._ops.load_npz(path, shown))
 

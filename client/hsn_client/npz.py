@@ -1,4 +1,5 @@
-"""An NPZ file of the training format, read here and sent to the service in pieces.
+"""An NPZ file of the training format (or a sharded directory of them), read here and sent to
+the service in pieces.
 
 The service's ``POST /references/npz`` takes a whole file; sending pieces of at most a batch
 each keeps every request under the service's limits and shows progress. Only what references
@@ -9,6 +10,7 @@ need travels: ``signals``, ``element_ids``, ``session_ids`` and the optional ``i
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,20 @@ import numpy as np
 
 REQUIRED = ("signals", "element_ids", "session_ids")
 OPTIONAL = ("ids", "recorded_at")
+
+
+def npz_files(path: str | Path) -> list[Path]:
+    """The files to load: ``path`` itself, or, for a sharded directory (``python -m training
+    shard``: shards plus ``index.json``), its shards in the index's order."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    index = path / "index.json"
+    try:
+        shards = json.loads(index.read_text())["shards"]
+        return [path / shard["path"] for shard in shards]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a sharded dataset (no readable index.json: {exc})") from exc
 
 
 @dataclass(frozen=True)

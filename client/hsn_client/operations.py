@@ -19,7 +19,7 @@ from urllib.parse import quote
 import numpy as np
 
 from hsn_client.errors import HsnError
-from hsn_client.npz import NpzReferences
+from hsn_client.npz import NpzReferences, npz_files
 from hsn_client.progress import ProgressLine
 from hsn_client.results import (
     Alignment,
@@ -178,6 +178,12 @@ class Operations:
         return stored
 
     def load_npz(self, path: str | Path, progress: bool) -> Operation[list[str]]:
+        stored: list[str] = []
+        for file in npz_files(path):
+            stored += yield from self._load_npz_file(file, progress)
+        return stored
+
+    def _load_npz_file(self, path: Path, progress: bool) -> Operation[list[str]]:
         references = NpzReferences.read(path)
         limit = yield from self.batch_limit()
         stored: list[str] = []

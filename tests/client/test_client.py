@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hsn_client import Client, HsnError
 
+from model.shards import write_shards
 from tests.app.helpers import NPY, npy
 from tests.client.conftest import KEY, MAX_BATCH
 
@@ -139,6 +140,20 @@ def test_an_npz_loads_in_pieces_as_the_whole_file_would(client, raw, stored_data
     assert f"{path}, references 4 to 7: 422 from POST /references/npz" in str(refused.value)
     for ref_id in [f"{p}-{i}" for p in ("npz", "whole") for i in range(8)]:
         client.delete_reference(ref_id)
+
+
+def test_a_sharded_directory_loads_shard_by_shard(client, stored_data, tmp_path):
+    data = stored_data.subset(np.arange(10))
+    data.extras = {"ids": np.array([f"shard-{i}" for i in range(10)])}
+    index = write_shards([data], tmp_path / "shards", shard_size=4)
+    assert len(index["shards"]) == 3
+    stored = client.load_npz(tmp_path / "shards", progress=False)
+    assert sorted(stored) == sorted(f"shard-{i}" for i in range(10))
+    for ref_id in stored:
+        assert client.get_reference(ref_id).element_id in set(data.element_ids)
+        client.delete_reference(ref_id)
+    with pytest.raises(ValueError, match="not a sharded dataset"):
+        client.load_npz(tmp_path, progress=False)
 
 
 def test_align_by_the_signals_own_keypoints_a_reference_or_given_positions(
