@@ -10,7 +10,7 @@ PORT ?= 8000
 ECG ?= ../shared/ecg
 
 .PHONY: install test lint demo serve eval-ecg loadtest docker-check bench bench-full bench-scale bench-apps \
-	explorer-screenshots clean
+	explorer-screenshots eval-ecg-cv clean
 
 install: $(STAMP)
 
@@ -89,6 +89,12 @@ eval-ecg: $(STAMP)
 	test -f runs/ecgid/model.pt || $(BIN)/python -m training train --config configs/ecgid.toml \
 		--data $(ECG)/ecgid_dev.npz --out runs/ecgid || exit 1; \
 	$(BIN)/python benchmarks/ecg_eval.py --qtdb-model runs/qtdb --ecgid-model runs/ecgid \
+		--shared $(ECG) --out benchmarks/results
+
+# Cross-validated real-ECG figures (BENCHMARKS.md): five folds by record / person, each the
+# recipe's own training run (up to 15 min each, two at a time), then every fold's test elements.
+eval-ecg-cv: $(STAMP)
+	$(BIN)/python benchmarks/ecg_cv.py --folds 5 --max-minutes 15 --parallel 2 --runs runs/cv \
 		--shared $(ECG) --out benchmarks/results
 
 clean:

@@ -148,6 +148,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the test split")
     p.add_argument(
+        "--folds",
+        type=int,
+        default=d.folds,
+        help="cross-validation: split the elements into this many folds (by --split-seed)...",
+    )
+    p.add_argument(
+        "--fold", type=int, default=d.fold, help="...and hold out this one (from 0) as the test set"
+    )
+    p.add_argument(
         "--patience",
         type=int,
         default=d.patience,
@@ -271,6 +280,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     config.model = {n: getattr(args, n) for n in MODEL_OPTIONS if getattr(args, n) is not None}
     if "conv_channels" in config.model:
         config.model["conv_channels"] = tuple(config.model["conv_channels"])
+    if config.folds > 1 and config.test_fraction > 0:
+        raise ValueError("--folds and --test-fraction both choose the test set: give one")
+    if config.folds > 1 and not 0 <= config.fold < config.folds:
+        raise ValueError(f"--fold must be in [0, {config.folds}), got {config.fold}")
     return config
 
 

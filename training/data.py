@@ -91,6 +91,18 @@ def split_elements(elements: np.ndarray, fraction: float, seed: int) -> set[str]
     return set(elements[:n_out].tolist())
 
 
+def fold_elements(elements: np.ndarray, folds: int, fold: int, seed: int) -> set[str]:
+    """Fold ``fold`` of ``folds`` near-equal parts of the distinct ``elements`` shuffled by
+    ``seed``: over the folds, every element is held out exactly once (cross-validation)."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds}), got {fold}")
+    elements = np.unique(elements)
+    if folds > len(elements):
+        raise ValueError(f"{folds} folds need at least as many elements, got {len(elements)}")
+    np.random.default_rng(seed).shuffle(elements)
+    return set(np.array_split(elements, folds)[fold].tolist())
+
+
 def split_by_element(
     data: SignalData, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,13 @@ from model import HierarchicalSignalNet, ModelConfig
 from model.data_format import SignalData
 from model.shards import ShardedData
 from training import distributed
-from training.data import ShardedSignalDataset, SignalDataset, split_by_element, split_elements
+from training.data import (
+    ShardedSignalDataset,
+    SignalDataset,
+    fold_elements,
+    split_by_element,
+    split_elements,
+)
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
 from training.loss import HierarchicalLoss, LossParts, SegmentDecoder
@@ -62,6 +68,10 @@ class TrainConfig:
     val_fraction: float = 0.2  # of the elements left after the test split: early stopping
     test_fraction: float = 0.0  # elements never touched in training; listed in the manifest
     split_seed: int = 0  # fixes the test split whatever the training seed
+    # Cross-validation: with folds > 1, fold `fold` of the elements (shuffled by split_seed) is
+    # the test set instead of test_fraction; over the folds every element is tested once
+    folds: int = 0
+    fold: int = 0
     patience: int = 6  # epochs without a better validation score before stopping
     grad_clip: float = 5.0
     gold_repeat: int = 4
@@ -195,9 +205,9 @@ class Trainer:
         if config.session_key:
             data = data.sessions_from(config.session_key)
             gold = gold.sessions_from(config.session_key) if gold is not None else None
-        rest_idx, test_idx = split_by_element(data, config.test_fraction, config.split_seed)
-        self.test_elements = sorted(set(data.element_ids[test_idx].tolist()))
-        data = data.subset(rest_idx)
+        test = self._held_out(data.element_ids)
+        self.test_elements = sorted(test)
+        data = data.subset(np.flatnonzero(~np.isin(data.element_ids, list(test))))
         train_idx, val_idx = split_by_element(data, config.val_fraction, config.seed)
         self.train_data = data.subset(train_idx)
         self.val_data = data.subset(val_idx) if len(val_idx) else None
@@ -213,6 +223,13 @@ class Trainer:
         self.train_set = SignalDataset(self.train_data)
         self.train_summary = self.train_data.summary()
 
+    def _held_out(self, elements: np.ndarray) -> set[str]:
+        """The test elements: a cross-validation fold, or a fraction (none by default)."""
+        config = self.config
+        if config.folds > 1:
+            return fold_elements(elements, config.folds, config.fold, config.split_seed)
+        return split_elements(elements, config.test_fraction, config.split_seed)
+
     def _split_shards(self, data: ShardedData, gold: SignalData | None) -> None:
         """The same element split as in memory (same seeds, same elements), from the index."""
         config = self.config
@@ -220,7 +237,7 @@ class Trainer:
             raise ValueError("session_key needs the data in memory: give an NPZ file, not shards")
         if gold is not None:
             raise ValueError("gold data needs the data in memory: give an NPZ file, not shards")
-        test = split_elements(data.element_names, config.test_fraction, config.split_seed)
+        test = self._held_out(data.element_names)
         self.test_elements = sorted(test)
         rest = np.array(sorted(set(data.element_names.tolist()) - test))
         val = split_elements(rest, config.val_fraction, config.seed)

@@ -36,3 +36,29 @@ def test_r_aligned_crops_line_up_shifted_beats():
 
     crops = ecg_eval.r_aligned_crops(np.stack([beat(100), beat(180)]), fs)
     np.testing.assert_allclose(crops[0], crops[1], atol=1e-6)
+
+
+def test_cross_validation_skips_cleanly_when_the_data_is_absent(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "ecg_cv.py"),
+            "--shared",
+            str(tmp_path / "absent"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("skipped:")
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_a_fold_figure_is_its_mean_with_a_student_t_interval():
+    import ecg_cv
+
+    figure = ecg_cv.interval([0.8, 0.9, 1.0])
+    assert figure["mean"] == 0.9 and figure["folds"] == [0.8, 0.9, 1.0]
+    assert figure["ci95"] == round(4.303 * 0.1 / 3**0.5, 4)
