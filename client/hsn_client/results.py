@@ -16,13 +16,22 @@ T = TypeVar("T")
 
 
 def _pick(cls: type[T], data: dict[str, Any], **converted: Any) -> T:
-    """``cls`` from the JSON object ``data``: its own fields, some replaced by ``converted``."""
-    values = {f.name: data[f.name] for f in fields(cls) if f.name not in converted}
+    """``cls`` from the JSON object ``data``: its own fields (``datetime`` ones parsed from ISO
+    8601), some replaced by ``converted``."""
+    values = {
+        f.name: datetime.fromisoformat(data[f.name]) if f.type == "datetime" else data[f.name]
+        for f in fields(cls)
+        if f.name not in converted
+    }
     return cls(**values, **converted)
 
 
-def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+class _Record:
+    """A result whose fields are the JSON object's, as they are (times parsed)."""
+
+    @classmethod
+    def from_json(cls: type[T], data: dict[str, Any]) -> T:
+        return _pick(cls, data)
 
 
 @dataclass(frozen=True)
@@ -110,13 +119,11 @@ class Reference:
             cls,
             data,
             signal=np.asarray(data["signal"], dtype=np.float32),
-            updated_at=_time(data["updated_at"]),
-            recorded_at=_time(data["recorded_at"]),
         )
 
 
 @dataclass(frozen=True)
-class ReferenceSummary:
+class ReferenceSummary(_Record):
     """A stored reference as listed: its signal's length instead of the signal."""
 
     id: str
@@ -128,29 +135,14 @@ class ReferenceSummary:
     updated_at: datetime
     recorded_at: datetime
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ReferenceSummary:
-        return _pick(
-            cls, data, updated_at=_time(data["updated_at"]), recorded_at=_time(data["recorded_at"])
-        )
-
 
 @dataclass(frozen=True)
-class ElementSummary:
+class ElementSummary(_Record):
     element_id: str
     references: int
     sessions: int
     first_recorded_at: datetime
     last_recorded_at: datetime
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ElementSummary:
-        return _pick(
-            cls,
-            data,
-            first_recorded_at=_time(data["first_recorded_at"]),
-            last_recorded_at=_time(data["last_recorded_at"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -262,20 +254,11 @@ class Verification:
 
 
 @dataclass(frozen=True)
-class DriftBaseline:
+class DriftBaseline(_Record):
     sessions: list[str]
     references: int
     first_recorded_at: datetime
     last_recorded_at: datetime
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DriftBaseline:
-        return _pick(
-            cls,
-            data,
-            first_recorded_at=_time(data["first_recorded_at"]),
-            last_recorded_at=_time(data["last_recorded_at"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -287,17 +270,13 @@ class DriftCalibration:
 
 
 @dataclass(frozen=True)
-class SessionDrift:
+class SessionDrift(_Record):
     session_id: str
     recorded_at: datetime
     references: int
     distance: float
     score: float
     drifting: bool
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SessionDrift:
-        return _pick(cls, data, recorded_at=_time(data["recorded_at"]))
 
 
 @dataclass(frozen=True)
