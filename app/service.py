@@ -563,20 +563,32 @@ class SignalService:
 
     def _nearest_other(self, probe: np.ndarray, element_id: str) -> NearestOther | None:
         """The stored element other than ``element_id`` most similar to the probe (None when
-        there is none): the candidates are the elements of each probe signal's nearest
-        references, where the most similar element almost always is."""
-        k = self.settings.verify_k
-        rows = self.index.search(probe, OPEN_SET_NEIGHBORS * k, exclude_element_id=element_id)
+        there is none), scored in full among the elements nearest its signals."""
         closest: dict[str, float] = {}
-        for row in rows:
-            described = self.index.describe(np.array([n.key for n in row], dtype=np.int64))
-            for n in row:
-                if n.key in described:
-                    other = described[n.key][1]
-                    closest[other] = max(closest.get(other, -1.0), n.similarity)
+        for by_element in self._other_elements_near(probe, element_id):
+            for other, similarities in by_element.items():
+                closest[other] = max(closest.get(other, -1.0), similarities[0])
         candidates = sorted(closest, key=closest.get, reverse=True)[:NEAREST_CANDIDATES]
         scored = [NearestOther(c, self._element_score(probe, c)) for c in candidates]
         return max(scored, key=lambda other: other.similarity, default=None)
+
+    def _other_elements_near(
+        self, probes: np.ndarray, element_id: str
+    ) -> list[dict[str, list[float]]]:
+        """Per probe signal, the elements but ``element_id`` among its OPEN_SET_NEIGHBORS x
+        verify_k nearest references (where the most similar other element almost always is),
+        each with those references' similarities, most similar first."""
+        k = self.settings.verify_k
+        rows = self.index.search(probes, OPEN_SET_NEIGHBORS * k, exclude_element_id=element_id)
+        found = []
+        for row in rows:
+            described = self.index.describe(np.array([n.key for n in row], dtype=np.int64))
+            by_element: dict[str, list[float]] = {}
+            for n in row:  # most similar first
+                if n.key in described:
+                    by_element.setdefault(described[n.key][1], []).append(n.similarity)
+            found.append(by_element)
+        return found
 
     def _sample_elements(self, min_sessions: int) -> list[str]:
         """Up to SAMPLE_ELEMENTS elements with at least ``min_sessions`` sessions (the same
@@ -621,18 +633,17 @@ class SignalService:
         k = self.settings.verify_k
         best_other = []
         for element in elements:
-            sample = self._element_sample(element)
-            probes = np.stack([session[0] for session in sample.sessions[:SESSIONS_PER_ELEMENT]])
-            # The best other element is almost always among the nearest few references
-            rows = self.index.search(probes, OPEN_SET_NEIGHBORS * k, exclude_element_id=element)
-            for row in rows:
-                described = self.index.describe(np.array([n.key for n in row], dtype=np.int64))
-                by_element: dict[str, list[float]] = {}
-                for n in row:  # most similar first: each element's list is in order
-                    if n.key in described:
-                        by_element.setdefault(described[n.key][1], []).append(n.similarity)
-                if by_element:
-                    best_other.append(max(float(np.mean(s[:k])) for s in by_element.values()))
+            # the first reference of each of a few sessions: one signal per probe
+            firsts = [keys[:1] for keys in self.index.sessions_of_element(element).values()]
+            keys = np.concatenate(firsts[:SESSIONS_PER_ELEMENT])
+            _, probes = self.store.embeddings(keys, self.runtime.version)
+            if not len(probes):
+                continue
+            best_other += [
+                max(float(np.mean(similarities[:k])) for similarities in by_element.values())
+                for by_element in self._other_elements_near(probes, element)
+                if by_element
+            ]
         far = self.settings.verify_far
         return Threshold(
             impostor_quantile(np.array(best_other), far), far, len(best_other), 0, None
