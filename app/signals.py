@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from app.errors import InputError
+from model.data_format import read_npy_header
 
 NPY_MEDIA_TYPE = "application/x-npy"
 MAX_NPY_HEADER = 10_000  # bytes; numpy's own limit for reading untrusted files
@@ -98,15 +99,8 @@ def _npy_view(body: bytes) -> np.ndarray | None:
 
 @functools.lru_cache(maxsize=128)
 def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], str] | None:
-    stream = io.BytesIO(header)
     try:
-        version = np.lib.format.read_magic(stream)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, dtype = read(stream)
+        shape, fortran_order, dtype = read_npy_header(io.BytesIO(header))
     except Exception:  # numpy raises ValueError and others on a malformed header
         return None
     if dtype.kind not in "fiu" or dtype.hasobject or any(n < 0 for n in shape):

@@ -140,6 +140,18 @@ class SignalData:
         np.savez_compressed(path, **arrays, **self.extras)
 
 
+def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """A ``.npy`` header read from ``stream`` (left at the data): shape, Fortran order, dtype.
+    numpy's own reader for format versions 1.0 and 2.0; ValueError and others when malformed."""
+    version = np.lib.format.read_magic(stream)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    return read(stream)
+
+
 def _id_array(raw: np.ndarray, key: str, n: int) -> np.ndarray:
     if raw.shape != (n,):
         raise DataFormatError(f"'{key}' must have shape ({n},) like 'signals', got {raw.shape}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data_format import DataFormatError, SignalData, load_npz
+from model.data_format import DataFormatError, SignalData, load_npz, read_npy_header
 
 INDEX_FILE = "index.json"
 FORMAT = "signal-shards/1"
@@ -119,13 +119,7 @@ def _mmap_member(path: Path, name: str) -> tuple[np.ndarray, mmap.mmap]:
         f.seek(info.header_offset)
         fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
         f.seek(info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1])
-        version = np.lib.format.read_magic(f)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(f)
+        shape, fortran, dtype = read_npy_header(f)
         offset = f.tell()
         if dtype.hasobject:
             raise DataFormatError(f"{path}: '{name}' is an object array")
