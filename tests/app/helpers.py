@@ -13,6 +13,19 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def npz_body(data, **arrays) -> bytes:
+    """``data`` as a bulk-load body (the training NPZ format), with per-signal ``arrays``."""
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        signals=data.signals,
+        element_ids=data.element_ids,
+        session_ids=data.session_ids,
+        **arrays,
+    )
+    return buffer.getvalue()
+
+
 def references(data, index, prefix="ref"):
     return [
         {

@@ -3,8 +3,6 @@ references (recorded_at, GET /elements, GET /elements/{id}/drift, POST /drift)."
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
@@ -17,7 +15,7 @@ from app.drift import (
     split,
     two_sample_test,
 )
-from tests.app.helpers import NPY, npy
+from tests.app.helpers import NPY, npy, npz_body
 from training.synthetic import SynthConfig, generate
 
 DIM = 32
@@ -112,23 +110,13 @@ def drift_set():
     )
 
 
-def npz(data, recorded_at) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        signals=data.signals,
-        element_ids=data.element_ids,
-        session_ids=data.session_ids,
-        recorded_at=recorded_at,
-    )
-    return buffer.getvalue()
-
-
 def test_elements_and_their_drift(client, drift_set):
     # Stored out of time order: sessions are ordered by when they were recorded
     order = np.argsort(-drift_set.extras["session_index"], kind="stable")
     stored = drift_set.subset(order)
-    response = client.post("/references/npz", content=npz(stored, stored.extras["recorded_at"]))
+    response = client.post(
+        "/references/npz", content=npz_body(stored, recorded_at=stored.extras["recorded_at"])
+    )
     assert response.status_code == 201
 
     page = client.get("/elements", params={"limit": 2, "offset": 1}).json()
@@ -165,7 +153,7 @@ def test_elements_and_their_drift(client, drift_set):
 
 def test_drift_of_a_batch_not_stored(client, drift_set):
     client.post(
-        "/references/npz", content=npz(drift_set, drift_set.extras["recorded_at"])
+        "/references/npz", content=npz_body(drift_set, recorded_at=drift_set.extras["recorded_at"])
     ).raise_for_status()
     element = str(drift_set.element_ids[0])
     last = drift_set.signals[drift_set.session_ids == f"{element}/session_4"][:, 0]
@@ -181,7 +169,7 @@ def test_drift_of_a_batch_not_stored(client, drift_set):
 
 def test_drift_errors_name_the_field(client, drift_set):
     client.post(
-        "/references/npz", content=npz(drift_set, drift_set.extras["recorded_at"])
+        "/references/npz", content=npz_body(drift_set, recorded_at=drift_set.extras["recorded_at"])
     ).raise_for_status()
     element = str(drift_set.element_ids[0])
     signals = drift_set.signals[:2, 0].tolist()

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.app.conftest import Server
+from tests.app.helpers import npz_body
 from training.synthetic import SynthConfig, generate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -56,17 +57,13 @@ def data():
 
 
 def load(server: Server, data, headers: dict | None = None) -> None:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        signals=data.signals,
-        element_ids=data.element_ids,
-        session_ids=data.session_ids,
+    body = npz_body(
+        data,
         recorded_at=data.extras["recorded_at"],
         ids=np.array([f"ref-{i}" for i in range(len(data))]),
     )
     response = httpx.post(
-        f"{server.url}/references/npz", content=buffer.getvalue(), headers=headers, timeout=120
+        f"{server.url}/references/npz", content=body, headers=headers, timeout=120
     )
     assert response.status_code == 201, response.text
 
