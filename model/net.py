@@ -12,10 +12,17 @@ reads every step.
 Keypoint logits are a distribution over steps per keypoint (softmax over T). Decoding turns them
 into a position in input samples with sub-step precision: a soft-argmax over a small window around
 the most likely step. Its confidence is the probability mass inside that window.
+
+Optionally the served embedding also carries a part that is not learned (``morphology_keypoint``):
+the normalised signal re-centred on one decoded keypoint, so that similarity still sees shapes the
+training taught the learned part to ignore (see :meth:`HierarchicalSignalNet.morphology`).
+Training's ``forward`` returns the learned embedding alone; ``embed`` and ``embed_and_keypoints``
+return both parts, (B, D + C * W / pool).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -44,6 +51,15 @@ class ModelConfig:
     min_steps: int = 4
     max_length: int = 8192
     keypoint_names: list[str] = field(default_factory=list)
+    # The served embedding's part that is not learned (None = none): the signal re-centred on
+    # this keypoint, morphology_width samples, averaged over morphology_pool, holding
+    # morphology_weight of the cosine similarity. Triplet training makes the learned part ignore
+    # what varies within an element, which anomaly scores need (measured on the QT Database in
+    # BENCHMARKS.md, "Real ECG, cross-validated").
+    morphology_keypoint: str | None = None
+    morphology_width: int = 256
+    morphology_pool: int = 2
+    morphology_weight: float = 0.5
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -54,6 +70,21 @@ class ModelConfig:
                 f"keypoint_names has {len(self.keypoint_names)} names for "
                 f"{self.num_keypoints} keypoints"
             )
+        if self.morphology_keypoint is not None:
+            if self.morphology_keypoint not in self.keypoint_names:
+                raise ValueError(
+                    f"morphology_keypoint {self.morphology_keypoint!r} is not one of the "
+                    f"keypoints {self.keypoint_names}"
+                )
+            if self.morphology_width < 1 or self.morphology_width % self.morphology_pool:
+                raise ValueError(
+                    f"morphology_width ({self.morphology_width}) must be a positive multiple "
+                    f"of morphology_pool ({self.morphology_pool})"
+                )
+            if not 0 < self.morphology_weight < 1:
+                raise ValueError(
+                    f"morphology_weight must be in (0, 1), got {self.morphology_weight}"
+                )
 
     @property
     def stride(self) -> int:
@@ -62,6 +93,13 @@ class ModelConfig:
     @property
     def min_length(self) -> int:
         return self.min_steps * self.stride
+
+    @property
+    def output_dim(self) -> int:
+        """Dimensions of a served embedding: the learned part and the morphology part."""
+        if self.morphology_keypoint is None:
+            return self.embedding_dim
+        return self.embedding_dim + self.in_channels * self.morphology_width // self.morphology_pool
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -124,6 +162,12 @@ class HierarchicalSignalNet(nn.Module):
         # Per-keypoint shift (samples) subtracted after decoding: fitted after training so that
         # positions follow a reference annotator's convention (zero unless calibrated).
         self.register_buffer("keypoint_offsets", torch.zeros(config.num_keypoints))
+        names = config.keypoint_names
+        anchor = config.morphology_keypoint
+        self.morphology_index = names.index(anchor) if anchor is not None else -1
+        self.morphology_width = config.morphology_width
+        self.morphology_pool = config.morphology_pool
+        self.morphology_weight = config.morphology_weight
 
     @staticmethod
     def normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +183,14 @@ class HierarchicalSignalNet(nn.Module):
         return (x - mean) / (std + 1e-6), torch.log(std * peak + 1e-12)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training's view: the learned embedding (B, D) and keypoint logits (B, T, K)."""
+        _, embedding, logits = self.encode(x)
+        return embedding, logits
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, L) -> normalised signals (B, C, L), learned embedding (B, D), logits (B, T, K)."""
         x, log_scale = self.normalise(x)  # (B, C, L), (B, C, 1)
+        z = x
         if self.scale_channels:
             x = torch.cat([x, log_scale.expand_as(x)], dim=1)  # (B, 2C, L)
         h = self.trunk(x)  # (B, C, L) -> (B, H, T)
@@ -147,12 +198,39 @@ class HierarchicalSignalNet(nn.Module):
         last = torch.cat([final[-2], final[-1]], dim=1)  # forward and backward directions: (B, 2G)
         embedding = F.normalize(self.embedding_head(self.dropout(last)), dim=1)  # (B, D)
         logits = self.keypoint_head(self.dropout(steps))  # (B, T, K)
-        return embedding, logits
+        return z, embedding, logits
+
+    def morphology(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) normalised signals, (B, K) decoded positions -> (B, C * W / pool) unit norm:
+        each signal's W samples centred on the anchor keypoint (zeros beyond the signal's ends,
+        so a neighbouring cycle's distance shows as where it starts), averaged over ``pool``."""
+        b, c, _ = z.shape
+        width = self.morphology_width
+        padded = F.pad(z, (width, width))  # (B, C, L + 2W): any anchor in the signal fits
+        anchor = positions[:, self.morphology_index].round().long()  # (B,)
+        last = torch.full_like(anchor, padded.shape[2] - width)  # the last start that fits
+        start = torch.minimum((anchor + width - width // 2).clamp_min(0), last)
+        index = start.view(b, 1, 1) + torch.arange(width, device=z.device).view(1, 1, width)
+        crop = padded.gather(2, index.expand(b, c, width))  # (B, C, W)
+        crop = F.avg_pool1d(crop, self.morphology_pool)  # (B, C, W / pool)
+        return F.normalize(crop.flatten(1), dim=1)
+
+    def served(
+        self, z: torch.Tensor, embedding: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """The embedding the service stores and searches: the learned one, or both parts
+        weighted so that the morphology's share of a cosine similarity is its weight."""
+        if self.morphology_index < 0:
+            return embedding
+        shape = self.morphology(z, positions)
+        learned = math.sqrt(1.0 - self.morphology_weight) * embedding
+        both = torch.cat([learned, math.sqrt(self.morphology_weight) * shape], dim=1)
+        return F.normalize(both, dim=1)  # unit already, unless a flat signal has no shape
 
     @torch.jit.export
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) raw signals -> (B, D) unit-norm embeddings."""
-        return self.forward(x)[0]
+        """(B, C, L) raw signals -> (B, D') unit-norm served embeddings."""
+        return self.embed_and_keypoints(x)[0]
 
     @torch.jit.export
     def decode_keypoints(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,10 +255,10 @@ class HierarchicalSignalNet(nn.Module):
     def embed_and_keypoints(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Both heads from one pass: embeddings (B, D), positions (B, K), confidences (B, K)."""
-        embedding, logits = self.forward(x)
+        """Both heads from one pass: embeddings (B, D'), positions (B, K), confidences (B, K)."""
+        z, embedding, logits = self.encode(x)
         positions, confidences = self.decode_keypoints(logits)
-        return embedding, positions, confidences
+        return self.served(z, embedding, positions), positions, confidences
 
 
 def sample_to_step(position: torch.Tensor, stride: int) -> torch.Tensor:

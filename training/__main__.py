@@ -34,6 +34,10 @@ MODEL_OPTIONS = (
     "gru_layers",
     "dropout",
     "scale_channels",
+    "morphology_keypoint",
+    "morphology_width",
+    "morphology_pool",
+    "morphology_weight",
 )
 
 DEMO_SYNTH = SynthConfig(elements=96, sessions=4, signals=12, length=256, seed=0)
@@ -125,6 +129,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="largest baseline drift added in training, in units of the signal's std",
     )
     p.add_argument(
+        "--augment-flip",
+        type=float,
+        default=d.augment_flip,
+        help="probability that training inverts a channel (lead polarity differs by recording)",
+    )
+    p.add_argument(
+        "--augment-permute",
+        type=float,
+        default=d.augment_permute,
+        help="probability that training shuffles a signal's channel order",
+    )
+    p.add_argument(
         "--session-key",
         help="an extra key of the NPZ whose values define sessions within each element "
         "(e.g. beat_labels), instead of session_ids",
@@ -194,6 +210,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "--scale-channels",
         action=argparse.BooleanOptionalAction,
         help="also give the network each channel's log amplitude (lost to z-scoring)",
+    )
+    p.add_argument(
+        "--morphology-keypoint",
+        help="a keypoint name (e.g. R_peak): served embeddings also hold the signal re-centred "
+        "on it, a part not trained to ignore within-element variation (for anomaly scores)",
+    )
+    p.add_argument("--morphology-width", type=int, help="samples of that part (default 256)")
+    p.add_argument("--morphology-pool", type=int, help="samples averaged into one (default 2)")
+    p.add_argument(
+        "--morphology-weight", type=float, help="its share of cosine similarity (default 0.5)"
     )
 
 

@@ -71,7 +71,7 @@ def export_model(
         "format_version": FORMAT_VERSION,
         "model_version": sha[:12],
         "model_config": config.to_dict(),
-        "embedding_dim": config.embedding_dim,
+        "embedding_dim": config.output_dim,
         "in_channels": config.in_channels,
         "keypoint_names": list(config.keypoint_names),
         "stride": config.stride,

@@ -74,7 +74,7 @@ class TrainConfig:
     fold: int = 0
     patience: int = 6  # epochs without a better validation score before stopping
     grad_clip: float = 5.0
-    gold_repeat: int = 4
+    gold_repeat: int = 4  # times each training element's gold window is added to training
     session_key: str | None = None  # an extras key whose values define the sessions instead
     # Rebuild each signal's segment around this keypoint (a name, e.g. "R_peak") from its
     # embedding, so the embedding keeps that segment's shape (see loss.SegmentDecoder).
@@ -84,7 +84,11 @@ class TrainConfig:
     # Augmentation, in units of each signal's own standard deviation (0 = off): white noise,
     # and a slow baseline drift (a random sinusoid of 0.3 to 2 cycles per window).
     augment_noise: float = 0.0
-    augment_wander: float = 0.0  # times each training element's gold window is added to training
+    augment_wander: float = 0.0
+    # What differs between recordings' leads: each channel inverted with this probability, and
+    # the channel order shuffled with that one (multi-channel signals); keypoints do not move.
+    augment_flip: float = 0.0
+    augment_permute: float = 0.0
     model: dict = field(default_factory=dict)  # ModelConfig overrides
     device: str = "cpu"  # where training runs ("cuda" on a GPU); the export is always for CPU
 
@@ -391,19 +395,29 @@ class Trainer:
             group["lr"] = self.config.lr * scale
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) -> the same signals with noise and baseline drift; keypoints do not move."""
-        noise, wander = self.config.augment_noise, self.config.augment_wander
-        if not noise and not wander:
+        """(B, C, L) -> the same signals with noise, baseline drift, inverted or reordered
+        channels; keypoints do not move."""
+        config = self.config
+        b, c, length = x.shape
+        permute = config.augment_permute if c > 1 else 0.0
+        if not (config.augment_noise or config.augment_wander or config.augment_flip or permute):
             return x
         scale = x.std(dim=-1, keepdim=True)  # (B, C, 1)
-        b, c, length = x.shape
-        out = x + noise * scale * torch.randn_like(x)
-        if wander:
+        out = x + config.augment_noise * scale * torch.randn_like(x)
+        if config.augment_wander:
             t = torch.linspace(0, 1, length, device=x.device).view(1, 1, length)
             cycles = 0.3 + 1.7 * torch.rand(b, c, 1, device=x.device)
             phase = 2 * math.pi * torch.rand(b, c, 1, device=x.device)
-            amplitude = wander * scale * torch.rand(b, c, 1, device=x.device)
+            amplitude = config.augment_wander * scale * torch.rand(b, c, 1, device=x.device)
             out = out + amplitude * torch.sin(2 * math.pi * cycles * t + phase)
+        if config.augment_flip:
+            flipped = torch.rand(b, c, 1, device=x.device) < config.augment_flip
+            out = torch.where(flipped, -out, out)
+        if permute:
+            shuffled = torch.rand(b, device=x.device) < permute
+            order = torch.rand(b, c, device=x.device).argsort(dim=1)  # (B, C) a random order
+            permuted = out.gather(1, order.unsqueeze(-1).expand(b, c, length))
+            out = torch.where(shuffled.view(b, 1, 1), permuted, out)
         return out
 
     def validate(self) -> tuple[dict, float]:

@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
+from app.onnx_engine import derive_session
+from model import HierarchicalSignalNet, ModelConfig
 from tests.app.helpers import NPY, npy
 
 
@@ -90,6 +93,36 @@ def test_onnx_runtime_serves_what_torchscript_computes(make_client, service_data
             pa = [[k["position"] for k in s] for s in a[key]]
             pb = [[k["position"] for k in s] for s in b[key]]
             np.testing.assert_allclose(pa, pb, atol=1e-2)
+
+
+def test_onnx_runtime_agrees_on_a_morphology_part_at_any_length():
+    """The re-centred window is gathered at positions decoded per signal: ONNX must not bake
+    the example's length into it, even where the anchor lies past the signal's end."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        in_channels=2,
+        conv_channels=(8, 16),
+        gru_hidden=8,
+        embedding_dim=8,
+        num_keypoints=2,
+        keypoint_names=["P", "R"],
+        morphology_keypoint="R",
+        morphology_width=64,
+    )
+    net = HierarchicalSignalNet(config).eval()
+    net.keypoint_offsets[1] = -100.0  # anchors past the end of the shorter signals
+    scripted = torch.jit.script(net)
+    manifest = {
+        "model_config": config.to_dict(),
+        "in_channels": 2,
+        "trained_length": 128,
+        "min_length": config.min_length,
+    }
+    session = derive_session(scripted, manifest, threads=1)
+    for length in (config.min_length, 128, 333, 1000):
+        x = torch.randn(3, 2, length)
+        expected = scripted.embed(x).detach().numpy()
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5)
 
 
 def test_without_a_usable_onnx_session_the_service_stays_on_torchscript(make_client, monkeypatch):

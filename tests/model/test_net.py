@@ -90,3 +90,70 @@ def test_config_checks():
         ModelConfig(num_keypoints=2, keypoint_names=["a"])
     config = ModelConfig(conv_channels=[4, 8, 8, 8], pool=2)
     assert config.stride == 16 and ModelConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.fixture
+def shaped() -> HierarchicalSignalNet:
+    """A network whose served embedding also holds the signal re-centred on keypoint "b"."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        in_channels=2,
+        conv_channels=(8, 16),
+        gru_hidden=16,
+        embedding_dim=12,
+        num_keypoints=3,
+        keypoint_names=["a", "b", "c"],
+        morphology_keypoint="b",
+        morphology_width=32,
+        morphology_pool=2,
+        morphology_weight=0.3,
+    )
+    return HierarchicalSignalNet(config).eval()
+
+
+def test_the_morphology_part_is_the_signal_re_centred_on_its_keypoint(shaped):
+    x = torch.randn(4, 2, 96)
+    served, positions, _ = shaped.embed_and_keypoints(x)
+    learned, _ = shaped(x)  # training sees the learned part alone
+    assert shaped.config.output_dim == served.shape[1] == 12 + 2 * 32 // 2
+    torch.testing.assert_close(served.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(served[:, :12], (1 - 0.3) ** 0.5 * learned)
+    z, _ = shaped.normalise(x)
+    for i in range(4):
+        anchor = int(positions[i, 1].round())
+        crop = torch.zeros(2, 32)
+        for j, t in enumerate(range(anchor - 16, anchor + 16)):
+            if 0 <= t < 96:  # zeros beyond the signal's ends
+                crop[:, j] = z[i, :, t]
+        expected = torch.nn.functional.normalize(crop.view(2, 16, 2).mean(-1).flatten(), dim=0)
+        torch.testing.assert_close(served[i, 12:], 0.3**0.5 * expected)
+
+
+def test_the_morphology_weight_is_its_share_of_cosine_similarity(shaped):
+    x = torch.randn(2, 2, 96)
+    served = shaped.embed(x)
+    learned, _ = shaped(x)
+    shape = served[:, 12:] / 0.3**0.5
+    expected = 0.7 * (learned[0] @ learned[1]) + 0.3 * (shape[0] @ shape[1])
+    torch.testing.assert_close(served[0] @ served[1], expected)
+
+
+def test_anchors_beyond_the_signal_give_zeros_not_errors(shaped):
+    x = torch.randn(3, 2, 64)
+    for offset in (-500.0, 500.0):  # decoded far past either end
+        shaped.keypoint_offsets[1] = offset
+        served = shaped.embed(x)
+        assert torch.isfinite(served).all() and (served[:, 12:] == 0).all()
+        torch.testing.assert_close(served.norm(dim=1), torch.ones(3))
+        torch.testing.assert_close(torch.jit.script(shaped).embed(x), served)
+
+
+def test_morphology_config_checks():
+    names = {"num_keypoints": 2, "keypoint_names": ["P", "R"]}
+    with pytest.raises(ValueError, match="morphology_keypoint 'Q' is not one of"):
+        ModelConfig(morphology_keypoint="Q", **names)
+    with pytest.raises(ValueError, match="morphology_width .* multiple of morphology_pool"):
+        ModelConfig(morphology_keypoint="R", morphology_width=33, morphology_pool=2, **names)
+    with pytest.raises(ValueError, match="morphology_weight must be in"):
+        ModelConfig(morphology_keypoint="R", morphology_weight=1.0, **names)
+    assert ModelConfig(**names).output_dim == 128

@@ -181,6 +181,24 @@ def test_config_file_gives_defaults_and_flags_override(synth_file, tmp_path, cap
     assert "unknown option(s) epoch" in capsys.readouterr().err
 
 
+def test_a_morphology_part_widens_the_served_embedding(synth_file, tmp_path, capsys):
+    out = tmp_path / "shaped"
+    flags = ["--morphology-keypoint", "main_peak", "--morphology-width", "32"]
+    base = ["train", "--data", str(synth_file), "--epochs", "1", "--p", "3", *TINY_MODEL_FLAGS]
+    code, _, _ = run_cli([*base, "--out", str(out), *flags], capsys)
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["embedding_dim"] == 16 + 2 * 32 // 2  # two channels, averaged over pairs
+    assert manifest["model_config"]["morphology_keypoint"] == "main_peak"
+    code, stdout, _ = run_cli(["evaluate", "--model", str(out), "--data", str(synth_file)], capsys)
+    assert code == 0 and "element_precision_at_1" in stdout
+
+    code, _, err = run_cli(
+        [*base, "--out", str(tmp_path / "x"), "--morphology-keypoint", "Q"], capsys
+    )
+    assert code != 0 and "morphology_keypoint 'Q' is not one of" in err
+
+
 def test_bad_data_file_is_one_clear_line_and_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, signals=np.zeros((3, 64)), element_ids=np.array(["a", "b", "c"]))

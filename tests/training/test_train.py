@@ -71,6 +71,23 @@ def test_augmentation_is_off_by_default_and_bounded_when_on(tiny_data, tmp_path)
     assert change.abs().max() < 0.1 * 6 + 0.2
 
 
+def test_lead_augmentation_inverts_and_reorders_whole_channels(tiny_data, tmp_path):
+    x = torch.randn(256, 2, 64)
+    trainer = Trainer(
+        TrainConfig(model=TINY_MODEL, p=4, augment_flip=0.25, augment_permute=0.5),
+        tiny_data,
+        tmp_path,
+    )
+    out = trainer.augment(x)
+    # every output channel is one input channel, whole, possibly inverted
+    same = (out.unsqueeze(2) == x.unsqueeze(1)).all(-1)  # (B, C_out, C_in)
+    inverted = (out.unsqueeze(2) == -x.unsqueeze(1)).all(-1)
+    assert ((same | inverted).sum(-1) == 1).all()
+    assert 0.15 < inverted.any(-1).float().mean() < 0.35
+    reordered = (same | inverted)[:, 0, 1]
+    assert 0.15 < reordered.float().mean() < 0.35  # half shuffled, half of those swap 2 channels
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_on_a_gpu_exports_a_model_for_the_cpu(tiny_data, tmp_path):
     config = TrainConfig(epochs=2, p=4, k=4, model=TINY_MODEL, augment_wander=0.2, device="cuda")
