@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.ann import FlatBackend, HNSWBackend, IVFBackend, VectorBackend, set_search_threads
-from app.calibration import PoolSearch
+from app.calibration import NeighbourSearch
 from app.index_policy import CurrentIndex, IndexKind, IndexPolicy
 from app.labels import IndexRows, LabelTable
 
@@ -211,10 +211,23 @@ class VectorIndex:
         return Snapshot(int(meta["seq"]), len(backend))
 
 
-def pool_search(index: VectorIndex, pool: str | None) -> PoolSearch:
-    """A search over one element's references (None: all), as anomaly calibration takes it."""
+def neighbour_search(index: VectorIndex, within_element: bool) -> NeighbourSearch:
+    """Each given reference's nearest references, as the anomaly calibration takes them: among
+    all references, or among those of the reference's own element (one search per element)."""
 
-    def search(queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        return [[(n.key, n.similarity) for n in row] for row in index.search(queries, k, pool)]
+    def search(keys: np.ndarray, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        if not within_element:
+            return [[(n.key, n.similarity) for n in row] for row in index.search(vectors, k)]
+        described = index.describe(keys)
+        members: dict[str, list[int]] = {}
+        for i, key in enumerate(keys.tolist()):
+            if key in described:  # deleted since it was sampled: no neighbours
+                members.setdefault(described[key][1], []).append(i)
+        rows: list[list[tuple[int, float]]] = [[] for _ in range(len(keys))]
+        for element, at in members.items():
+            found = index.search(vectors[at], k, element)
+            for i, row in zip(at, found, strict=True):
+                rows[i] = [(n.key, n.similarity) for n in row]
+        return rows
 
     return search

@@ -167,10 +167,18 @@ class PredictedElement(BaseModel):
 
 
 class Anomaly(BaseModel):
-    score: float = Field(ge=0, le=1, description="share of references less unusual than this")
+    score: float = Field(
+        ge=0,
+        le=1,
+        description="share of sampled references less unusual (to their own nearest others, or "
+        "with expected_element to their own element's) than this signal is",
+    )
     is_anomaly: bool
     threshold: float
-    calibrated_on: str
+    calibrated_on: str = Field(
+        description="whose references the signal was compared with: the expected element, or "
+        "'all references'"
+    )
 
 
 class SearchResult(BaseModel):

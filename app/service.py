@@ -427,18 +427,23 @@ class SignalService:
         return results
 
     def _anomaly_scores(
-        self, queries: np.ndarray, pool: str | None, neighbors: list[list[Neighbor]] | None
+        self,
+        queries: np.ndarray,
+        expected_element: str | None,
+        neighbors: list[list[Neighbor]] | None,
     ) -> np.ndarray:
         """Calibrated scores in [0, 1]; NaN when there is nothing to calibrate against (or the
         calibration must be made while the database is unreachable)."""
         try:
-            calibrated = self.sync.calibrated(pool)
+            calibrated = self.sync.calibrated(within_element=expected_element is not None)
         except StoreUnavailable:
             return np.full(len(queries), np.nan)
         if len(calibrated) == 0:
             return np.full(len(queries), np.nan)
         if neighbors is None:
-            neighbors = self.index.search(queries, self.settings.anomaly_k, element_id=pool)
+            neighbors = self.index.search(
+                queries, self.settings.anomaly_k, element_id=expected_element
+            )
         similarities = [[n.similarity for n in row] for row in neighbors]
         return self.sync.calibration.scores(calibrated, similarities)
 

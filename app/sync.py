@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from app.ann import IVFBackend
 from app.calibration import AnomalyCalibration, Calibration
 from app.database import StoreUnavailable
-from app.index import VectorIndex, pool_search
+from app.index import VectorIndex, neighbour_search
 from app.labels import IndexRows
 from app.store import ReferenceStore
 
@@ -289,13 +289,13 @@ class IndexSync:
         )
 
     # -- anomaly calibration -----------------------------------------------------------------
-    def calibrated(self, pool: str | None) -> np.ndarray:
-        """Sorted leave-one-out distances of ``pool`` (an element, or None: all references),
-        fitted from the store's vectors when not cached. StoreUnavailable when it must be
-        fitted and the database is unreachable."""
+    def calibrated(self, within_element: bool) -> np.ndarray:
+        """Sorted leave-one-out distances of sampled references to their nearest others within
+        their element, or among all references, fitted from the store's vectors when not
+        cached. StoreUnavailable when it must be fitted and the database is unreachable."""
         return self.calibration.calibrated(
-            pool,
-            lambda: self.index.keys_of_element(pool),
+            within_element,
+            lambda: self.index.keys_of_element(None),
             lambda keys: self.store.embeddings(keys, self.version),
-            pool_search(self.index, pool),
+            neighbour_search(self.index, within_element),
         )

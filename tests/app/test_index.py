@@ -10,7 +10,7 @@ import pytest
 
 from app.ann import IVFBackend
 from app.calibration import AnomalyCalibration
-from app.index import VectorIndex, pool_search
+from app.index import VectorIndex, neighbour_search
 from app.index_policy import IVF_MIN_REFERENCES, IndexPolicy
 from app.labels import IndexRows
 
@@ -199,18 +199,18 @@ def test_snapshot_round_trip(tmp_path, kind):
 
 def test_a_write_recalibrates_only_what_it_can_move():
     rng = np.random.default_rng(4)
-    vectors, refs = clustered(rng, 50, 60)  # 3,000 references: the global calibration samples
+    vectors, refs = clustered(rng, 50, 60)  # 3,000 references: the calibrations sample
     harness = Harness("flat")
     harness.upsert(list(range(3000)), refs, vectors)
     index, calibration = harness.index, AnomalyCalibration(k=3)
 
-    def calibrated(pool):
+    def calibrated(within_element):
         """What the change log's owner does: the cached calibration, or one fitted now."""
         return calibration.calibrated(
-            pool,
-            lambda: index.keys_of_element(pool),
+            within_element,
+            lambda: index.keys_of_element(None),
             lambda keys: (keys, np.stack([harness.refs[k][1] for k in keys.tolist()])),
-            pool_search(index, pool),
+            neighbour_search(index, within_element),
         )
 
     def write(keys, new_refs, new_vectors):
@@ -219,21 +219,51 @@ def test_a_write_recalibrates_only_what_it_can_move():
         touched = index.apply(rows_of(keys, new_refs, new_vectors), np.zeros(0, np.int64))
         calibration.invalidate(touched, len(keys), len(index))
 
-    e1, e2, everyone = (calibrated(name) for name in ("e1", "e2", None))
-    assert len(everyone) == 2000 and len(e1) == 60
+    within, everyone = calibrated(True), calibrated(False)
+    assert len(everyone) == len(within) == 2000
     write([3000], [Ref("e1", "s1_0")], vectors[60:61])
-    assert calibrated("e2") is e2  # untouched element: kept
-    assert calibrated(None) is everyone  # one write in 3,000: kept
-    new_e1 = calibrated("e1")
-    assert new_e1 is not e1 and len(new_e1) == len(e1) + 1
+    assert calibrated(False) is everyone and calibrated(True) is within  # 1 write in 3,000
     write(list(range(3001, 3040)), [Ref("e3", "s3_0")] * 39, vectors[:39])
-    assert calibrated(None) is not everyone  # 40 writes > 1%: redone
-    touched = index.apply(rows_of([], [], np.zeros((0, DIM))), np.array([150]))  # e2's
-    calibration.invalidate(touched, 1, len(index))
-    assert len(calibrated("e2")) == len(e2) - 1
+    assert calibrated(False) is not everyone and calibrated(True) is not within  # 40 > 1%
     # a query far from everything scores high; one of the references scores like the rest
-    scores = calibration.scores(calibrated(None), [[0.0, 0.0, 0.0], [0.99, 0.98, 0.97]])
-    assert scores[0] == 1.0 and scores[1] < 0.5
+    scores = calibration.scores(calibrated(False), [[0.0, 0.0, 0.0], [0.99, 0.98, 0.97]])
+    assert 0.999 < scores[0] < 1.0 and scores[1] < 0.5
+
+
+def test_within_element_distances_compare_each_reference_with_its_own_element():
+    """Two tight elements close to each other: among all references a reference's nearest
+    others may be the other element's; within its element they are its own."""
+    rng = np.random.default_rng(5)
+    centre = rng.normal(size=DIM)
+    near = centre + 0.05 * rng.normal(size=DIM)
+    vectors = np.concatenate([c + 0.1 * rng.normal(size=(20, DIM)) for c in (centre, near)])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    refs = [Ref("a", "sa")] * 20 + [Ref("b", "sb")] * 20 + [Ref("alone", "s")]
+    vectors = np.concatenate([vectors, unit(rng, 1)]).astype(np.float32)
+    harness = Harness("flat")
+    harness.upsert(list(range(41)), refs, vectors)
+    keys = np.arange(41)
+    rows = neighbour_search(harness.index, True)(keys, vectors, 4)
+    for key, row in zip(keys.tolist(), rows, strict=True):
+        own = refs[key].element_id
+        assert all(refs[other].element_id == own for other, _ in row)
+    assert rows[40] == [(40, pytest.approx(1.0))]  # alone: only itself
+    distances = AnomalyCalibration(k=3).fit(keys, vectors, neighbour_search(harness.index, True))
+    assert len(distances) == 40  # the lone reference has no other to be compared with
+    everyone = AnomalyCalibration(k=3).fit(keys, vectors, neighbour_search(harness.index, False))
+    assert len(everyone) == 41 and np.median(everyone) <= np.median(distances)
+
+
+def test_scores_beyond_the_largest_reference_distance_stay_ordered():
+    calibration = AnomalyCalibration(k=1)
+    calibrated = np.sort(np.random.default_rng(3).uniform(0.1, 0.2, 40))
+    top = calibrated[36:]
+    scale = np.mean(top - top[0])
+    similarities = [[1 - d] for d in (calibrated[-1], calibrated[-1] + 1e-9, 0.21, 0.23, 0.26)]
+    at_max, just_beyond, *far = calibration.scores(calibrated, similarities)
+    assert at_max == pytest.approx(39 / 40) and just_beyond == pytest.approx(39 / 40)
+    assert far == sorted(far) and len(set(far)) == 3 and far[-1] < 1.0  # 1.0 past ~35 scales
+    assert far[0] == pytest.approx(1 - np.exp(-(0.21 - calibrated[-1]) / scale) / 40)
 
 
 def test_concurrent_searches_that_miss_the_calibration_fit_it_once():
@@ -250,10 +280,10 @@ def test_concurrent_searches_that_miss_the_calibration_fit_it_once():
 
     def calibrated(_):
         return calibration.calibrated(
-            None,
+            False,
             lambda: harness.index.keys_of_element(None),
             vectors_of,
-            pool_search(harness.index, None),
+            neighbour_search(harness.index, False),
         )
 
     with ThreadPoolExecutor(8) as pool:

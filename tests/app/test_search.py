@@ -62,6 +62,21 @@ def test_anomaly_scores_are_calibrated_on_the_references(loaded, service_data):
     assert all(r["anomaly"]["is_anomaly"] and r["anomaly"]["score"] > 0.99 for r in odd)
 
 
+def test_an_element_with_one_reference_is_scored_on_the_shared_calibration(
+    loaded, service_data
+):
+    """The scale comes from every element's references, so one reference is enough."""
+    client, _ = loaded
+    x = service_data.signals[0, 0]
+    lone = {"id": "lone-1", "element_id": "lone", "session_id": "s", "signal": x.tolist()}
+    assert client.post("/references", json={"references": [lone]}).status_code == 201
+    noise = np.random.default_rng(1).normal(size=x.shape).tolist()
+    body = {"signals": [x.tolist(), noise], "expected_element": "lone"}
+    same, odd = client.post("/search", json=body).json()["results"]
+    assert same["anomaly"]["calibrated_on"] == "lone" and not same["anomaly"]["is_anomaly"]
+    assert odd["anomaly"]["is_anomaly"]
+
+
 def test_expected_element_calibrates_against_that_element(loaded, service_data):
     client, queries = loaded
     q = queries[0]
