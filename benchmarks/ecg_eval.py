@@ -77,11 +77,7 @@ def bandpass(x: np.ndarray, fs: float, low: float = 5.0, high: float = 15.0) -> 
 def r_aligned_crops(x: np.ndarray, fs: float, width: int = 160) -> np.ndarray:
     """The README's classical bar: the largest band-passed peak, a crop around it, z-scored."""
     peaks = np.abs(bandpass(x, fs)).argmax(axis=-1)
-    padded = np.pad(x, ((0, 0), (width, width)), mode="edge")
-    crops = np.stack(
-        [padded[i, p + width // 2 : p + width // 2 + width] for i, p in enumerate(peaks)]
-    )
-    return raw_window_embeddings(crops[:, None, :])
+    return crops_at(x[:, None, :], peaks, width)
 
 
 def crops_at(x: np.ndarray, anchors: np.ndarray, width: int = 160) -> np.ndarray:

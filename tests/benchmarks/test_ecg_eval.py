@@ -38,6 +38,18 @@ def test_r_aligned_crops_line_up_shifted_beats():
     np.testing.assert_allclose(crops[0], crops[1], atol=1e-6)
 
 
+def test_crops_at_an_anchor_cut_every_channel_around_it():
+    t = np.arange(320)
+    x = np.stack([np.stack([np.sin(t / 7.0 + r), np.cos(t / 5.0 - r)]) for r in (0.0, 1.0)])
+    x[1] = np.roll(x[0], 40, axis=-1)  # the second window: the first, 40 samples later
+    crops = ecg_eval.crops_at(x, np.array([150, 190]), width=160)
+    assert crops.shape == (2, 320)
+    np.testing.assert_allclose(crops[0], crops[1], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(crops, axis=1), 1.0)
+    edge = ecg_eval.crops_at(x[:1], np.array([5000]), width=160)  # past the end: edge repeated
+    assert np.isfinite(edge).all()
+
+
 def test_cross_validation_skips_cleanly_when_the_data_is_absent(tmp_path):
     result = subprocess.run(
         [
