@@ -62,9 +62,7 @@ def test_anomaly_scores_are_calibrated_on_the_references(loaded, service_data):
     assert all(r["anomaly"]["is_anomaly"] and r["anomaly"]["score"] > 0.99 for r in odd)
 
 
-def test_an_element_with_one_reference_is_scored_on_the_shared_calibration(
-    loaded, service_data
-):
+def test_an_element_with_one_reference_is_scored_on_the_shared_calibration(loaded, service_data):
     """The scale comes from every element's references, so one reference is enough."""
     client, _ = loaded
     x = service_data.signals[0, 0]
