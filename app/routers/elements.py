@@ -31,7 +31,8 @@ async def list_elements(
     return respond(ElementList, await service.elements(limit, offset, contains))
 
 
-@router.get("/{element_id}/drift", response_model=DriftResponse, summary="An element's drift")
+# ":path": an id may hold "/" (sent as %2F, which the server decodes before routing)
+@router.get("/{element_id:path}/drift", response_model=DriftResponse, summary="An element's drift")
 async def element_drift(
     element_id: str,
     service: Service,

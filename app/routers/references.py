@@ -131,8 +131,9 @@ async def list_references(
     return respond(ReferenceList, await service.list_references(element_id, limit, offset))
 
 
+# ":path": an id may hold "/" (sent as %2F, which the server decodes before routing)
 @router.get(
-    "/{ref_id}",
+    "/{ref_id:path}",
     response_model=ReferenceOut,
     dependencies=[Depends(require_read_key)],
     summary="Read one reference",
@@ -142,7 +143,7 @@ async def get_reference(ref_id: str, service: Service):
 
 
 @router.delete(
-    "/{ref_id}",
+    "/{ref_id:path}",
     status_code=204,
     dependencies=[Depends(require_write_key)],
     summary="Delete one reference",

@@ -129,3 +129,14 @@ def test_bulk_load_names_the_bad_signal_and_stores_nothing(client, service_data)
     np.save(single, signals[:, 0])  # a .npy array, not an .npz archive
     assert client.post("/references/npz", content=single.getvalue()).status_code == 422
     assert client.get("/ready").json()["stored"] == 0
+
+
+def test_ids_with_slashes_are_read_and_deleted_by_id(client, service_data):
+    ref = {**references(service_data, [0])[0], "id": "line-3/cycle 7", "element_id": "plant/p7"}
+    assert client.post("/references", json={"references": [ref]}).status_code == 201
+    path = "/references/line-3%2Fcycle%207"  # as a client quotes it
+    assert client.get(path).json()["id"] == "line-3/cycle 7"
+    drift = client.get("/elements/plant%2Fp7/drift")
+    assert drift.status_code == 409 and "1 session" in drift.json()["detail"][0]["msg"]  # found
+    assert client.delete(path).status_code == 204
+    assert client.get(path).status_code == 404
