@@ -1,7 +1,8 @@
 """The OpenAPI document, with the served model's limits written into the signal schemas.
 
 A client (or a fuzzer) reading ``/openapi.json`` learns the channel count, the shortest and
-longest signal, the largest batch and ``k``: everything a request must respect to be accepted.
+longest signal, the largest batch and ``k``, and the largest body in bytes (``info``'s
+``x-max-body-bytes``): everything a request must respect to be accepted.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def install(
         spec = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        spec["info"]["x-max-body-bytes"] = settings.max_body_bytes
         signal = signal_schema(limits)
         for path in ("/embed", "/keypoints", "/search", "/align", "/verify", "/drift"):
             body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]

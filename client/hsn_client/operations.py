@@ -9,7 +9,7 @@ I/O.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from hsn_client.results import (
     Verification,
     page_from_json,
 )
-from hsn_client.signals import Batch, Signals, as_batch, batch_body
+from hsn_client.signals import Batch, Signals, as_batch, batch_body, json_body
 
 T = TypeVar("T")
 
@@ -55,27 +55,54 @@ Operation = Generator[Call, Any, T]
 
 class Operations:
     """The API's calls. ``max_batch``: signals a request may carry (None: read from the
-    service's OpenAPI document on first need); ``npy``: send signals as ``.npy`` bodies."""
+    service's OpenAPI document on first need, with the largest body it takes);
+    ``npy``: send signals as ``.npy`` bodies."""
 
     def __init__(self, max_batch: int | None, npy: bool) -> None:
         self.max_batch = max_batch
+        self.max_body_bytes: int | None = None  # unknown: pieces are cut by count alone
         self.npy = npy
 
     def batch_limit(self) -> Operation[int]:
         if self.max_batch is None:
-            self.max_batch = batch_limit_of((yield Call("GET", "/openapi.json")))
+            spec = yield Call("GET", "/openapi.json")
+            self.max_batch, self.max_body_bytes = batch_limit_of(spec), body_limit_of(spec)
         return self.max_batch
 
+    def _pieces(
+        self, count: int, limit: int, body_of: Callable[[int, int], dict]
+    ) -> Iterator[tuple[int, int, dict]]:
+        """(start, stop, request arguments) for items [0, count) cut into pieces of at most
+        ``limit``, a piece whose body is over the service's byte limit cut in halves until it
+        fits (one item goes as it is: the service's 413 then names it). Made one at a time, so
+        a large load never holds more than a piece's body."""
+
+        def fitting(start: int, stop: int) -> Iterator[tuple[int, int, dict]]:
+            body = body_of(start, stop)
+            over = self.max_body_bytes is not None and len(body["content"]) > self.max_body_bytes
+            if not over or stop - start == 1:
+                yield start, stop, body
+                return
+            middle = (start + stop) // 2
+            yield from fitting(start, middle)
+            yield from fitting(middle, stop)
+
+        for start in range(0, count, limit):
+            yield from fitting(start, min(start + limit, count))
+
     def _split(self, x: Signals, path: str, query: dict[str, Any]) -> Operation[list[Any]]:
-        """One request per batch-limit's worth of signals; the answers in order. Only for
-        routes whose answer for a signal does not depend on the other signals sent with it."""
+        """One request per piece of the batch the service's limits allow; the answers in
+        order. Only for routes whose answer for a signal does not depend on the other signals
+        sent with it."""
         batch = as_batch(x)
         limit = yield from self.batch_limit()
         answers = []
-        for start in range(0, len(batch), limit):
-            stop = min(start + limit, len(batch))
-            body = batch_body(batch[start:stop], query, query, self.npy)
-            label = f"signals {start} to {stop - 1}" if len(batch) > limit else None
+
+        def body_of(start: int, stop: int) -> dict:
+            return batch_body(batch[start:stop], query, query, self.npy)
+
+        for start, stop, body in self._pieces(len(batch), limit, body_of):
+            label = f"signals {start} to {stop - 1}" if stop - start < len(batch) else None
             answers.append((yield from _piece(Call("POST", path, body), label)))
         return answers
 
@@ -165,15 +192,17 @@ class Operations:
             if column is not None and len(column) != len(batch):
                 raise ValueError(f"{len(column)} values of {name} for {len(batch)} signals")
         limit = yield from self.batch_limit()
-        stored: list[str] = []
-        for start in range(0, len(batch), limit):
-            stop = min(start + limit, len(batch))
-            references = [_reference(batch, columns, i) for i in range(start, stop)]
-            # Without ids each attempt would store new references: only ids make it repeatable.
-            call = Call(
-                "POST", "/references", {"json": {"references": references}}, ids is not None
+
+        def body_of(start: int, stop: int) -> dict:
+            return json_body(
+                {"references": [_reference(batch, columns, i) for i in range(start, stop)]}
             )
-            label = f"references {start} to {stop - 1}" if len(batch) > limit else None
+
+        stored: list[str] = []
+        for start, stop, body in self._pieces(len(batch), limit, body_of):
+            # Without ids each attempt would store new references: only ids make it repeatable.
+            call = Call("POST", "/references", body, ids is not None)
+            label = f"references {start} to {stop - 1}" if stop - start < len(batch) else None
             stored += (yield from _piece(call, label))["ids"]
         return stored
 
@@ -189,12 +218,14 @@ class Operations:
         stored: list[str] = []
         label = f"loading {references.path.name}"
         with ProgressLine(label, len(references), "references", progress) as shown:
-            for start in range(0, len(references), limit):
-                stop = min(start + limit, len(references))
-                body = {
+
+            def body_of(start: int, stop: int) -> dict:
+                return {
                     "content": references.piece(start, stop),
                     "headers": {"content-type": "application/octet-stream"},
                 }
+
+            for start, stop, body in self._pieces(len(references), limit, body_of):
                 call = Call("POST", "/references/npz", body, references.has_ids)
                 answer = yield from _piece(
                     call, f"{references.path}, references {start} to {stop - 1}"
@@ -236,6 +267,13 @@ class Operations:
 
     def model(self) -> Operation[dict[str, Any]]:
         return (yield Call("GET", "/model"))
+
+
+def body_limit_of(spec: dict[str, Any]) -> int | None:
+    """The largest request body the service takes, in bytes, as its OpenAPI document states
+    it (``x-max-body-bytes`` of ``info``, app/openapi.py; None from a service that does not)."""
+    limit = spec.get("info", {}).get("x-max-body-bytes")
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
 
 
 def batch_limit_of(spec: dict[str, Any]) -> int:

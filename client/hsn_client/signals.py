@@ -11,6 +11,7 @@ which no array holds, go as JSON.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,7 +62,14 @@ def batch_body(batch: Batch, fields: dict[str, Any], query: dict[str, Any], npy:
             "params": {k: v for k, v in query.items() if v is not None},
         }
     signals = [s.tolist() for s in batch]
-    return {"json": {"signals": signals, **{k: v for k, v in fields.items() if v is not None}}}
+    return json_body({"signals": signals, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def json_body(payload: dict[str, Any]) -> dict:
+    """httpx request arguments for a JSON body, serialised here as httpx would, so that its
+    size is known before it is sent."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return {"content": text.encode(), "headers": {"content-type": "application/json"}}
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import httpx
 import numpy as np
 import pytest
 from hsn_client import Client, HsnError
 
 from model.shards import write_shards
+from tests.app.conftest import Server
 from tests.app.helpers import NPY, npy
 from tests.client.conftest import KEY, MAX_BATCH
 
@@ -33,6 +35,26 @@ def test_embed_splits_a_batch_over_the_servers_limit(client, raw, stored_data):
     one_by_one = [raw.post("/embed", json={"signals": [s.tolist()]}).json() for s in x]
     expected = [answer["embeddings"][0] for answer in one_by_one]
     np.testing.assert_allclose(embeddings, expected, atol=1e-6)
+
+
+def test_bodies_over_the_servers_byte_limit_are_cut_smaller(model_dir, stored_data, tmp_path):
+    """A small HSN_MAX_BODY_BYTES, read from /openapi.json: 10 signals of 128 float32 samples
+    go in pieces of at most two (a .npy of two is 1,152 bytes, of three 1,664)."""
+    server = Server(model_dir, tmp_path / "data", HSN_MAX_BODY_BYTES="1200").start()
+    try:
+        x = stored_data.signals[:10, 0]
+        with httpx.Client(base_url=server.url, timeout=30) as raw, Client(server.url) as client:
+            assert raw.post("/embed", json={"signals": x[:3].tolist()}).status_code == 413
+            embeddings = client.embed(x)
+            assert requests_to(raw, "/embed") == 6  # 10 -> 5 + 5, each 5 -> 2 + (1 + 2)
+            alone = raw.post("/embed", content=npy(x[-1:]), headers=NPY).json()["embeddings"]
+            np.testing.assert_allclose(embeddings[-1:], alone, atol=1e-6)
+            with pytest.raises(HsnError) as too_large:  # one reference's JSON is over 1,200
+                client.add_references(x[:2], ["e", "e"], ["s", "s"])
+            assert too_large.value.status == 413
+            assert str(too_large.value).startswith("references 0 to 0: 413 from POST /references")
+    finally:
+        server.stop()
 
 
 def test_npy_and_json_bodies_and_signals_of_mixed_lengths_give_the_same_answers(
