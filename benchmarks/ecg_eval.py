@@ -131,6 +131,19 @@ def identification(model, data: SignalData) -> dict:
     }
 
 
+def learned_embeddings(model, signals: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The learned part of the served embeddings (training's ``forward``), without the
+    morphology part a model may serve beside it."""
+    import torch
+
+    with torch.inference_mode():
+        parts = [
+            model(torch.from_numpy(np.ascontiguousarray(signals[i : i + batch_size])))[0]
+            for i in range(0, len(signals), batch_size)
+        ]
+    return torch.cat(parts).numpy()
+
+
 def anomaly(model, data: SignalData, anomaly_k: int) -> dict:
     """Pooled AUROC of every score of :func:`anomaly_scores`, with the counts it is over."""
     results = {}
@@ -172,7 +185,7 @@ def anomaly_scores(
 
     embeddings, _, _ = predict(model, data.signals)
     raw = raw_window_embeddings(data.signals)
-    classical = {
+    features_of = {
         "raw": raw / np.linalg.norm(raw, axis=1, keepdims=True),
         "crop at annotated R": crops_at(
             data.signals, data.keypoints[:, data.keypoint_names.index("R_peak")]
@@ -181,6 +194,7 @@ def anomaly_scores(
             data.signals, np.abs(bandpass(data.signals, data.fs)).sum(axis=1).argmax(axis=-1)
         ),
         "embedding": embeddings,
+        "learned part": learned_embeddings(model, data.signals),
     }
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     index = VectorIndex(vectors.shape[1], IndexPolicy("flat"))
@@ -210,15 +224,20 @@ def anomaly_scores(
             return service_scores(embeddings[q], record)
         if mode == "all_references":
             return service_scores(embeddings[q], None)
-        features = classical[mode]
+        features = features_of[mode]
         r = refs[data.element_ids[refs] == record]
         return 1 - (features[q] @ features[r].T).max(axis=1)
 
-    results = {}
-    for name, mode in (
+    modes = [
         ("model: service score, expected_element = record", "expected_element"),
         ("model: service score, one index of all records", "all_references"),
         ("model: 1 - best cosine to the record's references", "embedding"),
+    ]
+    if features_of["learned part"].shape[1] != embeddings.shape[1]:  # a morphology part served
+        modes.append(("model, learned part alone: 1 - best cosine", "learned part"))
+    results = {}
+    for name, mode in (
+        *modes,
         ("raw z-scored windows: 1 - best cosine (classical)", "raw"),
         ("R-aligned crop, annotated R: 1 - best cosine", "crop at annotated R"),
         ("R-aligned crop, band-passed peak: 1 - best cosine", "crop at band-passed peak"),
