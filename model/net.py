@@ -55,7 +55,7 @@ class ModelConfig:
     # this keypoint, morphology_width samples, averaged over morphology_pool, holding
     # morphology_weight of the cosine similarity. Triplet training makes the learned part ignore
     # what varies within an element, which anomaly scores need (measured on the QT Database in
-    # BENCHMARKS.md, "Real ECG, cross-validated").
+    # BENCHMARKS.md, "Real ECG, cross-validated, round 2").
     morphology_keypoint: str | None = None
     morphology_width: int = 256
     morphology_pool: int = 2
