@@ -401,7 +401,7 @@ class SignalService:
         threshold = self.settings.anomaly_threshold
         open_set = self._open_set_threshold()
         results = []
-        for query, row, score in zip(embeddings, rows, scores, strict=True):
+        for row, score in zip(rows, scores, strict=True):
             neighbors = [
                 NeighborResult(
                     *described[n.key],
@@ -419,12 +419,23 @@ class SignalService:
                     threshold,
                     expected_element or "all references",
                 )
-            predicted = vote(neighbors)
-            if predicted is not None and open_set is not None:
-                best = self._element_score(query[None], predicted.element_id)
-                predicted.known = bool(best >= open_set.threshold)
-            results.append(SearchResult(neighbors, predicted, anomaly))
+            results.append(SearchResult(neighbors, vote(neighbors), anomaly))
+        if open_set is not None:
+            self._mark_known(embeddings, results, open_set.threshold)
         return results
+
+    def _mark_known(
+        self, embeddings: np.ndarray, results: list[SearchResult], threshold: float
+    ) -> None:
+        """Sets each predicted element's ``known``: the signal's similarity to that element at
+        least the open-set threshold. One search per predicted element, not per signal."""
+        by_element: dict[str, list[int]] = {}
+        for i, result in enumerate(results):
+            if result.predicted_element is not None:
+                by_element.setdefault(result.predicted_element.element_id, []).append(i)
+        for element, at in by_element.items():
+            for i, similarity in zip(at, self._similarities(embeddings[at], element), strict=True):
+                results[i].predicted_element.known = bool(similarity >= threshold)
 
     def _anomaly_scores(
         self,
@@ -561,10 +572,14 @@ class SignalService:
         )
 
     def _element_score(self, probe: np.ndarray, element_id: str) -> float:
-        """app.verification's similarity, from the index: each probe signal's k nearest
+        """app.verification's similarity of a probe (its signals together) to an element."""
+        return float(np.mean(self._similarities(probe, element_id)))
+
+    def _similarities(self, signals: np.ndarray, element_id: str) -> np.ndarray:
+        """Each signal's similarity to the element, from the index: the mean of its k nearest
         references of the element."""
-        rows = self.index.search(probe, self.settings.verify_k, element_id=element_id)
-        return float(np.mean([np.mean([n.similarity for n in row]) for row in rows]))
+        rows = self.index.search(signals, self.settings.verify_k, element_id=element_id)
+        return np.array([np.mean([n.similarity for n in row]) for row in rows])
 
     def _nearest_other(self, probe: np.ndarray, element_id: str) -> NearestOther | None:
         """The stored element other than ``element_id`` most similar to the probe (None when
