@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model import HierarchicalSignalNet, ModelConfig
 from tests.postgres import MISSING, PostgresServer, server_binaries
 from training.synthetic import SynthConfig, generate
 from training.train import TrainConfig, Trainer
@@ -23,6 +24,26 @@ SMALL_MODEL = {"conv_channels": (16, 32, 32), "gru_hidden": 32, "embedding_dim":
 @pytest.fixture(scope="session")
 def tiny_data():
     return generate(SynthConfig(elements=8, sessions=3, signals=4, length=64, seed=3))
+
+
+@pytest.fixture
+def shaped():
+    """An untrained network whose served embedding also holds the signal re-centred on
+    keypoint "b" (32 samples of 2 channels, pooled in pairs, 0.3 of the similarity)."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        in_channels=2,
+        conv_channels=(8, 16),
+        gru_hidden=16,
+        embedding_dim=12,
+        num_keypoints=3,
+        keypoint_names=["a", "b", "c"],
+        morphology_keypoint="b",
+        morphology_width=32,
+        morphology_pool=2,
+        morphology_weight=0.3,
+    )
+    return HierarchicalSignalNet(config).eval()
 
 
 @pytest.fixture(scope="session")

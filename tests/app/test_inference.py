@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from app.onnx_engine import derive_session
-from model import HierarchicalSignalNet, ModelConfig
 from tests.app.helpers import NPY, npy
 
 
@@ -95,23 +94,12 @@ def test_onnx_runtime_serves_what_torchscript_computes(make_client, service_data
             np.testing.assert_allclose(pa, pb, atol=1e-2)
 
 
-def test_onnx_runtime_agrees_on_a_morphology_part_at_any_length():
+def test_onnx_runtime_agrees_on_a_morphology_part_at_any_length(shaped):
     """The re-centred window is gathered at positions decoded per signal: ONNX must not bake
     the example's length into it, even where the anchor lies past the signal's end."""
-    torch.manual_seed(0)
-    config = ModelConfig(
-        in_channels=2,
-        conv_channels=(8, 16),
-        gru_hidden=8,
-        embedding_dim=8,
-        num_keypoints=2,
-        keypoint_names=["P", "R"],
-        morphology_keypoint="R",
-        morphology_width=64,
-    )
-    net = HierarchicalSignalNet(config).eval()
-    net.keypoint_offsets[1] = -100.0  # anchors past the end of the shorter signals
-    scripted = torch.jit.script(net)
+    shaped.keypoint_offsets[1] = -100.0  # anchors past the end of the shorter signals
+    scripted = torch.jit.script(shaped)
+    config = shaped.config
     manifest = {
         "model_config": config.to_dict(),
         "in_channels": 2,

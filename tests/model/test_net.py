@@ -92,25 +92,6 @@ def test_config_checks():
     assert config.stride == 16 and ModelConfig.from_dict(config.to_dict()) == config
 
 
-@pytest.fixture
-def shaped() -> HierarchicalSignalNet:
-    """A network whose served embedding also holds the signal re-centred on keypoint "b"."""
-    torch.manual_seed(0)
-    config = ModelConfig(
-        in_channels=2,
-        conv_channels=(8, 16),
-        gru_hidden=16,
-        embedding_dim=12,
-        num_keypoints=3,
-        keypoint_names=["a", "b", "c"],
-        morphology_keypoint="b",
-        morphology_width=32,
-        morphology_pool=2,
-        morphology_weight=0.3,
-    )
-    return HierarchicalSignalNet(config).eval()
-
-
 def test_the_morphology_part_is_the_signal_re_centred_on_its_keypoint(shaped):
     x = torch.randn(4, 2, 96)
     served, positions, _ = shaped.embed_and_keypoints(x)
