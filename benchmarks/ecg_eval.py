@@ -131,17 +131,11 @@ def identification(model, data: SignalData) -> dict:
     }
 
 
-def learned_embeddings(model, signals: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The learned part of the served embeddings (training's ``forward``), without the
-    morphology part a model may serve beside it."""
-    import torch
-
-    with torch.inference_mode():
-        parts = [
-            model(torch.from_numpy(np.ascontiguousarray(signals[i : i + batch_size])))[0]
-            for i in range(0, len(signals), batch_size)
-        ]
-    return torch.cat(parts).numpy()
+def learned_part(model, embeddings: np.ndarray) -> np.ndarray:
+    """The learned part of served embeddings, unit norm: a served embedding begins with it
+    (model/net.py, ``served``), scaled when a morphology part follows."""
+    part = embeddings[:, : model.embedding_head.weight.shape[0]]
+    return part / np.linalg.norm(part, axis=1, keepdims=True)
 
 
 def anomaly(model, data: SignalData, anomaly_k: int) -> dict:
@@ -194,7 +188,7 @@ def anomaly_scores(
             data.signals, np.abs(bandpass(data.signals, data.fs)).sum(axis=1).argmax(axis=-1)
         ),
         "embedding": embeddings,
-        "learned part": learned_embeddings(model, data.signals),
+        "learned part": learned_part(model, embeddings),
     }
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     index = VectorIndex(vectors.shape[1], IndexPolicy("flat"))

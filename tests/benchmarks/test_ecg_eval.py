@@ -50,6 +50,16 @@ def test_crops_at_an_anchor_cut_every_channel_around_it():
     assert np.isfinite(edge).all()
 
 
+def test_the_learned_part_is_read_off_the_served_embedding(shaped):
+    import torch
+
+    x = torch.randn(5, 2, 96)
+    served = shaped.embed(x).detach().numpy()
+    learned = shaped(x)[0].detach().numpy()  # training's view: the learned part alone
+    assert served.shape[1] > learned.shape[1]
+    np.testing.assert_allclose(ecg_eval.learned_part(shaped, served), learned, atol=1e-6)
+
+
 def test_cross_validation_skips_cleanly_when_the_data_is_absent(tmp_path):
     result = subprocess.run(
         [
