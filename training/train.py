@@ -399,11 +399,11 @@ class Trainer:
         channels; keypoints do not move."""
         config = self.config
         b, c, length = x.shape
-        permute = config.augment_permute if c > 1 else 0.0
-        if not (config.augment_noise or config.augment_wander or config.augment_flip or permute):
-            return x
-        scale = x.std(dim=-1, keepdim=True)  # (B, C, 1)
-        out = x + config.augment_noise * scale * torch.randn_like(x)
+        out = x  # each augmentation below only when set: all off, the batch itself
+        if config.augment_noise or config.augment_wander:
+            scale = x.std(dim=-1, keepdim=True)  # (B, C, 1)
+        if config.augment_noise:
+            out = out + config.augment_noise * scale * torch.randn_like(x)
         if config.augment_wander:
             t = torch.linspace(0, 1, length, device=x.device).view(1, 1, length)
             cycles = 0.3 + 1.7 * torch.rand(b, c, 1, device=x.device)
@@ -413,8 +413,8 @@ class Trainer:
         if config.augment_flip:
             flipped = torch.rand(b, c, 1, device=x.device) < config.augment_flip
             out = torch.where(flipped, -out, out)
-        if permute:
-            shuffled = torch.rand(b, device=x.device) < permute
+        if config.augment_permute and c > 1:
+            shuffled = torch.rand(b, device=x.device) < config.augment_permute
             order = torch.rand(b, c, device=x.device).argsort(dim=1)  # (B, C) a random order
             permuted = out.gather(1, order.unsqueeze(-1).expand(b, c, length))
             out = torch.where(shuffled.view(b, 1, 1), permuted, out)
