@@ -74,8 +74,10 @@ class Operations:
     ) -> Iterator[tuple[int, int, dict]]:
         """(start, stop, request arguments) for items [0, count) cut into pieces of at most
         ``limit``, a piece whose body is over the service's byte limit cut in halves until it
-        fits (one item goes as it is: the service's 413 then names it). Made one at a time, so
-        a large load never holds more than a piece's body."""
+        fits (one item goes as it is: the service's 413 then names it); once a piece had to be
+        cut, the next start at the longest size that fitted, so a large load does not build
+        and drop an oversized body for every piece. Made one at a time, so a load never holds
+        more than a piece's body."""
 
         def fitting(start: int, stop: int) -> Iterator[tuple[int, int, dict]]:
             body = body_of(start, stop)
@@ -87,8 +89,16 @@ class Operations:
             yield from fitting(start, middle)
             yield from fitting(middle, stop)
 
-        for start in range(0, count, limit):
-            yield from fitting(start, min(start + limit, count))
+        start, size = 0, limit
+        while start < count:
+            stop = min(start + size, count)
+            longest = 0
+            for piece in fitting(start, stop):
+                longest = max(longest, piece[1] - piece[0])
+                yield piece
+            if longest < stop - start:
+                size = longest
+            start = stop
 
     def _split(self, x: Signals, path: str, query: dict[str, Any]) -> Operation[list[Any]]:
         """One request per piece of the batch the service's limits allow; the answers in

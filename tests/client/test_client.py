@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from hsn_client import Client, HsnError
+from hsn_client.operations import Operations
 
 from model.shards import write_shards
 from tests.app.conftest import Server
@@ -55,6 +56,22 @@ def test_bodies_over_the_servers_byte_limit_are_cut_smaller(model_dir, stored_da
             assert str(too_large.value).startswith("references 0 to 0: 413 from POST /references")
     finally:
         server.stop()
+
+
+def test_once_a_piece_was_cut_the_next_start_at_the_size_that_fitted():
+    operations = Operations(max_batch=10, npy=True)
+    operations.max_body_bytes = 250
+    built = []
+
+    def body_of(start, stop):  # 100 bytes an item
+        built.append((start, stop))
+        return {"content": b"x" * 100 * (stop - start)}
+
+    pieces = [(a, b) for a, b, _ in operations._pieces(40, 10, body_of)]
+    assert [a for a, _ in pieces] == [0, *[b for _, b in pieces[:-1]]] and pieces[-1][1] == 40
+    assert all(100 * (b - a) <= 250 for a, b in pieces)
+    first = [p for p in built if p[1] <= 10]  # the first ten were cut from 10 down to 2
+    assert len(first) == 11 and built[len(first) :] == pieces[-15:]  # the rest built once
 
 
 def test_npy_and_json_bodies_and_signals_of_mixed_lengths_give_the_same_answers(
