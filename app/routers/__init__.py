@@ -1,0 +1,22 @@
+"""The API's routers, one per resource, and the path convertor their id segments use."""
+
+from __future__ import annotations
+
+from starlette.convertors import Convertor, register_url_convertor
+
+
+class IdConvertor(Convertor[str]):
+    """``{name:id}``: a path segment holding an id of any characters, "/" (sent as %2F, which
+    the server decodes before routing) and newlines included (Starlette's ``path`` stops at
+    a newline, which the schema fuzzer found)."""
+
+    regex = "[\\s\\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("id", IdConvertor())

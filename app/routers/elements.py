@@ -31,8 +31,8 @@ async def list_elements(
     return respond(ElementList, await service.elements(limit, offset, contains))
 
 
-# ":path": an id may hold "/" (sent as %2F, which the server decodes before routing)
-@router.get("/{element_id:path}/drift", response_model=DriftResponse, summary="An element's drift")
+# ":id" (app/routers/__init__.py): an id may hold "/" and any other character
+@router.get("/{element_id:id}/drift", response_model=DriftResponse, summary="An element's drift")
 async def element_drift(
     element_id: str,
     service: Service,

@@ -131,9 +131,9 @@ async def list_references(
     return respond(ReferenceList, await service.list_references(element_id, limit, offset))
 
 
-# ":path": an id may hold "/" (sent as %2F, which the server decodes before routing)
+# ":id" (app/routers/__init__.py): an id may hold "/" and any other character
 @router.get(
-    "/{ref_id:path}",
+    "/{ref_id:id}",
     response_model=ReferenceOut,
     dependencies=[Depends(require_read_key)],
     summary="Read one reference",
@@ -143,7 +143,7 @@ async def get_reference(ref_id: str, service: Service):
 
 
 @router.delete(
-    "/{ref_id:path}",
+    "/{ref_id:id}",
     status_code=204,
     dependencies=[Depends(require_write_key)],
     summary="Delete one reference",

@@ -140,3 +140,5 @@ def test_ids_with_slashes_are_read_and_deleted_by_id(client, service_data):
     assert drift.status_code == 409 and "1 session" in drift.json()["detail"][0]["msg"]  # found
     assert client.delete(path).status_code == 204
     assert client.get(path).status_code == 404
+    missing = client.delete("/references/a%0Ab")  # a newline too reaches the route
+    assert missing.status_code == 404 and missing.json()["detail"][0]["loc"] == ["path", "ref_id"]
