@@ -117,6 +117,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="times each training element's gold window joins the training set",
     )
     p.add_argument(
+        "--correct-teacher",
+        action=argparse.BooleanOptionalAction,
+        default=d.correct_teacher,
+        help="move --data's keypoints to the gold marks' convention per element and keypoint, "
+        "or drop them where the two disagree (both files need 'window_start')",
+    )
+    p.add_argument(
         "--augment-noise",
         type=float,
         default=d.augment_noise,

@@ -43,6 +43,7 @@ from training.evaluate import predict, score, selection_score
 from training.export import export_model
 from training.loss import HierarchicalLoss, LossParts, SegmentDecoder
 from training.sampler import HierarchicalSampler
+from training.teacher import correct_teacher, summarise_corrections
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class TrainConfig:
     patience: int = 6  # epochs without a better validation score before stopping
     grad_clip: float = 5.0
     gold_repeat: int = 4  # times each training element's gold window is added to training
+    # Move the data's keypoints to the gold marks' convention per element and keypoint, or drop
+    # them where the two disagree (training/teacher.py); needs gold data and "window_start".
+    correct_teacher: bool = False
     session_key: str | None = None  # an extras key whose values define the sessions instead
     # Rebuild each signal's segment around this keypoint (a name, e.g. "R_peak") from its
     # embedding, so the embedding keeps that segment's shape (see loss.SegmentDecoder).
@@ -212,6 +216,9 @@ class Trainer:
         test = self._held_out(data.element_ids)
         self.test_elements = sorted(test)
         data = data.subset(np.flatnonzero(~np.isin(data.element_ids, list(test))))
+        self.teacher_corrections = None
+        if config.correct_teacher:
+            data = self._corrected_teacher(data, gold)
         train_idx, val_idx = split_by_element(data, config.val_fraction, config.seed)
         self.train_data = data.subset(train_idx)
         self.val_data = data.subset(val_idx) if len(val_idx) else None
@@ -227,6 +234,16 @@ class Trainer:
         self.train_set = SignalDataset(self.train_data)
         self.train_summary = self.train_data.summary()
 
+    def _corrected_teacher(self, data: SignalData, gold: SignalData | None) -> SignalData:
+        """``data`` with its keypoints corrected by the gold marks of its own elements (never a
+        test element's)."""
+        if gold is None:
+            raise ValueError("correct_teacher needs gold data (--gold-data)")
+        data, corrections = correct_teacher(data, gold.only_elements(set(data.element_ids)))
+        self.teacher_corrections = summarise_corrections(corrections, data.fs)
+        log.info("teacher corrected per element: %s", self.teacher_corrections)
+        return data
+
     def _held_out(self, elements: np.ndarray) -> set[str]:
         """The test elements: a cross-validation fold, or a fraction (none by default)."""
         config = self.config
@@ -239,7 +256,7 @@ class Trainer:
         config = self.config
         if config.session_key:
             raise ValueError("session_key needs the data in memory: give an NPZ file, not shards")
-        if gold is not None:
+        if gold is not None or config.correct_teacher:
             raise ValueError("gold data needs the data in memory: give an NPZ file, not shards")
         test = self._held_out(data.element_names)
         self.test_elements = sorted(test)
@@ -256,6 +273,7 @@ class Trainer:
         self.val_data = data.load_elements(val)
         self.gold_val = None
         self.gold_summary = None
+        self.teacher_corrections = None
         self.train_set = ShardedSignalDataset(data)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -510,6 +528,7 @@ class Trainer:
                 else [],
                 "test_elements": self.test_elements,
                 "gold_data": self.gold_summary,
+                "teacher_corrections": self.teacher_corrections,
                 "keypoint_offsets": offsets,
                 "stopped_by": stop_reason,
                 "epochs_run": self.epoch,

@@ -199,6 +199,14 @@ def test_a_morphology_part_widens_the_served_embedding(synth_file, tmp_path, cap
     assert code != 0 and "morphology_keypoint 'Q' is not one of" in err
 
 
+def test_teacher_correction_names_what_it_needs(synth_file, tmp_path, capsys):
+    base = ["train", "--data", str(synth_file), "--out", str(tmp_path / "m"), "--correct-teacher"]
+    code, _, err = run_cli(base, capsys)
+    assert code == 2 and "correct_teacher needs gold data (--gold-data)" in err
+    code, _, err = run_cli([*base, "--gold-data", str(synth_file)], capsys)
+    assert code == 2 and "needs 'window_start'" in err
+
+
 def test_bad_data_file_is_one_clear_line_and_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, signals=np.zeros((3, 64)), element_ids=np.array(["a", "b", "c"]))

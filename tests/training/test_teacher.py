@@ -1,0 +1,126 @@
+"""Teacher correction: the teacher's marks shifted or dropped per element by the gold marks."""
+
+import numpy as np
+import pytest
+
+from model.data_format import DataFormatError, SignalData
+from tests.conftest import TINY_MODEL
+from training.teacher import correct_teacher, matched_beats, summarise_corrections
+from training.train import TrainConfig, Trainer
+
+FS = 250.0  # 20 ms = 5 samples
+LENGTH = 100
+
+
+def windows(element: str, beats: np.ndarray, starts: np.ndarray, marks: np.ndarray) -> SignalData:
+    """One window per beat of ``element``: ``marks`` (n, 3) are absolute samples of the
+    recording (-1 absent), ``starts`` where each window begins."""
+    n = len(beats)
+    keypoints = np.where(marks >= 0, marks - starts[:, None], -1)
+    return SignalData(
+        signals=np.zeros((n, 1, LENGTH), np.float32),
+        element_ids=np.full(n, element),
+        session_ids=np.full(n, f"{element}/s"),
+        keypoints=keypoints.astype(np.int64),
+        keypoint_names=["P", "R", "T"],
+        fs=FS,
+        extras={"window_start": starts.astype(np.int64)},
+    )
+
+
+@pytest.fixture
+def teacher_and_gold():
+    """Element "a": 10 beats 300 samples apart; the teacher's P, R, T at beat -30, 0, +40.
+    Gold marks 6 of those beats from other window starts: P 3 samples later (±1), R scattered by
+    ±12 samples, T where the teacher has it. Element "b": 3 gold beats (too few). Element "c"
+    has gold windows only."""
+    beats = np.arange(10) * 300 + 1000
+    marks = np.stack([beats - 30, beats, beats + 40], axis=1)
+    teacher = SignalData.concat(
+        [
+            windows("a", beats, beats - 50, marks),
+            windows("b", beats, beats - 50, marks),
+        ]
+    )
+    g = beats[:6]
+    gold_marks = np.stack(
+        [g - 27 + np.array([0, 1, -1, 0, 1, 0]), g + np.array([12, -12, 11, -11, 0, 12]), g + 40],
+        axis=1,
+    )
+    gold = SignalData.concat(
+        [
+            windows("a", g, g - 60, gold_marks),
+            windows("b", g[:3], g[:3] - 60, gold_marks[:3] + 3),
+            windows("c", g, g - 60, gold_marks + 5),
+        ]
+    )
+    return teacher, gold
+
+
+def test_beats_are_matched_by_their_place_in_the_recording(teacher_and_gold):
+    teacher, gold = teacher_and_gold
+    pairs_t, pairs_g = matched_beats(teacher, gold, max_distance=25)
+    assert len(pairs_t) == 6 + 3  # element c has no teacher windows
+    starts_t = teacher.extras["window_start"][pairs_t]
+    starts_g = gold.extras["window_start"][pairs_g]
+    np.testing.assert_array_equal(starts_t - starts_g, 10)  # the same beats, other crops
+    assert (teacher.element_ids[pairs_t] == gold.element_ids[pairs_g]).all()
+
+
+def test_a_consistent_offset_is_applied_and_a_scattered_mark_is_dropped(teacher_and_gold):
+    teacher, gold = teacher_and_gold
+    corrected, corrections = correct_teacher(teacher, gold, tolerance_ms=20)
+    a = teacher.element_ids == "a"
+    before, after = teacher.keypoints[a], corrected.keypoints[a]
+    np.testing.assert_array_equal(after[:, 0], before[:, 0] + 3)  # every window, matched or not
+    assert (after[:, 1] == -1).all()  # R differences scatter beyond 20 ms of their median
+    np.testing.assert_array_equal(after[:, 2], before[:, 2])
+    b = teacher.element_ids == "b"
+    np.testing.assert_array_equal(corrected.keypoints[b], teacher.keypoints[b])
+    np.testing.assert_array_equal(teacher.keypoints[a][:, 1], 50)  # the input is not modified
+    by_name = {c.keypoint: c for c in corrections if c.element == "a"}
+    assert by_name["P"].shift == 3 and not by_name["P"].dropped and by_name["P"].pairs == 6
+    assert by_name["R"].dropped and by_name["R"].agreement < 0.5
+    assert {c.element for c in corrections} == {"a"}
+    summary = summarise_corrections(corrections, FS)
+    assert summary["P"] == {"shifted": 1, "dropped": 0, "elements": 1, "median_abs_shift_ms": 12.0}
+    assert summary["R"]["dropped"] == 1
+
+
+def test_a_shift_past_the_window_leaves_the_mark_absent(teacher_and_gold):
+    teacher, gold = teacher_and_gold
+    gold.keypoints[gold.element_ids == "a", 2] += 58  # T moved to sample 148 of the teacher's 100
+    corrected, _ = correct_teacher(teacher, gold)
+    assert (corrected.keypoints[teacher.element_ids == "a", 2] == -1).all()
+
+
+def test_errors_name_what_is_missing(teacher_and_gold):
+    teacher, gold = teacher_and_gold
+    del gold.extras["window_start"]
+    with pytest.raises(DataFormatError, match="window_start"):
+        correct_teacher(teacher, gold)
+    teacher.fs = None
+    with pytest.raises(DataFormatError, match="fs"):
+        correct_teacher(teacher, teacher)
+
+
+def test_training_corrects_its_data_and_records_it(tiny_data, tmp_path):
+    """Gold marks 2 samples after the teacher's on the same windows: training's data follows."""
+    teacher = tiny_data.subset(np.arange(len(tiny_data)))  # the fixture is shared: a copy
+    teacher.extras["window_start"] = np.arange(len(teacher)) * 1000
+    gold = teacher.subset(np.arange(len(teacher)))
+    gold.keypoints = np.where(gold.keypoints >= 0, gold.keypoints + 2, -1)
+    config = TrainConfig(epochs=1, p=4, k=4, val_fraction=0.25, model=TINY_MODEL)
+    config.correct_teacher = True
+    with pytest.raises(ValueError, match="gold data"):
+        Trainer(config, teacher, tmp_path)
+    config.gold_repeat = 0  # training's data is the teacher's alone
+    trainer = Trainer(config, teacher, tmp_path, gold=gold)
+    expected = gold.only_elements(set(trainer.train_data.element_ids)).keypoints
+    expected = np.where(expected < teacher.length, expected, -1)
+    np.testing.assert_array_equal(np.sort(trainer.train_data.keypoints, 0), np.sort(expected, 0))
+    summary = trainer.fit()["teacher_corrections"]
+    elements = len(np.unique(teacher.element_ids))
+    assert summary["onset"] == {
+        "shifted": elements, "dropped": 0, "elements": elements, "median_abs_shift_ms": 8.0
+    }  # fmt: skip

@@ -1,0 +1,138 @@
+"""Teacher correction: an automatic delineator's keypoints moved to the experts' convention.
+
+The keypoints of most training windows come from a teacher (an automatic delineator such as
+ecgpuwave); a few windows of some of the same elements carry gold marks (cardiologists'). Where
+they label the same beat, their difference per element and keypoint is mostly a constant: the
+teacher places a mark by its own rule, which on some shapes sits a fixed distance from the
+experts' (on the QT Database, R peaks from 12 ms before to 24 ms after the experts' depending on
+the record, P peaks up to 120 ms away). One global offset cannot follow that, and training on
+the teacher's marks teaches the model its rule. So, per element and keypoint, with at least
+``MIN_PAIRS`` beats marked by both:
+
+- the teacher **agrees up to a shift** (at least half the pairs within ``tolerance`` of their
+  median difference): every window of the element gets the teacher's mark moved by that median;
+- it **disagrees** (the differences scatter): the teacher's mark is dropped for the element, so
+  only the gold windows teach that keypoint there.
+
+Elements or keypoints with fewer pairs keep the teacher's marks. Beats are matched by where the
+windows sit in their recording: both datasets need ``extras["window_start"]`` (the sample of the
+recording at which each window starts). Only gold windows of the elements in ``teacher`` are
+used, so a held-out element's gold marks never reach training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.data_format import DataFormatError, SignalData
+
+WINDOW_START = "window_start"
+MIN_PAIRS = 5
+AGREEMENT = 0.5  # share of pairs within tolerance of the median for a shift (not a drop)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What happened to one keypoint of one element."""
+
+    element: str
+    keypoint: str
+    pairs: int  # beats marked by both
+    shift: int  # samples added to the teacher's marks (0 when dropped)
+    agreement: float  # share of pairs within tolerance of the median difference
+    dropped: bool
+
+
+def _absolute(data: SignalData) -> np.ndarray:
+    """(N, K) keypoints as samples of the recording, NaN where absent."""
+    if WINDOW_START not in data.extras:
+        raise DataFormatError(
+            f"teacher correction needs '{WINDOW_START}' (each window's first sample in its "
+            "recording) in both the data and the gold data"
+        )
+    marks = data.keypoints.astype(float)
+    marks[data.keypoints < 0] = np.nan
+    return marks + data.extras[WINDOW_START].astype(float)[:, None]
+
+
+def matched_beats(
+    teacher: SignalData, gold: SignalData, max_distance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (teacher, gold) of windows labelling the same beat: same element, and the
+    median distance between their marks (keypoints both have) at most ``max_distance`` samples,
+    the nearest teacher window when several are."""
+    teacher_marks, gold_marks = _absolute(teacher), _absolute(gold)
+    pairs_t, pairs_g = [], []
+    for element in np.intersect1d(teacher.element_ids, gold.element_ids):
+        in_teacher = np.flatnonzero(teacher.element_ids == element)
+        for g in np.flatnonzero(gold.element_ids == element):
+            gaps = np.abs(teacher_marks[in_teacher] - gold_marks[g])  # (n, K)
+            shared = ~np.isnan(gaps).all(axis=1)
+            if not shared.any():
+                continue
+            distance = np.full(len(in_teacher), np.inf)
+            distance[shared] = np.nanmedian(gaps[shared], axis=1)
+            best = int(np.argmin(distance))
+            if distance[best] <= max_distance:
+                pairs_t.append(in_teacher[best])
+                pairs_g.append(g)
+    return np.asarray(pairs_t, dtype=np.int64), np.asarray(pairs_g, dtype=np.int64)
+
+
+def correct_teacher(
+    teacher: SignalData, gold: SignalData, tolerance_ms: float = 20.0, match_ms: float = 100.0
+) -> tuple[SignalData, list[Correction]]:
+    """The teacher's data with its keypoints shifted or dropped per element and keypoint (see
+    the module's docstring), and what was done."""
+    if teacher.keypoint_names != gold.keypoint_names:
+        raise DataFormatError(
+            f"gold keypoints {gold.keypoint_names} differ from the data's {teacher.keypoint_names}"
+        )
+    if teacher.fs is None:
+        raise DataFormatError("teacher correction needs 'fs' to turn its tolerance into samples")
+    tolerance = tolerance_ms * teacher.fs / 1000.0
+    pairs_t, pairs_g = matched_beats(teacher, gold, match_ms * teacher.fs / 1000.0)
+    differences = _absolute(gold)[pairs_g] - _absolute(teacher)[pairs_t]  # (P, K)
+    paired_elements = teacher.element_ids[pairs_t]
+    keypoints = teacher.keypoints.copy()
+    length = teacher.length
+    corrections = []
+    for element in np.unique(paired_elements):
+        rows = np.flatnonzero(teacher.element_ids == element)
+        for k, name in enumerate(teacher.keypoint_names):
+            diff = differences[paired_elements == element, k]
+            diff = diff[~np.isnan(diff)]
+            if len(diff) < MIN_PAIRS:
+                continue
+            median = float(np.median(diff))
+            agreement = float(np.mean(np.abs(diff - median) <= tolerance))
+            dropped = agreement < AGREEMENT
+            shift = 0 if dropped else int(round(median))
+            column = keypoints[rows, k]
+            present = column >= 0
+            moved = column + shift
+            inside = (moved >= 0) & (moved < length)
+            keypoints[rows, k] = np.where(present & inside & ~dropped, moved, -1)
+            corrections.append(Correction(str(element), name, len(diff), shift, agreement, dropped))
+    corrected = teacher.subset(np.arange(len(teacher)))
+    corrected.keypoints = keypoints
+    return corrected, corrections
+
+
+def summarise_corrections(corrections: list[Correction], fs: float) -> dict:
+    """Per keypoint: elements shifted, dropped, and the median absolute shift in ms."""
+    out = {}
+    for name in dict.fromkeys(c.keypoint for c in corrections):
+        mine = [c for c in corrections if c.keypoint == name]
+        shifts = [abs(c.shift) for c in mine if not c.dropped]
+        out[name] = {
+            "shifted": sum(1 for c in mine if not c.dropped and c.shift),
+            "dropped": sum(1 for c in mine if c.dropped),
+            "elements": len(mine),
+            "median_abs_shift_ms": round(float(np.median(shifts)) * 1000.0 / fs, 1)
+            if shifts
+            else 0.0,
+        }
+    return out
