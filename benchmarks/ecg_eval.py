@@ -34,6 +34,7 @@ from training.metrics import (  # noqa: E402
     raw_window_embeddings,
     retrieval_metrics,
 )
+from training.teacher import matched_beats, window_marks  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "ecg"
 
@@ -105,6 +106,22 @@ def keypoints(model, data: SignalData) -> dict:
         "beats": len(data),
         "model": ours,
         "positions": positions,
+    }
+
+
+def teacher_keypoints(model, teacher: SignalData, gold: SignalData) -> dict:
+    """The automatic delineator's marks (``teacher``, e.g. ecgpuwave's) and the model's, scored
+    against the gold marks of the beats both files hold (``teacher`` keeps only some beats of a
+    record): a teacher mark missing where gold has one counts as a miss."""
+    pairs_t, pairs_g = matched_beats(teacher, gold, max_distance=0.1 * gold.fs)
+    gold = gold.subset(pairs_g)
+    theirs = window_marks(teacher.subset(pairs_t), gold.extras["window_start"])
+    _, ours, _ = predict(model, gold.signals)
+    names, fs = gold.keypoint_names, gold.fs
+    return {
+        "beats": len(gold),
+        "teacher": keypoint_metrics(theirs, gold.keypoints, names, fs),
+        "model": keypoint_metrics(ours, gold.keypoints, names, fs),
     }
 
 

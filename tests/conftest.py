@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from model import HierarchicalSignalNet, ModelConfig
+from model.data_format import SignalData
 from tests.postgres import MISSING, PostgresServer, server_binaries
 from training.synthetic import SynthConfig, generate
 from training.train import TrainConfig, Trainer
@@ -17,6 +19,26 @@ torch.set_num_threads(1)
 
 SHARED_ECG = Path(__file__).resolve().parents[2] / "shared" / "ecg"
 TINY_MODEL = {"conv_channels": (8, 16, 16), "gru_hidden": 16, "embedding_dim": 16}
+
+
+def beat_windows(
+    element: str, starts: np.ndarray, marks: np.ndarray, length: int = 100, channels: int = 1
+) -> SignalData:
+    """One window per beat of ``element`` at 250 Hz, keypoints "a", "b", "c": ``marks`` (n, 3)
+    are samples of the recording (-1 absent), ``starts`` (n,) where each window begins in it."""
+    n = len(starts)
+    keypoints = np.where(marks >= 0, marks - starts[:, None], -1)
+    return SignalData(
+        signals=np.random.default_rng(0).normal(size=(n, channels, length)).astype(np.float32),
+        element_ids=np.full(n, element),
+        session_ids=np.full(n, f"{element}/s"),
+        keypoints=keypoints.astype(np.int64),
+        keypoint_names=["a", "b", "c"],
+        fs=250.0,
+        extras={"window_start": starts.astype(np.int64)},
+    )
+
+
 TINY_MODEL_FLAGS = ["--conv-channels", "8,16,16", "--gru-hidden", "16", "--embedding-dim", "16"]
 SMALL_MODEL = {"conv_channels": (16, 32, 32), "gru_hidden": 32, "embedding_dim": 32}
 

@@ -57,6 +57,12 @@ def _absolute(data: SignalData) -> np.ndarray:
     return marks + data.extras[WINDOW_START].astype(float)[:, None]
 
 
+def window_marks(data: SignalData, starts: np.ndarray) -> np.ndarray:
+    """(N, K) keypoints of ``data`` as samples of windows starting at ``starts`` (N,) of the
+    same recordings, NaN where absent."""
+    return _absolute(data) - starts.astype(float)[:, None]
+
+
 def matched_beats(
     teacher: SignalData, gold: SignalData, max_distance: float
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -84,3 +84,22 @@ def test_a_fold_figure_is_its_mean_with_a_student_t_interval():
     figure = ecg_cv.interval([0.8, 0.9, 1.0])
     assert figure["mean"] == 0.9 and figure["folds"] == [0.8, 0.9, 1.0]
     assert figure["ci95"] == round(4.303 * 0.1 / 3**0.5, 4)
+
+
+def test_the_teacher_is_scored_on_the_gold_beats_it_also_marks(shaped):
+    """Gold marks 4 beats; the teacher holds 3 of them (other crops): its "a" 3 samples off
+    (12 ms), its "b" 10 off (40 ms) on one beat, its "c" absent on one beat (a miss)."""
+    from tests.conftest import beat_windows
+
+    beats = np.array([1000, 1300, 1600, 1900])
+    gold_marks = np.stack([beats - 30, beats, beats + 40], axis=1)
+    gold = beat_windows("r", beats - 60, gold_marks, length=96, channels=2)
+    teacher_marks = gold_marks[:3] + np.array([3, 0, 0])
+    teacher_marks[0, 1] += 10
+    teacher_marks[2, 2] = -1
+    teacher = beat_windows("r", beats[:3] - 50, teacher_marks, length=96, channels=2)
+    scored = ecg_eval.teacher_keypoints(shaped, teacher, gold)
+    assert scored["beats"] == 3
+    within = {name: m["within_20ms"] for name, m in scored["teacher"].items()}
+    assert within == {"a": 1.0, "b": round(2 / 3, 4), "c": round(2 / 3, 4)}
+    assert scored["model"]["a"]["n"] == 3  # the model on the same three beats

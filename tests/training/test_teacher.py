@@ -4,42 +4,25 @@ import numpy as np
 import pytest
 
 from model.data_format import DataFormatError, SignalData
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, beat_windows
 from training.teacher import correct_teacher, matched_beats, summarise_corrections
 from training.train import TrainConfig, Trainer
 
 FS = 250.0  # 20 ms = 5 samples
-LENGTH = 100
-
-
-def windows(element: str, beats: np.ndarray, starts: np.ndarray, marks: np.ndarray) -> SignalData:
-    """One window per beat of ``element``: ``marks`` (n, 3) are absolute samples of the
-    recording (-1 absent), ``starts`` where each window begins."""
-    n = len(beats)
-    keypoints = np.where(marks >= 0, marks - starts[:, None], -1)
-    return SignalData(
-        signals=np.zeros((n, 1, LENGTH), np.float32),
-        element_ids=np.full(n, element),
-        session_ids=np.full(n, f"{element}/s"),
-        keypoints=keypoints.astype(np.int64),
-        keypoint_names=["P", "R", "T"],
-        fs=FS,
-        extras={"window_start": starts.astype(np.int64)},
-    )
 
 
 @pytest.fixture
 def teacher_and_gold():
-    """Element "a": 10 beats 300 samples apart; the teacher's P, R, T at beat -30, 0, +40.
-    Gold marks 6 of those beats from other window starts: P 3 samples later (±1), R scattered by
-    ±12 samples, T where the teacher has it. Element "b": 3 gold beats (too few). Element "c"
+    """Element "a": 10 beats 300 samples apart; the teacher's marks a, b, c at beat -30, 0, +40.
+    Gold marks 6 of those beats from other window starts: a 3 samples later (±1), b scattered by
+    ±12 samples, c where the teacher has it. Element "b": 3 gold beats (too few). Element "c"
     has gold windows only."""
     beats = np.arange(10) * 300 + 1000
     marks = np.stack([beats - 30, beats, beats + 40], axis=1)
     teacher = SignalData.concat(
         [
-            windows("a", beats, beats - 50, marks),
-            windows("b", beats, beats - 50, marks),
+            beat_windows("a", beats - 50, marks),
+            beat_windows("b", beats - 50, marks),
         ]
     )
     g = beats[:6]
@@ -49,9 +32,9 @@ def teacher_and_gold():
     )
     gold = SignalData.concat(
         [
-            windows("a", g, g - 60, gold_marks),
-            windows("b", g[:3], g[:3] - 60, gold_marks[:3] + 3),
-            windows("c", g, g - 60, gold_marks + 5),
+            beat_windows("a", g - 60, gold_marks),
+            beat_windows("b", g[:3] - 60, gold_marks[:3] + 3),
+            beat_windows("c", g - 60, gold_marks + 5),
         ]
     )
     return teacher, gold
@@ -73,23 +56,23 @@ def test_a_consistent_offset_is_applied_and_a_scattered_mark_is_dropped(teacher_
     a = teacher.element_ids == "a"
     before, after = teacher.keypoints[a], corrected.keypoints[a]
     np.testing.assert_array_equal(after[:, 0], before[:, 0] + 3)  # every window, matched or not
-    assert (after[:, 1] == -1).all()  # R differences scatter beyond 20 ms of their median
+    assert (after[:, 1] == -1).all()  # b's differences scatter beyond 20 ms of their median
     np.testing.assert_array_equal(after[:, 2], before[:, 2])
     b = teacher.element_ids == "b"
     np.testing.assert_array_equal(corrected.keypoints[b], teacher.keypoints[b])
     np.testing.assert_array_equal(teacher.keypoints[a][:, 1], 50)  # the input is not modified
     by_name = {c.keypoint: c for c in corrections if c.element == "a"}
-    assert by_name["P"].shift == 3 and not by_name["P"].dropped and by_name["P"].pairs == 6
-    assert by_name["R"].dropped and by_name["R"].agreement < 0.5
+    assert by_name["a"].shift == 3 and not by_name["a"].dropped and by_name["a"].pairs == 6
+    assert by_name["b"].dropped and by_name["b"].agreement < 0.5
     assert {c.element for c in corrections} == {"a"}
     summary = summarise_corrections(corrections, FS)
-    assert summary["P"] == {"shifted": 1, "dropped": 0, "elements": 1, "median_abs_shift_ms": 12.0}
-    assert summary["R"]["dropped"] == 1
+    assert summary["a"] == {"shifted": 1, "dropped": 0, "elements": 1, "median_abs_shift_ms": 12.0}
+    assert summary["b"]["dropped"] == 1
 
 
 def test_a_shift_past_the_window_leaves_the_mark_absent(teacher_and_gold):
     teacher, gold = teacher_and_gold
-    gold.keypoints[gold.element_ids == "a", 2] += 58  # T moved to sample 148 of the teacher's 100
+    gold.keypoints[gold.element_ids == "a", 2] += 58  # c moved to sample 148 of the teacher's 100
     corrected, _ = correct_teacher(teacher, gold)
     assert (corrected.keypoints[teacher.element_ids == "a", 2] == -1).all()
 
