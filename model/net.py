@@ -9,6 +9,10 @@ reads every step.
         -> final hidden states (B, 2G) -> Linear -> L2 normalise -> embedding (B, D)
         -> every step (B, T, 2G)       -> Linear -> keypoint logits (B, T, K)
 
+With ``fine_keypoints`` the keypoint head reads finer steps instead: the last conv block's input
+(B, H', T * pool) beside the GRU's steps repeated ``pool`` times, so keypoint logits are
+(B, T * pool, K) and positions resolve to ``stride / pool`` samples (see :class:`FineKeypointHead`).
+
 Keypoint logits are a distribution over steps per keypoint (softmax over T). Decoding turns them
 into a position in input samples with sub-step precision: a soft-argmax over a small window around
 the most likely step. Its confidence is the probability mass inside that window.
@@ -51,6 +55,11 @@ class ModelConfig:
     min_steps: int = 4
     max_length: int = 8192
     keypoint_names: list[str] = field(default_factory=list)
+    # Keypoint logits at the last conv block's input (stride / pool samples per step) rather
+    # than at the GRU's steps: halving the GRU's step from 8 to 4 samples gained 3-9 points
+    # within 20 ms on the QT Database (BENCHMARKS.md), at twice the cost; this halves the
+    # keypoints' step again without running the GRU over twice the steps.
+    fine_keypoints: bool = False
     # The served embedding's part that is not learned (None = none): the signal re-centred on
     # this keypoint, morphology_width samples, averaged over morphology_pool, holding
     # morphology_weight of the cosine similarity. Triplet training makes the learned part ignore
@@ -70,6 +79,8 @@ class ModelConfig:
                 f"keypoint_names has {len(self.keypoint_names)} names for "
                 f"{self.num_keypoints} keypoints"
             )
+        if self.fine_keypoints and len(self.conv_channels) < 2:
+            raise ValueError("fine_keypoints needs at least two conv blocks (conv_channels)")
         if self.morphology_keypoint is not None:
             if self.morphology_keypoint not in self.keypoint_names:
                 raise ValueError(
@@ -89,6 +100,11 @@ class ModelConfig:
     @property
     def stride(self) -> int:
         return self.pool ** len(self.conv_channels)
+
+    @property
+    def keypoint_stride(self) -> int:
+        """Input samples per step of the keypoint logits."""
+        return self.stride // self.pool if self.fine_keypoints else self.stride
 
     @property
     def min_length(self) -> int:
@@ -124,6 +140,28 @@ class ConvBlock(nn.Module):
         return self.pool(F.relu(self.bn(self.conv(x))))
 
 
+class FineKeypointHead(nn.Module):
+    """Keypoint logits at the finer steps of the last conv block's input: the GRU's steps
+    (context: which bump is the P wave) repeated ``pool`` times beside the conv features (where
+    its edges are). (B, T, 2G) steps, (B, H', T' >= T * pool) features -> (B, T * pool, K)."""
+
+    def __init__(
+        self, gru_dim: int, fine_channels: int, num_keypoints: int, pool: int, width: int = 32
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.context = nn.Conv1d(gru_dim, width, 1)
+        self.mix = nn.Conv1d(width + fine_channels, width, 5, padding=2)
+        self.out = nn.Conv1d(width, num_keypoints, 1)
+
+    def forward(self, steps: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        context = self.context(steps.transpose(1, 2))  # (B, W, T)
+        context = context.repeat_interleave(self.pool, dim=2)  # (B, W, T * pool)
+        fine = fine[:, :, : context.shape[2]]  # max-pooling dropped any odd last step
+        h = F.relu(self.mix(torch.cat([context, fine], dim=1)))  # (B, W, T * pool)
+        return self.out(h).transpose(1, 2)  # (B, T * pool, K)
+
+
 class HierarchicalSignalNet(nn.Module):
     """Embeds signals and locates their keypoints.
 
@@ -131,10 +169,14 @@ class HierarchicalSignalNet(nn.Module):
     ``keypoints`` are the serving entry points and survive TorchScript export.
     """
 
+    __constants__ = ["fine_keypoints"]  # TorchScript compiles only the head's call in use
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.stride = config.stride
+        self.keypoint_stride = config.keypoint_stride
+        self.fine_keypoints = config.fine_keypoints
         self.decode_radius = config.decode_radius
         self.in_channels = config.in_channels
         self.min_length = config.min_length
@@ -158,7 +200,12 @@ class HierarchicalSignalNet(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.embedding_head = nn.Linear(2 * config.gru_hidden, config.embedding_dim)
-        self.keypoint_head = nn.Linear(2 * config.gru_hidden, config.num_keypoints)
+        if config.fine_keypoints:
+            self.keypoint_head: nn.Module = FineKeypointHead(
+                2 * config.gru_hidden, channels[-2], config.num_keypoints, config.pool
+            )
+        else:
+            self.keypoint_head = nn.Linear(2 * config.gru_hidden, config.num_keypoints)
         # Per-keypoint shift (samples) subtracted after decoding: fitted after training so that
         # positions follow a reference annotator's convention (zero unless calibrated).
         self.register_buffer("keypoint_offsets", torch.zeros(config.num_keypoints))
@@ -193,11 +240,18 @@ class HierarchicalSignalNet(nn.Module):
         z = x
         if self.scale_channels:
             x = torch.cat([x, log_scale.expand_as(x)], dim=1)  # (B, 2C, L)
-        h = self.trunk(x)  # (B, C, L) -> (B, H, T)
+        h = x
+        fine = x
+        for block in self.trunk:  # (B, C, L) -> (B, H, T)
+            fine = h  # the last block's input: (B, H', T * pool)
+            h = block(h)
         steps, final = self.gru(h.transpose(1, 2))  # (B, T, 2G), (layers*2, B, G)
         last = torch.cat([final[-2], final[-1]], dim=1)  # forward and backward directions: (B, 2G)
         embedding = F.normalize(self.embedding_head(self.dropout(last)), dim=1)  # (B, D)
-        logits = self.keypoint_head(self.dropout(steps))  # (B, T, K)
+        if self.fine_keypoints:
+            logits = self.keypoint_head(self.dropout(steps), fine)  # (B, T * pool, K)
+        else:
+            logits = self.keypoint_head(self.dropout(steps))  # (B, T, K)
         return z, embedding, logits
 
     def morphology(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -243,7 +297,7 @@ class HierarchicalSignalNet(nn.Module):
         mass = (probs * window).sum(dim=1)  # (B, K)
         centre = (probs * window * offsets).sum(dim=1) / mass.clamp_min(1e-12)  # in steps
         # Step t pools samples [t*stride, (t+1)*stride): its centre is at (t + 0.5)*stride - 0.5.
-        positions = (centre + 0.5) * self.stride - 0.5 - self.keypoint_offsets
+        positions = (centre + 0.5) * self.keypoint_stride - 0.5 - self.keypoint_offsets
         return positions, mass.clamp(0.0, 1.0)
 
     @torch.jit.export

@@ -34,6 +34,7 @@ MODEL_OPTIONS = (
     "gru_layers",
     "dropout",
     "scale_channels",
+    "fine_keypoints",
     "morphology_keypoint",
     "morphology_width",
     "morphology_pool",
@@ -217,6 +218,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "--scale-channels",
         action=argparse.BooleanOptionalAction,
         help="also give the network each channel's log amplitude (lost to z-scoring)",
+    )
+    p.add_argument(
+        "--fine-keypoints",
+        action=argparse.BooleanOptionalAction,
+        help="keypoint logits at the last conv block's input (half the GRU's step) beside "
+        "the GRU's context",
     )
     p.add_argument(
         "--morphology-keypoint",

@@ -176,7 +176,7 @@ class Trainer:
         self.model = HierarchicalSignalNet(model_config).to(self.device)
         decoder, reconstruct_index = segment_decoder(config, data, model_config.embedding_dim)
         self.loss = HierarchicalLoss(
-            stride=model_config.stride,
+            stride=model_config.keypoint_stride,
             lambda_metric=config.lambda_metric,
             margin_session=config.margin_session,
             margin_element=config.margin_element,

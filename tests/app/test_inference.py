@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from app.onnx_engine import derive_session
+from model import HierarchicalSignalNet, ModelConfig
 from tests.app.helpers import NPY, npy
 
 
@@ -119,3 +120,31 @@ def test_without_a_usable_onnx_session_the_service_stays_on_torchscript(make_cli
 
     monkeypatch.setattr("app.runtime.derive_session", refuse)
     assert make_client().get("/ready").json()["engine"] == "torchscript"
+
+
+def test_onnx_runtime_agrees_on_fine_keypoints_at_any_length():
+    """The fine keypoint head repeats the GRU's steps and trims the conv features to match:
+    neither may be fixed at the example's length (odd lengths leave a step to trim)."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        in_channels=2,
+        conv_channels=(8, 16),
+        gru_hidden=8,
+        embedding_dim=6,
+        num_keypoints=3,
+        keypoint_names=["a", "b", "c"],
+        fine_keypoints=True,
+    )
+    scripted = torch.jit.script(HierarchicalSignalNet(config).eval())
+    manifest = {
+        "model_config": config.to_dict(),
+        "in_channels": 2,
+        "trained_length": 128,
+        "min_length": config.min_length,
+    }
+    session = derive_session(scripted, manifest, threads=1)
+    for length in (config.min_length, 129, 334, 1001):
+        x = torch.randn(3, 2, length)
+        expected = [t.detach().numpy() for t in scripted.embed_and_keypoints(x)]
+        for got, want in zip(session.run(None, {"x": x.numpy()}), expected, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-4)

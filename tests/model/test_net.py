@@ -68,6 +68,21 @@ def test_decoding_recovers_sub_step_positions(net):
     assert (confidences > 0.99).all()
 
 
+def test_fine_keypoints_have_steps_of_half_the_stride():
+    """Logits at the last conv block's input: twice the GRU's steps, decoded at that stride."""
+    config = ModelConfig(conv_channels=(8, 8, 16), gru_hidden=8, embedding_dim=4, num_keypoints=2)
+    fine = HierarchicalSignalNet(ModelConfig(**{**config.to_dict(), "fine_keypoints": True}))
+    assert fine.config.stride == 8 and fine.config.keypoint_stride == 4
+    _, logits = fine.eval()(torch.randn(2, 1, 101))  # 12 GRU steps, 25 finer ones (one trimmed)
+    assert logits.shape == (2, 24, 2)
+    one_hot = torch.full((1, 24, 2), -20.0)
+    one_hot[0, 5] = 5.0
+    positions, _ = fine.decode_keypoints(one_hot)
+    torch.testing.assert_close(positions[0], torch.full((2,), 5.5 * 4 - 0.5))
+    with pytest.raises(ValueError, match="fine_keypoints needs at least two conv blocks"):
+        ModelConfig(conv_channels=(8,), fine_keypoints=True)
+
+
 def test_confidence_is_low_when_the_network_hesitates(net):
     logits = torch.zeros(1, 20, 3)  # nearly flat: every step about equally likely
     logits[0, 10] = 1e-6

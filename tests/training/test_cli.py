@@ -199,6 +199,17 @@ def test_a_morphology_part_widens_the_served_embedding(synth_file, tmp_path, cap
     assert code != 0 and "morphology_keypoint 'Q' is not one of" in err
 
 
+def test_fine_keypoints_train_and_evaluate(synth_file, tmp_path, capsys):
+    out = tmp_path / "fine"
+    base = ["train", "--data", str(synth_file), "--epochs", "1", "--p", "3", *TINY_MODEL_FLAGS]
+    code, _, _ = run_cli([*base, "--out", str(out), "--fine-keypoints"], capsys)
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_config"]["fine_keypoints"] is True
+    code, stdout, _ = run_cli(["evaluate", "--model", str(out), "--data", str(synth_file)], capsys)
+    assert code == 0 and json.loads(stdout)["keypoints"]["main_peak"]["n"] > 0
+
+
 def test_teacher_correction_names_what_it_needs(synth_file, tmp_path, capsys):
     base = ["train", "--data", str(synth_file), "--out", str(tmp_path / "m"), "--correct-teacher"]
     code, _, err = run_cli(base, capsys)
