@@ -91,7 +91,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "--keypoint-sigma",
         type=float,
         default=d.keypoint_sigma,
-        help="width of the keypoint target in GRU steps (0: one-hot)",
+        help="width of the keypoint target in the keypoint head's steps (0: one-hot)",
     )
     p.add_argument(
         "--val-fraction",

@@ -65,7 +65,7 @@ class TrainConfig:
     margin_session: float = 0.1
     margin_element: float = 0.3
     mining: str = "all"
-    keypoint_sigma: float = 1.0  # in GRU steps; 0 = one-hot targets
+    keypoint_sigma: float = 1.0  # in the keypoint head's steps; 0 = one-hot targets
     val_fraction: float = 0.2  # of the elements left after the test split: early stopping
     test_fraction: float = 0.0  # elements never touched in training; listed in the manifest
     split_seed: int = 0  # fixes the test split whatever the training seed
