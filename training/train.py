@@ -302,7 +302,8 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
         state = torch.load(path, weights_only=True, map_location=self.device)
-        if state["model_config"] != self.model.config.to_dict():
+        # through the dataclass: options added since the checkpoint take their defaults
+        if ModelConfig.from_dict(state["model_config"]) != self.model.config:
             raise ValueError(f"{path}: checkpoint was made with another model configuration")
         saved_loss = state.get("loss", {})  # checkpoints from before the decoder have none
         if _shapes(saved_loss) != _shapes(self.loss.state_dict()):

@@ -137,3 +137,23 @@ def test_an_unknown_reconstruction_keypoint_names_the_known_ones(tiny_data, tmp_
         config = TrainConfig(model=TINY_MODEL, p=4, reconstruct_keypoint="end", **bad)
         with pytest.raises(ValueError, match=message):
             Trainer(config, tiny_data, tmp_path)
+
+
+def test_a_checkpoint_from_before_a_model_option_resumes_and_another_model_does_not(
+    tiny_data, tmp_path
+):
+    """A model option added since a checkpoint was saved takes its default, as in the
+    checkpoint's run; a checkpoint of another architecture is still refused."""
+    config = TrainConfig(epochs=1, p=4, k=4, model=TINY_MODEL, val_fraction=0.25)
+    Trainer(config, tiny_data, tmp_path).fit()
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["model_config"]["fine_keypoints"]  # as saved before that option existed
+    torch.save(state, path)
+    resumed = Trainer(TrainConfig(**{**vars(config), "epochs": 2}), tiny_data, tmp_path)
+    resumed.load_checkpoint()
+    assert resumed.epoch == 1
+    fine = {**TINY_MODEL, "fine_keypoints": True}
+    other = Trainer(TrainConfig(**{**vars(config), "model": fine}), tiny_data, tmp_path)
+    with pytest.raises(ValueError, match="another model configuration"):
+        other.load_checkpoint()
