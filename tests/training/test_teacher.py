@@ -13,27 +13,25 @@ FS = 250.0  # 20 ms = 5 samples
 
 @pytest.fixture
 def teacher_and_gold():
-    """Element "a": 10 beats 300 samples apart; the teacher's marks a, b, c at beat -30, 0, +40.
-    Gold marks 6 of those beats from other window starts: a 3 samples later (±1), b scattered by
-    ±12 samples, c where the teacher has it. Element "b": 3 gold beats (too few). Element "c"
-    has gold windows only."""
+    """Elements "a", "b", "d": 10 beats 300 samples apart; the teacher's marks a, b, c at beat
+    -30, 0, +40. Gold marks 6 beats of "a" from other window starts: its a 3 samples later
+    (±1), its b scattered by ±12 samples, its c where the teacher has it; 3 beats of "b" (too
+    few for its own correction) the same way; 6 beats of "d" with a 12 samples later, b and c
+    where the teacher has them. Element "c" has gold windows only."""
     beats = np.arange(10) * 300 + 1000
     marks = np.stack([beats - 30, beats, beats + 40], axis=1)
-    teacher = SignalData.concat(
-        [
-            beat_windows("a", beats - 50, marks),
-            beat_windows("b", beats - 50, marks),
-        ]
-    )
+    teacher = SignalData.concat([beat_windows(e, beats - 50, marks) for e in "abd"])
     g = beats[:6]
     gold_marks = np.stack(
         [g - 27 + np.array([0, 1, -1, 0, 1, 0]), g + np.array([12, -12, 11, -11, 0, 12]), g + 40],
         axis=1,
     )
+    late = np.stack([g - 18, g, g + 40], axis=1)
     gold = SignalData.concat(
         [
             beat_windows("a", g - 60, gold_marks),
-            beat_windows("b", g[:3] - 60, gold_marks[:3] + 3),
+            beat_windows("b", g[:3] - 60, gold_marks[:3]),
+            beat_windows("d", g - 60, late),
             beat_windows("c", g - 60, gold_marks + 5),
         ]
     )
@@ -43,30 +41,36 @@ def teacher_and_gold():
 def test_beats_are_matched_by_their_place_in_the_recording(teacher_and_gold):
     teacher, gold = teacher_and_gold
     pairs_t, pairs_g = matched_beats(teacher, gold, max_distance=25)
-    assert len(pairs_t) == 6 + 3  # element c has no teacher windows
+    assert len(pairs_t) == 6 + 3 + 6  # element c has no teacher windows
     starts_t = teacher.extras["window_start"][pairs_t]
     starts_g = gold.extras["window_start"][pairs_g]
     np.testing.assert_array_equal(starts_t - starts_g, 10)  # the same beats, other crops
     assert (teacher.element_ids[pairs_t] == gold.element_ids[pairs_g]).all()
 
 
-def test_a_consistent_offset_is_applied_and_a_scattered_mark_is_dropped(teacher_and_gold):
+def test_the_common_shift_everywhere_an_own_one_where_it_departs_a_drop_where_it_scatters(
+    teacher_and_gold,
+):
+    """Keypoint a's differences: 2-4 samples ("a", "b") and 12 ("d"): the common shift is their
+    median, 4; "d" departs from it by more than half of 20 ms (2.5 samples) and moves by 12."""
     teacher, gold = teacher_and_gold
     corrected, corrections = correct_teacher(teacher, gold, tolerance_ms=20)
-    a = teacher.element_ids == "a"
-    before, after = teacher.keypoints[a], corrected.keypoints[a]
-    np.testing.assert_array_equal(after[:, 0], before[:, 0] + 3)  # every window, matched or not
-    assert (after[:, 1] == -1).all()  # b's differences scatter beyond 20 ms of their median
+    before, after = teacher.keypoints, corrected.keypoints
+    of = {e: teacher.element_ids == e for e in "abd"}
+    for e in "ab":  # every window, matched or not; "b" has too few pairs for its own shift
+        np.testing.assert_array_equal(after[of[e], 0], before[of[e], 0] + 4)
+    np.testing.assert_array_equal(after[of["d"], 0], before[of["d"], 0] + 12)
+    assert (after[of["a"], 1] == -1).all()  # a's b differences scatter beyond 20 ms
+    np.testing.assert_array_equal(after[~of["a"], 1], before[~of["a"], 1])  # common shift 0
     np.testing.assert_array_equal(after[:, 2], before[:, 2])
-    b = teacher.element_ids == "b"
-    np.testing.assert_array_equal(corrected.keypoints[b], teacher.keypoints[b])
-    np.testing.assert_array_equal(teacher.keypoints[a][:, 1], 50)  # the input is not modified
-    by_name = {c.keypoint: c for c in corrections if c.element == "a"}
-    assert by_name["a"].shift == 3 and not by_name["a"].dropped and by_name["a"].pairs == 6
-    assert by_name["b"].dropped and by_name["b"].agreement < 0.5
-    assert {c.element for c in corrections} == {"a"}
+    np.testing.assert_array_equal(before[of["a"], 1], 50)  # the input is not modified
+    by = {(c.element, c.keypoint): c for c in corrections}
+    assert set(by) == {(e, k) for e in "ad" for k in "abc"}  # "b": too few pairs; "c": no data
+    assert by["d", "a"].own and by["d", "a"].shift == 12 and by["d", "a"].pairs == 6
+    assert not by["a", "a"].own and by["a", "a"].shift == 4 and by["a", "a"].common == 4
+    assert by["a", "b"].dropped and by["a", "b"].agreement < 0.5
     summary = summarise_corrections(corrections, FS)
-    assert summary["a"] == {"shifted": 1, "dropped": 0, "elements": 1, "median_abs_shift_ms": 12.0}
+    assert summary["a"] == {"common_shift_ms": 16.0, "own_shift": 1, "dropped": 0, "elements": 2}
     assert summary["b"]["dropped"] == 1
 
 
@@ -105,5 +109,5 @@ def test_training_corrects_its_data_and_records_it(tiny_data, tmp_path):
     summary = trainer.fit()["teacher_corrections"]
     elements = len(np.unique(teacher.element_ids))
     assert summary["onset"] == {
-        "shifted": elements, "dropped": 0, "elements": elements, "median_abs_shift_ms": 8.0
+        "common_shift_ms": 8.0, "own_shift": 0, "dropped": 0, "elements": elements
     }  # fmt: skip
