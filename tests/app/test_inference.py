@@ -95,23 +95,38 @@ def test_onnx_runtime_serves_what_torchscript_computes(make_client, service_data
             np.testing.assert_allclose(pa, pb, atol=1e-2)
 
 
-def test_onnx_runtime_agrees_on_a_morphology_part_at_any_length(shaped):
-    """The re-centred window is gathered at positions decoded per signal: ONNX must not bake
-    the example's length into it, even where the anchor lies past the signal's end."""
-    shaped.keypoint_offsets[1] = -100.0  # anchors past the end of the shorter signals
-    scripted = torch.jit.script(shaped)
-    config = shaped.config
+def assert_onnx_agrees_at_any_length(net: HierarchicalSignalNet) -> None:
+    """ONNX Runtime computes what TorchScript does at lengths other than the export's example
+    (odd ones included): nothing may bake the example's length in."""
+    scripted = torch.jit.script(net.eval())
+    config = net.config
     manifest = {
         "model_config": config.to_dict(),
-        "in_channels": 2,
+        "in_channels": config.in_channels,
         "trained_length": 128,
         "min_length": config.min_length,
     }
     session = derive_session(scripted, manifest, threads=1)
-    for length in (config.min_length, 128, 333, 1000):
-        x = torch.randn(3, 2, length)
-        expected = scripted.embed(x).detach().numpy()
-        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5)
+    for length in (config.min_length, 129, 333, 1000):
+        x = torch.randn(3, config.in_channels, length)
+        expected = [t.detach().numpy() for t in scripted.embed_and_keypoints(x)]
+        for got, want in zip(session.run(None, {"x": x.numpy()}), expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_runtime_agrees_on_a_morphology_part_at_any_length(shaped):
+    """The re-centred window is gathered at positions decoded per signal, even where the anchor
+    lies past the signal's end."""
+    shaped.keypoint_offsets[1] = -100.0  # anchors past the end of the shorter signals
+    assert_onnx_agrees_at_any_length(shaped)
+
+
+def test_onnx_runtime_agrees_on_fine_keypoints_at_any_length(shaped):
+    """The fine keypoint head repeats the GRU's steps and trims the conv features to match
+    (an odd length leaves a step to trim)."""
+    torch.manual_seed(0)
+    config = ModelConfig(**{**shaped.config.to_dict(), "fine_keypoints": True})
+    assert_onnx_agrees_at_any_length(HierarchicalSignalNet(config))
 
 
 def test_without_a_usable_onnx_session_the_service_stays_on_torchscript(make_client, monkeypatch):
@@ -120,31 +135,3 @@ def test_without_a_usable_onnx_session_the_service_stays_on_torchscript(make_cli
 
     monkeypatch.setattr("app.runtime.derive_session", refuse)
     assert make_client().get("/ready").json()["engine"] == "torchscript"
-
-
-def test_onnx_runtime_agrees_on_fine_keypoints_at_any_length():
-    """The fine keypoint head repeats the GRU's steps and trims the conv features to match:
-    neither may be fixed at the example's length (odd lengths leave a step to trim)."""
-    torch.manual_seed(0)
-    config = ModelConfig(
-        in_channels=2,
-        conv_channels=(8, 16),
-        gru_hidden=8,
-        embedding_dim=6,
-        num_keypoints=3,
-        keypoint_names=["a", "b", "c"],
-        fine_keypoints=True,
-    )
-    scripted = torch.jit.script(HierarchicalSignalNet(config).eval())
-    manifest = {
-        "model_config": config.to_dict(),
-        "in_channels": 2,
-        "trained_length": 128,
-        "min_length": config.min_length,
-    }
-    session = derive_session(scripted, manifest, threads=1)
-    for length in (config.min_length, 129, 334, 1001):
-        x = torch.randn(3, 2, length)
-        expected = [t.detach().numpy() for t in scripted.embed_and_keypoints(x)]
-        for got, want in zip(session.run(None, {"x": x.numpy()}), expected, strict=True):
-            np.testing.assert_allclose(got, want, atol=1e-4)
