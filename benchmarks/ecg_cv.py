@@ -171,8 +171,9 @@ def main() -> int:
     parser.add_argument(
         "--train-args",
         default="",
-        help="training flags added to the recipe's, to cross-validate a variant of it (give it "
-        "its own --runs and --out)",
+        help="training flags added to the recipe's, as one string, to cross-validate a variant "
+        "of it (give it its own --runs and --out); a single flag needs the '=' form, "
+        "--train-args=--correct-teacher",
     )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "cv")
     parser.add_argument("--shared", type=Path, default=ecg_eval.SHARED)
