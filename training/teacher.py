@@ -99,6 +99,8 @@ def correct_teacher(
 ) -> tuple[SignalData, list[Correction]]:
     """The teacher's data with its keypoints shifted or dropped per element and keypoint (see
     the module's docstring), and what was done."""
+    if teacher.keypoints is None or gold.keypoints is None:
+        raise DataFormatError("teacher correction needs 'keypoints' in the data and the gold data")
     if teacher.keypoint_names != gold.keypoint_names:
         raise DataFormatError(
             f"gold keypoints {gold.keypoint_names} differ from the data's {teacher.keypoint_names}"

@@ -89,6 +89,9 @@ def test_errors_name_what_is_missing(teacher_and_gold):
     teacher.fs = None
     with pytest.raises(DataFormatError, match="fs"):
         correct_teacher(teacher, teacher)
+    teacher.keypoints = None
+    with pytest.raises(DataFormatError, match="needs 'keypoints'"):
+        correct_teacher(teacher, teacher)
 
 
 def test_training_corrects_its_data_and_records_it(tiny_data, tmp_path):
