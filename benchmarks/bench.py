@@ -589,7 +589,7 @@ def bench_training() -> dict:
     from training.loss import HierarchicalLoss
 
     net = HierarchicalSignalNet(ModelConfig(num_keypoints=4)).train()
-    loss = HierarchicalLoss(stride=net.stride)
+    loss = HierarchicalLoss(stride=net.keypoint_stride)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(64, 1, 256)
     elements = torch.arange(16).repeat_interleave(4)

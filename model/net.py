@@ -296,7 +296,8 @@ class HierarchicalSignalNet(nn.Module):
         window = (offsets - peak).abs() <= self.decode_radius  # (B, T, K)
         mass = (probs * window).sum(dim=1)  # (B, K)
         centre = (probs * window * offsets).sum(dim=1) / mass.clamp_min(1e-12)  # in steps
-        # Step t pools samples [t*stride, (t+1)*stride): its centre is at (t + 0.5)*stride - 0.5.
+        # Step t covers samples [t*stride, (t+1)*stride) (the keypoint head's stride): its
+        # centre is at (t + 0.5)*stride - 0.5.
         positions = (centre + 0.5) * self.keypoint_stride - 0.5 - self.keypoint_offsets
         return positions, mass.clamp(0.0, 1.0)
 

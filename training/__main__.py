@@ -222,7 +222,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fine-keypoints",
         action=argparse.BooleanOptionalAction,
-        help="keypoint logits at the last conv block's input (half the GRU's step) beside "
+        help="keypoint logits at the last conv block's input (the GRU's step / pool) beside "
         "the GRU's context",
     )
     p.add_argument(

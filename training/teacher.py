@@ -19,10 +19,11 @@ beats marked by both:
 - where it **disagrees** (the differences scatter), the element's marks are dropped, so only the
   gold windows teach that keypoint there.
 
-Beats are matched by where the windows sit in their recording: both datasets need
-``extras["window_start"]`` (the sample of the recording at which each window starts). Only gold
-windows of the elements in ``teacher`` are used, so a held-out element's gold marks never reach
-training.
+Beats are matched by where their marks lie in the recording (the nearest teacher window of the
+element whose marks are within ``match_ms`` of the gold window's on the median over keypoints):
+both datasets need ``extras["window_start"]`` (the sample of the recording at which each window
+starts). Only gold windows of the elements in ``teacher`` are used: training passes its training
+and validation elements, so a test element's gold marks never reach training.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ def matched_beats(
 
 def correct_teacher(
     teacher: SignalData, gold: SignalData, tolerance_ms: float = 20.0, match_ms: float = 100.0
-) -> tuple[SignalData, list[Correction]]:
+) -> tuple[SignalData, list[Correction], dict[str, float]]:
     """The teacher's data with its keypoints shifted or dropped per element and keypoint (see
-    the module's docstring), and what was done."""
+    the module's docstring), what was done per element, and each keypoint's common shift in
+    samples (keypoints that no matched beat of both files has are left as they are)."""
     if teacher.keypoints is None or gold.keypoints is None:
         raise DataFormatError("teacher correction needs 'keypoints' in the data and the gold data")
     if teacher.keypoint_names != gold.keypoint_names:
@@ -110,14 +112,19 @@ def correct_teacher(
     tolerance = tolerance_ms * teacher.fs / 1000.0
     pairs_t, pairs_g = matched_beats(teacher, gold, match_ms * teacher.fs / 1000.0)
     differences = _absolute(gold)[pairs_g] - _absolute(teacher)[pairs_t]  # (P, K)
+    if not len(pairs_t):
+        raise DataFormatError(
+            "no gold window marks a beat of the data's: their elements and 'window_start' "
+            "must refer to the same recordings"
+        )
     paired_elements = teacher.element_ids[pairs_t]
     keypoints = teacher.keypoints.copy()
-    corrections = []
+    corrections, commons = [], {}
     for k, name in enumerate(teacher.keypoint_names):
         known = ~np.isnan(differences[:, k])
         if not known.any():
             continue
-        common = float(np.median(differences[known, k]))
+        common = commons[name] = float(np.median(differences[known, k]))
         shifts = np.full(len(teacher), int(round(common)))  # every element: the common shift
         dropped_rows = np.zeros(len(teacher), dtype=bool)
         for element in np.unique(paired_elements[known]):
@@ -142,17 +149,19 @@ def correct_teacher(
         keypoints[:, k] = np.where(keep, moved, -1)
     corrected = teacher.subset(np.arange(len(teacher)))
     corrected.keypoints = keypoints
-    return corrected, corrections
+    return corrected, corrections, commons
 
 
-def summarise_corrections(corrections: list[Correction], fs: float) -> dict:
-    """Per keypoint: the common shift (ms), and how many elements moved by their own shift or
-    had their marks dropped, of those with enough pairs."""
+def summarise_corrections(
+    corrections: list[Correction], commons: dict[str, float], fs: float
+) -> dict:
+    """Per keypoint: the common shift (ms), and of the elements with enough pairs, how many
+    moved by their own shift or had their marks dropped."""
     out = {}
-    for name in dict.fromkeys(c.keypoint for c in corrections):
+    for name, common in commons.items():
         mine = [c for c in corrections if c.keypoint == name]
         out[name] = {
-            "common_shift_ms": round(mine[0].common * 1000.0 / fs, 1),
+            "common_shift_ms": round(round(common) * 1000.0 / fs, 1),
             "own_shift": sum(c.own for c in mine),
             "dropped": sum(c.dropped for c in mine),
             "elements": len(mine),

@@ -239,8 +239,10 @@ class Trainer:
         test element's)."""
         if gold is None:
             raise ValueError("correct_teacher needs gold data (--gold-data)")
-        data, corrections = correct_teacher(data, gold.only_elements(set(data.element_ids)))
-        self.teacher_corrections = summarise_corrections(corrections, data.fs)
+        data, corrections, commons = correct_teacher(
+            data, gold.only_elements(set(data.element_ids))
+        )
+        self.teacher_corrections = summarise_corrections(corrections, commons, data.fs)
         log.info("teacher corrected per element: %s", self.teacher_corrections)
         return data
 
@@ -257,7 +259,10 @@ class Trainer:
         if config.session_key:
             raise ValueError("session_key needs the data in memory: give an NPZ file, not shards")
         if gold is not None or config.correct_teacher:
-            raise ValueError("gold data needs the data in memory: give an NPZ file, not shards")
+            raise ValueError(
+                "gold data and teacher correction need the data in memory: give an NPZ file, "
+                "not shards"
+            )
         test = self._held_out(data.element_names)
         self.test_elements = sorted(test)
         rest = np.array(sorted(set(data.element_names.tolist()) - test))

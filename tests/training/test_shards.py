@@ -137,4 +137,4 @@ def test_the_command_line_shards_trains_and_evaluates_on_a_directory(tiny_data, 
     assert json.loads(capsys.readouterr().out)["data"]["signals"] == len(tiny_data)
     gold = ["--gold-data", str(tmp_path / "big.npz")]
     assert main(args + ["--p", "4", "--k", "4", *gold]) == 2
-    assert "gold data needs the data in memory" in capsys.readouterr().err
+    assert "gold data and teacher correction need the data in memory" in capsys.readouterr().err

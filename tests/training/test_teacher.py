@@ -54,7 +54,7 @@ def test_the_common_shift_everywhere_an_own_one_where_it_departs_a_drop_where_it
     """Keypoint a's differences: 2-4 samples ("a", "b") and 12 ("d"): the common shift is their
     median, 4; "d" departs from it by more than half of 20 ms (2.5 samples) and moves by 12."""
     teacher, gold = teacher_and_gold
-    corrected, corrections = correct_teacher(teacher, gold, tolerance_ms=20)
+    corrected, corrections, commons = correct_teacher(teacher, gold, tolerance_ms=20)
     before, after = teacher.keypoints, corrected.keypoints
     of = {e: teacher.element_ids == e for e in "abd"}
     for e in "ab":  # every window, matched or not; "b" has too few pairs for its own shift
@@ -69,7 +69,8 @@ def test_the_common_shift_everywhere_an_own_one_where_it_departs_a_drop_where_it
     assert by["d", "a"].own and by["d", "a"].shift == 12 and by["d", "a"].pairs == 6
     assert not by["a", "a"].own and by["a", "a"].shift == 4 and by["a", "a"].common == 4
     assert by["a", "b"].dropped and by["a", "b"].agreement < 0.5
-    summary = summarise_corrections(corrections, FS)
+    assert commons == {"a": 4.0, "b": 0.0, "c": 0.0}
+    summary = summarise_corrections(corrections, commons, FS)
     assert summary["a"] == {"common_shift_ms": 16.0, "own_shift": 1, "dropped": 0, "elements": 2}
     assert summary["b"]["dropped"] == 1
 
@@ -77,12 +78,18 @@ def test_the_common_shift_everywhere_an_own_one_where_it_departs_a_drop_where_it
 def test_a_shift_past_the_window_leaves_the_mark_absent(teacher_and_gold):
     teacher, gold = teacher_and_gold
     gold.keypoints[gold.element_ids == "a", 2] += 58  # c moved to sample 148 of the teacher's 100
-    corrected, _ = correct_teacher(teacher, gold)
+    corrected, corrections, _ = correct_teacher(teacher, gold)
     assert (corrected.keypoints[teacher.element_ids == "a", 2] == -1).all()
+    moved = next(c for c in corrections if (c.element, c.keypoint) == ("a", "c"))
+    assert moved.own and moved.shift == 58 and not moved.dropped  # moved out, not dropped
 
 
 def test_errors_name_what_is_missing(teacher_and_gold):
     teacher, gold = teacher_and_gold
+    elsewhere = gold.subset(np.arange(len(gold)))  # the same marks, in other recordings' time
+    elsewhere.extras["window_start"] = gold.extras["window_start"] + 10**6
+    with pytest.raises(DataFormatError, match="no gold window marks a beat"):
+        correct_teacher(teacher, elsewhere)
     del gold.extras["window_start"]
     with pytest.raises(DataFormatError, match="window_start"):
         correct_teacher(teacher, gold)
@@ -106,9 +113,9 @@ def test_training_corrects_its_data_and_records_it(tiny_data, tmp_path):
         Trainer(config, teacher, tmp_path)
     config.gold_repeat = 0  # training's data is the teacher's alone
     trainer = Trainer(config, teacher, tmp_path, gold=gold)
-    expected = gold.only_elements(set(trainer.train_data.element_ids)).keypoints
-    expected = np.where(expected < teacher.length, expected, -1)
-    np.testing.assert_array_equal(np.sort(trainer.train_data.keypoints, 0), np.sort(expected, 0))
+    rows = trainer.train_data.extras["window_start"] // 1000  # each training window's own row
+    expected = np.where(gold.keypoints[rows] < teacher.length, gold.keypoints[rows], -1)
+    np.testing.assert_array_equal(trainer.train_data.keypoints, expected)
     summary = trainer.fit()["teacher_corrections"]
     elements = len(np.unique(teacher.element_ids))
     assert summary["onset"] == {
