@@ -91,16 +91,16 @@ def evaluate_qtdb(model_dirs: list[Path], shared: Path, anomaly_k: int) -> dict:
     within_20, anomaly, pooled = {}, {}, {}
     for model_dir in model_dirs:
         model, manifest = load_export(model_dir)
-        manual = unseen_only(manual_all, manifest)
+        manual, auto = unseen_only(manual_all, manifest), unseen_only(auto_all, manifest)
         kp = ecg_eval.keypoints(model, manual)
-        both = ecg_eval.teacher_keypoints(model, unseen_only(auto_all, manifest), manual)
+        both = ecg_eval.teacher_keypoints(kp["positions"], auto, manual)
         for name, metrics in kp["model"].items():
             figures = within_20.setdefault(name, {})
             figures.setdefault("model", []).append(metrics["within_20ms"])
             for method, label in (("model", "model, same beats"), ("teacher", "ecgpuwave")):
                 figures.setdefault(label, []).append(both[method][name]["within_20ms"])
         try:
-            scores = ecg_eval.anomaly_scores(model, unseen_only(auto_all, manifest), anomaly_k)
+            scores = ecg_eval.anomaly_scores(model, auto, anomaly_k)
         except ValueError:  # no test record of this fold has abnormal beats
             continue
         for name, (values, positives, _) in scores.items():

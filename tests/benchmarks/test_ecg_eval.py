@@ -98,8 +98,11 @@ def test_the_teacher_is_scored_on_the_gold_beats_it_also_marks(shaped):
     teacher_marks[0, 1] += 10
     teacher_marks[2, 2] = -1
     teacher = beat_windows("r", beats[:3] - 50, teacher_marks, length=96, channels=2)
-    scored = ecg_eval.teacher_keypoints(shaped, teacher, gold)
+    positions = ecg_eval.keypoints(shaped, gold)["positions"]
+    scored = ecg_eval.teacher_keypoints(positions, teacher, gold)
     assert scored["beats"] == 3
     within = {name: m["within_20ms"] for name, m in scored["teacher"].items()}
     assert within == {"a": 1.0, "b": round(2 / 3, 4), "c": round(2 / 3, 4)}
     assert scored["model"]["a"]["n"] == 3  # the model on the same three beats
+    on_those = ecg_eval.keypoint_metrics(positions[:3], gold.keypoints[:3], ["a", "b", "c"], 250.0)
+    assert scored["model"] == on_those
