@@ -19,6 +19,8 @@ torch.set_num_threads(1)
 
 SHARED_ECG = Path(__file__).resolve().parents[2] / "shared" / "ecg"
 TINY_MODEL = {"conv_channels": (8, 16, 16), "gru_hidden": 16, "embedding_dim": 16}
+TINY_MODEL_FLAGS = ["--conv-channels", "8,16,16", "--gru-hidden", "16", "--embedding-dim", "16"]
+SMALL_MODEL = {"conv_channels": (16, 32, 32), "gru_hidden": 32, "embedding_dim": 32}
 
 
 def beat_windows(
@@ -37,10 +39,6 @@ def beat_windows(
         fs=250.0,
         extras={"window_start": starts.astype(np.int64)},
     )
-
-
-TINY_MODEL_FLAGS = ["--conv-channels", "8,16,16", "--gru-hidden", "16", "--embedding-dim", "16"]
-SMALL_MODEL = {"conv_channels": (16, 32, 32), "gru_hidden": 32, "embedding_dim": 32}
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,6 @@ class Correction:
     keypoint: str
     pairs: int  # beats marked by both
     shift: int  # samples added to the teacher's marks (ignored when dropped)
-    common: float  # the median difference over every element's pairs (samples)
     agreement: float  # share of pairs within tolerance of the median difference
     own: bool  # moved by its own median difference, not the common one
     dropped: bool
@@ -142,7 +141,7 @@ def correct_teacher(
             else:
                 shifts[rows] = shift
             corrections.append(
-                Correction(str(element), name, len(diff), shift, common, agreement, own, dropped)
+                Correction(str(element), name, len(diff), shift, agreement, own, dropped)
             )
         moved = keypoints[:, k] + shifts
         keep = (keypoints[:, k] >= 0) & (moved >= 0) & (moved < teacher.length) & ~dropped_rows
