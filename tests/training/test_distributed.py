@@ -22,7 +22,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def _train_args(data: Path, out: Path, epochs: int) -> list[str]:
+def _train_args(data: Path, out: Path, epochs: int, patience: int = 99) -> list[str]:
     return [
         "-m",
         "training",
@@ -38,7 +38,7 @@ def _train_args(data: Path, out: Path, epochs: int) -> list[str]:
         "--k",
         "4",
         "--patience",
-        "99",
+        str(patience),
         *TINY_MODEL_FLAGS,
     ]
 
@@ -82,7 +82,9 @@ def test_two_processes_export_a_model_and_a_resume_with_one_continues(shards, tm
 def test_a_time_budget_stops_both_processes_at_the_same_step(shards, tmp_path):
     """Were the ranks to stop at different steps, one would wait for the other until the
     timeout and the run would fail."""
-    args = _train_args(shards, tmp_path / "run", epochs=10_000)
+    # Patience as large as the epochs: a fast machine runs 99 tiny epochs inside the budget
+    # (CI once stopped early at 3 s), and then the time budget is never what stops it.
+    args = _train_args(shards, tmp_path / "run", epochs=10_000, patience=10_000)
     run = _torchrun(2, args + ["--max-minutes", "0.05", "--dist-timeout", "30"])
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1])["stopped_by"] == "max_minutes"
