@@ -20,7 +20,8 @@ beats marked by both:
   gold windows teach that keypoint there.
 
 Beats are matched by where their marks lie in the recording (the nearest teacher window of the
-element whose marks are within ``match_ms`` of the gold window's on the median over keypoints):
+element whose marks are within ``match_ms`` of the gold window's on the median over keypoints,
+one gold window per teacher window):
 both datasets need ``extras["window_start"]`` (the sample of the recording at which each window
 starts). Only gold windows of the elements in ``teacher`` are used: training passes its training
 and validation elements, so a test element's gold marks never reach training.
@@ -74,13 +75,26 @@ def matched_beats(
     teacher: SignalData, gold: SignalData, max_distance: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (teacher, gold) of windows labelling the same beat: same element, and the
-    median distance between their marks (keypoints both have) at most ``max_distance`` samples,
-    the nearest teacher window when several are."""
-    teacher_marks, gold_marks = _absolute(teacher), _absolute(gold)
-    pairs_t, pairs_g = [], []
-    for element in np.intersect1d(teacher.element_ids, gold.element_ids):
-        in_teacher = np.flatnonzero(teacher.element_ids == element)
-        for g in np.flatnonzero(gold.element_ids == element):
+    median distance between their marks (keypoints both have) at most ``max_distance`` samples.
+    One to one: each gold window takes its nearest teacher window, and a teacher window that
+    several gold windows take keeps only the nearest of them, so no beat counts twice."""
+    return _matched(
+        _absolute(teacher), _absolute(gold), teacher.element_ids, gold.element_ids, max_distance
+    )
+
+
+def _matched(
+    teacher_marks: np.ndarray,
+    gold_marks: np.ndarray,
+    teacher_elements: np.ndarray,
+    gold_elements: np.ndarray,
+    max_distance: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`matched_beats` on marks already in recording time, (N, K) and (M, K)."""
+    nearest: dict[int, tuple[float, int]] = {}  # teacher window -> (distance, gold window)
+    for element in np.intersect1d(teacher_elements, gold_elements):
+        in_teacher = np.flatnonzero(teacher_elements == element)
+        for g in np.flatnonzero(gold_elements == element):
             gaps = np.abs(teacher_marks[in_teacher] - gold_marks[g])  # (n, K)
             shared = ~np.isnan(gaps).all(axis=1)
             if not shared.any():
@@ -88,10 +102,14 @@ def matched_beats(
             distance = np.full(len(in_teacher), np.inf)
             distance[shared] = np.nanmedian(gaps[shared], axis=1)
             best = int(np.argmin(distance))
-            if distance[best] <= max_distance:
-                pairs_t.append(in_teacher[best])
-                pairs_g.append(g)
-    return np.asarray(pairs_t, dtype=np.int64), np.asarray(pairs_g, dtype=np.int64)
+            t = int(in_teacher[best])
+            if distance[best] <= max_distance and distance[best] < nearest.get(t, (np.inf,))[0]:
+                nearest[t] = (float(distance[best]), int(g))
+    pairs = sorted((g, t) for t, (_, g) in nearest.items())  # in the gold windows' order
+    return (
+        np.asarray([t for _, t in pairs], dtype=np.int64),
+        np.asarray([g for g, _ in pairs], dtype=np.int64),
+    )
 
 
 def correct_teacher(
@@ -109,13 +127,20 @@ def correct_teacher(
     if teacher.fs is None:
         raise DataFormatError("teacher correction needs 'fs' to turn its tolerance into samples")
     tolerance = tolerance_ms * teacher.fs / 1000.0
-    pairs_t, pairs_g = matched_beats(teacher, gold, match_ms * teacher.fs / 1000.0)
-    differences = _absolute(gold)[pairs_g] - _absolute(teacher)[pairs_t]  # (P, K)
+    teacher_marks, gold_marks = _absolute(teacher), _absolute(gold)
+    pairs_t, pairs_g = _matched(
+        teacher_marks,
+        gold_marks,
+        teacher.element_ids,
+        gold.element_ids,
+        match_ms * teacher.fs / 1000.0,
+    )
     if not len(pairs_t):
         raise DataFormatError(
             "no gold window marks a beat of the data's: their elements and 'window_start' "
             "must refer to the same recordings"
         )
+    differences = gold_marks[pairs_g] - teacher_marks[pairs_t]  # (P, K)
     paired_elements = teacher.element_ids[pairs_t]
     keypoints = teacher.keypoints.copy()
     corrections, commons = [], {}

@@ -48,6 +48,18 @@ def test_beats_are_matched_by_their_place_in_the_recording(teacher_and_gold):
     assert (teacher.element_ids[pairs_t] == gold.element_ids[pairs_g]).all()
 
 
+def test_a_teacher_window_pairs_with_its_nearest_gold_window_only(teacher_and_gold):
+    """A second gold crop of a's first beat, its marks 8 samples later, comes first: both would
+    take the same teacher window, and only the nearer (the original) keeps it."""
+    teacher, gold = teacher_and_gold
+    marks = np.stack([[1000 - 27, 1000 + 12, 1000 + 40]]) + 8
+    both = SignalData.concat([beat_windows("a", np.array([940]), marks), gold])
+    pairs_t, pairs_g = matched_beats(teacher, both, max_distance=25)
+    alone_t, alone_g = matched_beats(teacher, gold, max_distance=25)
+    np.testing.assert_array_equal(pairs_t, alone_t)
+    np.testing.assert_array_equal(pairs_g, alone_g + 1)  # the new crop is left out
+
+
 def test_the_common_shift_everywhere_an_own_one_where_it_departs_a_drop_where_it_scatters(
     teacher_and_gold,
 ):
