@@ -149,6 +149,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="probability that training shuffles a signal's channel order",
     )
     p.add_argument(
+        "--augment-stretch",
+        type=float,
+        default=d.augment_stretch,
+        help="largest time stretch in training, as a share of the window's tempo (0.1: each "
+        "window 0.9 to 1.1 times as slow, its keypoints moved with it)",
+    )
+    p.add_argument(
         "--session-key",
         help="an extra key of the NPZ whose values define sessions within each element "
         "(e.g. beat_labels), instead of session_ids",

@@ -93,6 +93,9 @@ class TrainConfig:
     # the channel order shuffled with that one (multi-channel signals); keypoints do not move.
     augment_flip: float = 0.0
     augment_permute: float = 0.0
+    # What differs between recordings' tempo (heart rate, interval lengths): each window
+    # stretched in time by a factor drawn from [1 - this, 1 + this], its keypoints moved with it.
+    augment_stretch: float = 0.0
     model: dict = field(default_factory=dict)  # ModelConfig overrides
     device: str = "cpu"  # where training runs ("cuda" on a GPU); the export is always for CPU
 
@@ -158,6 +161,8 @@ class Trainer:
                 self.train_set.element_codes, self.train_set.session_codes, **sampling
             )
         self.train_set.to(self.device)  # after the sampler has read the codes on the CPU
+        if not 0 <= config.augment_stretch < 0.5:
+            raise ValueError(f"augment_stretch must be in [0, 0.5), got {config.augment_stretch}")
 
         torch.manual_seed(config.seed)
         model_config = ModelConfig(
@@ -352,6 +357,7 @@ class Trainer:
                 break
             index = torch.tensor(batch, device=self.device)
             signals, keypoints, elements, sessions = self.train_set.batch(index)
+            signals, keypoints = self.stretch(signals, keypoints)  # the clean target too
             # clean signals last: the decoder rebuilds what augmentation hid
             parts = self.train_step(self.augment(signals), keypoints, elements, sessions, signals)
             self.optimizer.zero_grad(set_to_none=True)
@@ -417,6 +423,17 @@ class Trainer:
             scale = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (p - WARMUP) / (1 - WARMUP)))
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * scale
+
+    def stretch(
+        self, signals: torch.Tensor, keypoints: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch stretched in time by ``augment_stretch`` (see :func:`stretch`); unchanged
+        when it is 0."""
+        most = self.config.augment_stretch
+        if not most:
+            return signals, keypoints
+        factors = 1 + most * (2 * torch.rand(len(signals), device=signals.device) - 1)
+        return stretch(signals, keypoints, factors)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, L) -> the same signals with noise, baseline drift, inverted or reordered
@@ -573,6 +590,26 @@ def _epoch_line(record: dict) -> str:
             parts.append(f"kp median err {np.mean(medians):.2f} samples")
     parts.append(f"score {record['score']:.4f}" + (" *" if record["best"] else ""))
     return " | ".join(parts)
+
+
+def stretch(
+    signals: torch.Tensor, keypoints: torch.Tensor, factors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signals (B, C, L) each stretched in time by its factor (B,) about the window's centre
+    (above 1: slower, its waves wider and further apart), read by linear interpolation with
+    the edge samples extended; keypoints (B, K) move with them, absent (-1) past the window."""
+    b, _, length = signals.shape
+    centre = (length - 1) / 2
+    t = torch.arange(length, device=signals.device, dtype=signals.dtype)
+    source = centre + (t.view(1, length) - centre) / factors.view(b, 1)  # (B, L) samples read
+    x = source / centre - 1  # grid_sample's coordinates: -1 the first sample, +1 the last
+    grid = torch.stack([x, torch.zeros_like(x)], dim=-1).view(b, 1, length, 2)
+    out = torch.nn.functional.grid_sample(
+        signals.unsqueeze(2), grid, padding_mode="border", align_corners=True
+    ).squeeze(2)  # (B, C, 1, L) read as an image one row high -> (B, C, L)
+    moved = torch.round(centre + (keypoints - centre) * factors.view(b, 1)).to(keypoints.dtype)
+    inside = (keypoints >= 0) & (moved >= 0) & (moved < length)
+    return out, torch.where(inside, moved, torch.full_like(moved, -1))
 
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

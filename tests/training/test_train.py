@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import TINY_MODEL
 from training.evaluate import predict
-from training.train import TrainConfig, Trainer
+from training.train import TrainConfig, Trainer, stretch
 
 
 @pytest.fixture
@@ -86,6 +86,36 @@ def test_lead_augmentation_inverts_and_reorders_whole_channels(tiny_data, tmp_pa
     assert 0.15 < inverted.any(-1).float().mean() < 0.35
     reordered = (same | inverted)[:, 0, 1]
     assert 0.15 < reordered.float().mean() < 0.35  # half shuffled, half of those swap 2 channels
+
+
+def test_a_stretch_moves_the_waves_and_their_keypoints_together():
+    """A spike at each keypoint: after the stretch the spikes sit where the keypoints moved."""
+    length, marks = 101, torch.tensor([[20, 50, 90], [10, 50, 70]])  # centre 50
+    signals = torch.zeros(2, 2, length)
+    for i, row in enumerate(marks):
+        signals[i, :, row] = 1.0
+    out, moved = stretch(signals, marks, torch.tensor([1.3, 0.8]))
+    assert moved.tolist() == [[11, 50, -1], [18, 50, 66]]  # 50 + 1.3 * 40 = 102: past the end
+    for i in range(2):
+        for k in moved[i][moved[i] >= 0]:
+            assert out[i, 0, k - 1 : k + 2].max() > 0.5  # the spike, spread by interpolation
+    assert out[0, :, 60:].abs().max() == 0  # the third spike went past the end with its mark
+    same, kept = stretch(signals, torch.where(marks > 80, -1, marks), torch.ones(2))
+    assert torch.allclose(same, signals, atol=1e-5)
+    assert kept[0].tolist() == [20, 50, -1]  # an absent keypoint stays absent
+
+
+def test_stretch_augmentation_draws_factors_within_its_bound(tiny_data, tmp_path):
+    signals, marks = torch.randn(64, 1, 64), torch.full((64, 1), 10)
+    plain = Trainer(TrainConfig(model=TINY_MODEL, p=4), tiny_data, tmp_path / "a")
+    assert plain.stretch(signals, marks) == (signals, marks)
+    config = TrainConfig(model=TINY_MODEL, p=4, augment_stretch=0.2)
+    _, moved = Trainer(config, tiny_data, tmp_path / "b").stretch(signals, marks)
+    factors = (31.5 - moved.float()) / (31.5 - 10)  # the centre is at 31.5
+    assert factors.min() >= 0.8 - 0.03 and factors.max() <= 1.2 + 0.03
+    assert factors.std() > 0.05  # a factor per signal, not one per batch
+    with pytest.raises(ValueError, match=r"augment_stretch must be in \[0, 0.5\), got 0.5"):
+        Trainer(TrainConfig(model=TINY_MODEL, augment_stretch=0.5), tiny_data, tmp_path / "c")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
