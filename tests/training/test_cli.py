@@ -3,13 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.data_format import load_npz
 from tests.conftest import SHARED_ECG, TINY_MODEL_FLAGS
-from training.__main__ import main
+from training.__main__ import main, parse_args, train_config_from_args
 
 
 def run_cli(args, capsys):
@@ -319,3 +320,12 @@ def test_unseen_only_needs_a_model_with_test_elements(synth_file, tmp_path, caps
         ["evaluate", "--model", str(out), "--data", str(synth_file), "--unseen-only"], capsys
     )
     assert code == 2 and "has no test_elements" in err
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[2] / "configs").glob("*.toml")), ids=lambda p: p.name
+)
+def test_every_shipped_recipe_parses_into_a_training_config(recipe):
+    """A misspelt option in a recipe is an error at the start of a 15-minute run, not after."""
+    args = parse_args(["train", "--config", str(recipe), "--data", "x.npz", "--out", "run"])
+    assert train_config_from_args(args).max_minutes == 15
