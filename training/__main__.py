@@ -362,6 +362,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     distributed.init_from_env(args.device, args.dist_timeout)
     try:
         _train(args)
+        distributed.finish()  # not after a failure: a dead peer would hold it to the timeout
     finally:
         distributed.close()
 

@@ -52,6 +52,14 @@ def rank0_object(value: object) -> object:
     return box[0]
 
 
+def finish() -> None:
+    """Wait until every rank is done (rank 0 exports after the others have stopped training).
+    A rank that tore its group down while rank 0 was still exporting was once aborted by gloo
+    ("terminate called without an active exception"), failing a finished run."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def close() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
