@@ -19,12 +19,11 @@ beats marked by both:
 - where it **disagrees** (the differences scatter), the element's marks are dropped, so only the
   gold windows teach that keypoint there.
 
-Beats are matched by where their marks lie in the recording (the nearest teacher window of the
-element whose marks are within ``match_ms`` of the gold window's on the median over keypoints,
-one gold window per teacher window):
-both datasets need ``extras["window_start"]`` (the sample of the recording at which each window
-starts). Only gold windows of the elements in ``teacher`` are used: training passes its training
-and validation elements, so a test element's gold marks never reach training.
+Beats are matched one to one by where their marks lie in the recording (the nearest teacher
+window of the element whose marks are within ``match_ms`` of the gold window's on the median over
+keypoints): both datasets need ``extras["window_start"]`` (the sample of the recording at which
+each window starts). Only gold windows of the elements in ``teacher`` are used: training passes
+its training and validation elements, so a test element's gold marks never reach training.
 """
 
 from __future__ import annotations
@@ -78,23 +77,11 @@ def matched_beats(
     median distance between their marks (keypoints both have) at most ``max_distance`` samples.
     One to one: each gold window takes its nearest teacher window, and a teacher window that
     several gold windows take keeps only the nearest of them, so no beat counts twice."""
-    return _matched(
-        _absolute(teacher), _absolute(gold), teacher.element_ids, gold.element_ids, max_distance
-    )
-
-
-def _matched(
-    teacher_marks: np.ndarray,
-    gold_marks: np.ndarray,
-    teacher_elements: np.ndarray,
-    gold_elements: np.ndarray,
-    max_distance: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`matched_beats` on marks already in recording time, (N, K) and (M, K)."""
+    teacher_marks, gold_marks = _absolute(teacher), _absolute(gold)
     nearest: dict[int, tuple[float, int]] = {}  # teacher window -> (distance, gold window)
-    for element in np.intersect1d(teacher_elements, gold_elements):
-        in_teacher = np.flatnonzero(teacher_elements == element)
-        for g in np.flatnonzero(gold_elements == element):
+    for element in np.intersect1d(teacher.element_ids, gold.element_ids):
+        in_teacher = np.flatnonzero(teacher.element_ids == element)
+        for g in np.flatnonzero(gold.element_ids == element):
             gaps = np.abs(teacher_marks[in_teacher] - gold_marks[g])  # (n, K)
             shared = ~np.isnan(gaps).all(axis=1)
             if not shared.any():
@@ -127,20 +114,13 @@ def correct_teacher(
     if teacher.fs is None:
         raise DataFormatError("teacher correction needs 'fs' to turn its tolerance into samples")
     tolerance = tolerance_ms * teacher.fs / 1000.0
-    teacher_marks, gold_marks = _absolute(teacher), _absolute(gold)
-    pairs_t, pairs_g = _matched(
-        teacher_marks,
-        gold_marks,
-        teacher.element_ids,
-        gold.element_ids,
-        match_ms * teacher.fs / 1000.0,
-    )
+    pairs_t, pairs_g = matched_beats(teacher, gold, match_ms * teacher.fs / 1000.0)
     if not len(pairs_t):
         raise DataFormatError(
             "no gold window marks a beat of the data's: their elements and 'window_start' "
             "must refer to the same recordings"
         )
-    differences = gold_marks[pairs_g] - teacher_marks[pairs_t]  # (P, K)
+    differences = _absolute(gold)[pairs_g] - _absolute(teacher)[pairs_t]  # (P, K)
     paired_elements = teacher.element_ids[pairs_t]
     keypoints = teacher.keypoints.copy()
     corrections, commons = [], {}
