@@ -136,6 +136,8 @@ class Trainer:
         an automatic delineator's). Those of training elements join the training set
         ``gold_repeat`` times; those of validation elements fit the decoder's per-keypoint
         offsets after training; those of test elements stay unseen."""
+        if not 0 <= config.augment_stretch < 0.5:  # before any work on the data
+            raise ValueError(f"augment_stretch must be in [0, 0.5), got {config.augment_stretch}")
         self.config = config
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +163,6 @@ class Trainer:
                 self.train_set.element_codes, self.train_set.session_codes, **sampling
             )
         self.train_set.to(self.device)  # after the sampler has read the codes on the CPU
-        if not 0 <= config.augment_stretch < 0.5:
-            raise ValueError(f"augment_stretch must be in [0, 0.5), got {config.augment_stretch}")
 
         torch.manual_seed(config.seed)
         model_config = ModelConfig(
@@ -609,7 +609,7 @@ def stretch(
     ).squeeze(2)  # (B, C, 1, L) read as an image one row high -> (B, C, L)
     moved = torch.round(centre + (keypoints - centre) * factors.view(b, 1)).to(keypoints.dtype)
     inside = (keypoints >= 0) & (moved >= 0) & (moved < length)
-    return out, torch.where(inside, moved, torch.full_like(moved, -1))
+    return out, torch.where(inside, moved, -1)
 
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
