@@ -259,18 +259,21 @@ def _open_archive(file: str | Path | BinaryIO | bytes, source: str) -> zipfile.Z
     if isinstance(file, bytes | bytearray | memoryview):
         file = io.BytesIO(file)
     try:
-        if isinstance(file, str | Path):
-            with open(file, "rb") as f:
-                start = f.read(len(_NPY_MAGIC))
-        else:
-            position = file.tell()
-            start = file.read(len(_NPY_MAGIC))
-            file.seek(position)
-        if start == _NPY_MAGIC:
-            raise ValueError("a single .npy array, not an .npz archive")
         return zipfile.ZipFile(file)
     except _NOT_A_ZIP as exc:
-        raise DataFormatError(f"{source}: not a readable .npz file ({exc})") from exc
+        reason = "a single .npy array, not an .npz archive" if _is_npy(file) else exc
+        raise DataFormatError(f"{source}: not a readable .npz file ({reason})") from exc
+
+
+def _is_npy(file: str | Path | BinaryIO) -> bool:
+    try:
+        if isinstance(file, str | Path):
+            with open(file, "rb") as f:
+                return f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+        file.seek(0)
+        return file.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+    except (OSError, ValueError):
+        return False
 
 
 def _member_headers(

@@ -326,3 +326,9 @@ def test_what_is_not_an_archive_is_named():
     np.save(npy, np.zeros(3))
     with pytest.raises(DataFormatError, match="a single .npy array, not an .npz archive"):
         npz_members(npy.getvalue())
+
+
+def test_one_file_object_is_read_for_its_headers_then_loaded():
+    body = io.BytesIO(small_archive())
+    assert npz_members(body)["signals"].shape == (3, 20)
+    assert load_npz(body, max_bytes=LIMIT).signals.shape == (3, 1, 20)
