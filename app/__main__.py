@@ -11,12 +11,13 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from app.database import DatabaseConfigError, StoreUnavailable, open_database
+from app.container import open_store
+from app.database import DatabaseConfigError, StoreUnavailable
 from app.main import create_app
 from app.observability import configure_logging
 from app.runtime import ModelLoadError
 from app.settings import Settings
-from app.store import ReferenceStore, SchemaTooNew
+from app.store import SchemaTooNew
 from model.export_format import ExportFormatError, read_manifest
 
 STARTUP_ERRORS = (
@@ -87,13 +88,7 @@ def check_before_forking(settings: Settings) -> None:
     """What would make every worker fail, found once with one clear line: the model, the
     database URL and server, and the schema (created or migrated here, under the lock)."""
     read_manifest(settings.model_dir)
-    url = settings.database_url.get_secret_value() if settings.database_url else None
-    database = open_database(url, settings.data_dir, settings.database_connect_timeout_s)
-    try:
-        with database.exclusive():
-            ReferenceStore(database).migrate()
-    finally:
-        database.close()
+    open_store(settings).close()
 
 
 if __name__ == "__main__":

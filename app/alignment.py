@@ -50,7 +50,8 @@ from typing import Literal
 
 import numpy as np
 
-from app.errors import InputError
+from app.errors import Invalid
+from app.schemas import AlignedSignal, SkippedKeypoint, Warp
 
 MAD_TO_SD = 1.4826  # a normal's standard deviation per median absolute deviation
 HALF_NORMAL_MEDIAN = 0.6745  # the median of |e| for e ~ N(0, 1)
@@ -60,34 +61,8 @@ Mode = Literal["shift", "piecewise"]
 
 
 @dataclass
-class Warp:
-    """A monotone piecewise-linear time warp w: ``source[i]`` (a sample of the signal) lands on
-    ``target[i]`` (a sample of the output grid). Both lists ascend; ``source`` runs from 0 to
-    L - 1, the signal's ends. ``aligned[t] = signal[w^-1(t)]`` with linear interpolation."""
-
-    source: list[float]
-    target: list[float]
-
-
-@dataclass
-class Skipped:
-    """A requested keypoint that was not used as an anchor for one signal, and why."""
-
-    name: str
-    reason: str
-
-
-@dataclass
-class AlignedSignal:
-    aligned: np.ndarray  # (C, L_out)
-    warp: Warp
-    keypoints_used: list[str]  # in output order
-    skipped: list[Skipped]
-
-
-@dataclass
 class Alignment:
-    results: list[AlignedSignal]
+    results: list[AlignedSignal]  # the API's shape (app/schemas.py), the signal an array
     target: dict[str, float]
     reference: str | None  # the shift anchor, and what the piecewise anchors are shrunk towards
     # per shrunk anchor the weight s of its observed interval; absent ones are used as observed
@@ -135,7 +110,7 @@ def check_keypoints(keypoints: list[str] | None, names: list[str]) -> list[str]:
         return list(names)
     for i, name in enumerate(keypoints):
         if name not in names:
-            raise InputError(f"body.keypoints.{i}", f"unknown keypoint {name!r}; known: {names}")
+            raise Invalid(f"keypoints.{i}", f"unknown keypoint {name!r}; known: {names}")
     return list(keypoints)
 
 
@@ -145,10 +120,10 @@ def check_target(
     """An explicit target must name only known keypoints and place every requested one."""
     for name in target:
         if name not in names:
-            raise InputError(f"{field}.{name}", f"unknown keypoint {name!r}; known: {names}")
+            raise Invalid(f"{field}.{name}", f"unknown keypoint {name!r}; known: {names}")
     missing = [name for name in keypoints or [] if name not in target]
     if missing:
-        raise InputError(field, f"has no position for the requested keypoints {missing}")
+        raise Invalid(field, f"has no position for the requested keypoints {missing}")
 
 
 def apply_warp(warp: Warp, points: np.ndarray) -> np.ndarray:
@@ -191,7 +166,7 @@ def align(
         )
     requested = check_keypoints(keypoints, names)
     if length is not None and length < 2:
-        raise InputError("body.length", "must be at least 2 samples")
+        raise Invalid("length", "must be at least 2 samples")
     if length is None and average:  # an ensemble needs one grid: the longest signal's
         length = max(signal.shape[-1] for signal in signals)
     out_lengths = [length or signal.shape[-1] for signal in signals]
@@ -214,22 +189,22 @@ def align(
         for name in anchor_names:
             k = column[name]
             if name not in target:
-                skipped.append(Skipped(name, "not in the target"))
+                skipped.append(SkippedKeypoint(name=name, reason="not in the target"))
             elif not confident[b, k]:
                 reason = f"confidence {confidences[b, k]:.2f} below {min_confidence:g}"
-                skipped.append(Skipped(name, reason))
+                skipped.append(SkippedKeypoint(name=name, reason=reason))
             elif not 0 <= sources[b, k] <= signal_length - 1:
-                skipped.append(Skipped(name, "outside the signal"))
+                skipped.append(SkippedKeypoint(name=name, reason="outside the signal"))
             else:
                 anchors.append(_Anchor(name, sources[b, k], target[name], confidences[b, k]))
         anchors = _in_order(anchors, skipped)
         warp = _warp(anchors, signal_length)
         results.append(
             AlignedSignal(
-                _resample(signal, warp, out_lengths[b]),
-                warp,
-                [anchor.name for anchor in anchors],
-                skipped,
+                aligned=_resample(signal, warp, out_lengths[b]),
+                warp=warp,
+                keypoints_used=[anchor.name for anchor in anchors],
+                skipped=skipped,
             )
         )
     mean = std = None
@@ -291,7 +266,7 @@ def _shrink(
     return sources, shrinkage
 
 
-def _in_order(anchors: list[_Anchor], skipped: list[Skipped]) -> list[_Anchor]:
+def _in_order(anchors: list[_Anchor], skipped: list[SkippedKeypoint]) -> list[_Anchor]:
     """Anchors sorted by target and increasing in source too: of two consecutive anchors that
     are not, the less confident one is dropped and reported."""
     anchors = sorted(anchors, key=lambda anchor: anchor.target)
@@ -302,7 +277,7 @@ def _in_order(anchors: list[_Anchor], skipped: list[Skipped]) -> list[_Anchor]:
             i += 1
             continue
         kept, dropped = (a, b) if a.confidence >= b.confidence else (b, a)
-        skipped.append(Skipped(dropped.name, f"out of order with {kept.name}"))
+        skipped.append(SkippedKeypoint(name=dropped.name, reason=f"out of order with {kept.name}"))
         anchors.remove(dropped)
         i = max(i - 1, 0)
     return anchors
@@ -312,7 +287,7 @@ def _warp(anchors: list[_Anchor], length: int) -> Warp:
     """The warp through ``anchors`` (in order), extended to the signal's ends with slope 1;
     the identity without anchors."""
     if not anchors:
-        return Warp([0.0, float(length - 1)], [0.0, float(length - 1)])
+        return Warp(source=[0.0, float(length - 1)], target=[0.0, float(length - 1)])
     source = [float(anchor.source) for anchor in anchors]
     target = [float(anchor.target) for anchor in anchors]
     if source[0] > 0:
@@ -320,7 +295,7 @@ def _warp(anchors: list[_Anchor], length: int) -> Warp:
     if source[-1] < length - 1:
         end = float(length - 1)
         source, target = [*source, end], [*target, target[-1] + end - source[-1]]
-    return Warp(source, target)
+    return Warp(source=source, target=target)
 
 
 def _resample(signal: np.ndarray, warp: Warp, length: int) -> np.ndarray:

@@ -1,174 +1,191 @@
-"""Scores calibrated on the references themselves: anomaly scores, and the cache that keeps them
-and the drift and verification calibrations (:class:`FittedCache`).
+"""The mechanisms every calibration shares: one cache of fits (:class:`FittedCache`), one
+empirical-CDF scorer (:class:`EmpiricalCDF`) and one seeded sampler (:func:`seeded_sample`).
 
-A sample of references gives each its leave-one-out distance (1 - mean cosine similarity to its
-``k`` nearest other references); a query's score is the share of those distances below its own.
-At threshold 0.99 about 1% of the references would be flagged. Beyond the largest sampled
-distance the share is extrapolated by an exponential tail (see :meth:`AnomalyCalibration.scores`),
-so far queries stay ordered by how far they are.
+Anomaly scores, verification and open-set thresholds and drift scores are all fitted on the
+stored references themselves (a sample of them), so they go out of date as references are
+written. One :class:`FittedCache` holds all of them, each under its own key (``("anomaly",
+True)``, ``("verify", 5)``, ``("drift", 3)``, ...); :class:`app.sync.IndexSync` tells it what was
+applied (:meth:`FittedCache.changed`) or that the index was rebuilt (:meth:`FittedCache.rebuilt`).
 
-Two calibrations, matching the two questions: without an expected element a query is compared
-with all references, so each sampled reference is too; with one ("is this normal for X?") the
-query is compared with X's references, so each sampled reference with its own element's. Both
-are one distribution over every element, not one per element: a per-element share throws away
-how far a signal is (past the element's few dozen references every query scores about 1), and
-on the QT Database's cross-validated records it ranked abnormal beats worse than the plain
-distance did (pooled AUROC .852 against .953; BENCHMARKS.md, "Real ECG, cross-validated, round
-2"). The caller gives the vectors and the searches: this module never reads the store or the
-index itself.
+A key's fit goes stale once the writes since it passed REFIT_SHARE of the references (at any
+write while there are at most ``small`` of them: then the sample is every reference). A stale
+fit keeps answering while one background thread refits it (single flight per key; no sooner
+than REFIT_COOLDOWN times the last fit's duration after it), so no request waits for a refit:
+with 1,700 references and one client writing 13 a second, refits made searches queue behind
+them (415 searches/s fell to 15, p99 80 ms to 1.37 s; BENCHMARKS.md, "Searches while writing").
+Only a key never fitted makes its callers wait, for one fit between them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 CALIBRATION_SAMPLE = 2000  # references whose leave-one-out distances calibrate the scores
-REFIT_SHARE = 0.01  # a calibration over sampled references is refitted once this share changed
-TAIL_SHARE = 0.1  # the largest tenth of the sampled distances sets the scale of the tail
+REFIT_SHARE = 0.01  # a fit over sampled references goes stale once this share changed
+REFIT_COOLDOWN = 4.0  # a key refits no sooner than this many of its last fit's durations after
+# it: background refits take at most about a fifth of a core per key in use
+TAIL_SHARE = 0.1  # the largest tenth of a sample sets the scale of an EmpiricalCDF's tail
 
-# (keys (n,), their vectors (n, D), k) -> per key the (key, similarity) of its k nearest
-# references among those it is compared with (all, or its own element's)
-NeighbourSearch = Callable[[np.ndarray, np.ndarray, int], list[list[tuple[int, float]]]]
-# keys (n,) -> (the keys that still have a vector, those vectors (m, D))
-VectorSource = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+T = TypeVar("T")
 
 
-def distance(similarities: list[float]) -> float:
-    """A query's anomaly distance from its nearest references' similarities."""
-    return 1.0 - float(np.mean(similarities)) if similarities else float("nan")
+def seeded_sample(items: Sequence[T] | np.ndarray, n: int, seed: int = 0) -> list[T] | np.ndarray:
+    """Up to ``n`` of ``items``, in their order: the same ones while ``items`` stay the same."""
+    if len(items) <= n:
+        return items
+    picked = np.sort(np.random.default_rng(seed).choice(len(items), n, replace=False))
+    if isinstance(items, np.ndarray):
+        return items[picked]
+    return [items[i] for i in picked]
 
 
-class Calibration(Protocol):
-    """What the change log drops: :class:`app.sync.IndexSync` calls these as it applies it."""
+class EmpiricalCDF:
+    """The share of a sample below a value. With ``tail``, beyond the sample's largest value
+    the share is extrapolated by an exponential tail instead of staying 1, so values far out
+    stay ordered by how far they are: its scale is the mean excess of the top TAIL_SHARE over
+    that part's smallest, ``1 - exp(-(x - max) / scale) / n``, continuous at the largest."""
 
-    def invalidate(self, elements: set[str], writes: int, total: int) -> None: ...
+    def __init__(self, sample: np.ndarray, tail: bool = False) -> None:
+        self.sorted = np.sort(np.asarray(sample, dtype=np.float64))
+        self.tail = tail
 
-    def clear(self) -> None: ...
+    def __len__(self) -> int:
+        return len(self.sorted)
 
-
-Fitted = TypeVar("Fitted")
-
-
-class FittedCache(Generic[Fitted]):
-    """Calibrations fitted on a sample of all references, one per key (a setting such as a
-    baseline size), fitted once at a time per key and dropped once the writes since the fit
-    pass REFIT_SHARE of the references, or at any write while there are at most ``small`` of
-    them (then the sample is every reference). Thread-safe."""
-
-    def __init__(self, small: int = CALIBRATION_SAMPLE) -> None:
-        self.small = small
-        self._lock = threading.Lock()
-        self._fitted: dict[object, Fitted] = {}
-        self._fitting: dict[object, threading.Lock] = {}
-        self._epoch = 0
-        self._writes = 0
-
-    def get(self, key: object, fit: Callable[[], Fitted]) -> Fitted:
-        with self._lock:
-            if key in self._fitted:
-                return self._fitted[key]
-            fitting = self._fitting.setdefault(key, threading.Lock())
-        with fitting:  # concurrent misses wait for one fit
-            with self._lock:
-                if key in self._fitted:
-                    return self._fitted[key]
-                epoch = self._epoch
-            value = fit()
-            with self._lock:
-                if epoch == self._epoch:  # no write dropped the cache while this fitted
-                    self._fitted[key] = value
-            return value
-
-    def invalidate(self, elements: set[str], writes: int, total: int) -> None:
-        """After ``writes`` changes (``elements`` unused: every fit covers all of them)."""
-        with self._lock:
-            self._writes += writes
-            if total <= self.small or self._writes > REFIT_SHARE * total:
-                self._clear()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._clear()
-
-    def _clear(self) -> None:
-        self._epoch += 1
-        self._writes = 0
-        self._fitted.clear()
-
-
-class AnomalyCalibration:
-    """Sorted leave-one-out distances of sampled references, one set per question (compared
-    within their element or with all references), fitted lazily and dropped as
-    :class:`FittedCache` drops its fits. Thread-safe."""
-
-    def __init__(self, k: int, sample: int = CALIBRATION_SAMPLE) -> None:
-        self.k, self.sample_size = k, sample
-        self._fits: FittedCache[np.ndarray] = FittedCache(small=sample)
-
-    def sample(self, keys: np.ndarray) -> np.ndarray:
-        """The keys whose distances calibrate (all of them up to the sample size)."""
-        if len(keys) <= self.sample_size:
-            return keys
-        rng = np.random.default_rng(0)
-        return np.sort(rng.choice(keys, self.sample_size, replace=False))
-
-    def calibrated(
-        self,
-        within_element: bool,
-        keys: Callable[[], np.ndarray],
-        vectors_of: VectorSource,
-        search: NeighbourSearch,
-    ) -> np.ndarray:
-        """The sorted distances: cached, or fitted now on a sample of ``keys()`` (every
-        reference's key) with the caller's ``vectors_of`` and ``search`` (asked only when
-        fitting: a search's hot path must not copy every key). Concurrent misses wait for one
-        fit: 64 connections each fitting 2,000 leave-one-out searches stalled a 1e5 index."""
-        return self._fits.get(
-            within_element, lambda: self.fit(*vectors_of(self.sample(keys())), search)
-        )
-
-    def fit(self, keys: np.ndarray, vectors: np.ndarray, search: NeighbourSearch) -> np.ndarray:
-        """Sorted leave-one-out distances of the references ``keys`` with ``vectors``; a
-        reference with no other to compare with (alone in its element) has none."""
-        if len(keys) < 2:
-            return np.array([], dtype=np.float64)
-        rows = search(keys, vectors, self.k + 1)
-        distances = np.array(
-            [
-                distance([sim for other, sim in row if other != key][: self.k])
-                for key, row in zip(keys.tolist(), rows, strict=True)
-            ]
-        )
-        return np.sort(distances[~np.isnan(distances)])
-
-    def invalidate(self, elements: set[str], writes: int, total: int) -> None:
-        self._fits.invalidate(elements, writes, total)
-
-    def clear(self) -> None:
-        self._fits.clear()
-
-    def scores(self, calibrated: np.ndarray, similarities: list[list[float]]) -> np.ndarray:
-        """Calibrated scores in [0, 1] from each query's nearest similarities; NaN when there
-        is nothing to calibrate against.
-
-        A score is the share of the sampled distances below the query's. Beyond the largest one
-        that share would be 1 for every query however far, tying the clear anomalies; instead
-        the tail is taken as exponential, its scale the mean excess of the top tenth over that
-        tenth's smallest: ``1 - exp(-(d - max) / scale) / n``, continuous with the share at the
-        largest distance."""
-        n = len(calibrated)
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """Shares in [0, 1] (NaN for every value while the sample is empty)."""
+        values = np.asarray(values, dtype=np.float64)
+        n = len(self.sorted)
         if n == 0:
-            return np.full(len(similarities), np.nan)
-        distances = np.array([distance(row[: self.k]) for row in similarities])
-        shares = np.searchsorted(calibrated, distances, side="left") / n
-        beyond = distances > calibrated[-1]
-        if beyond.any():
-            top = calibrated[int((1 - TAIL_SHARE) * n) :]
+            return np.full(values.shape, np.nan)
+        shares = np.searchsorted(self.sorted, values, side="left") / n
+        beyond = values > self.sorted[-1]
+        if self.tail and beyond.any():
+            top = self.sorted[int((1 - TAIL_SHARE) * n) :]
             scale = max(float(np.mean(top - top[0])), 1e-9)
-            excess = (distances[beyond] - calibrated[-1]) / scale
-            shares[beyond] = 1 - np.exp(-excess) / n
+            shares[beyond] = 1 - np.exp(-(values[beyond] - self.sorted[-1]) / scale) / n
         return shares
+
+
+@dataclass
+class _Entry:
+    value: Any = None
+    fitted: bool = False
+    fitted_epoch: int = -1  # the epoch the value's fit began in
+    epoch: int = 0  # bumped each time the key goes stale
+    writes: int = 0  # since the key last went stale
+    refitting: bool = False
+    next_refit_at: float = 0.0
+
+    @property
+    def fresh(self) -> bool:
+        return self.fitted and self.fitted_epoch == self.epoch
+
+
+class FittedCache:
+    """Fitted calibrations by key, stale-while-refitting (see the module). Thread-safe.
+
+    ``get(key, fit)`` answers a fresh fit at once; a stale one at once too, starting a refit in
+    the background; a key never fitted is fitted now, once between concurrent callers (they
+    wait for it). A fit that began before the key went stale is never taken for a fresh one
+    (it is served until the next refit lands), and never replaces a fit that began later. A
+    background refit that fails drops the key (the next caller fits, and sees the error),
+    unless the database was unreachable: then the stale fit stays."""
+
+    def __init__(
+        self,
+        small: int = CALIBRATION_SAMPLE,
+        cooldown: float = REFIT_COOLDOWN,
+        keep_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.small, self.cooldown, self.keep_on = small, cooldown, keep_on
+        self._lock = threading.Lock()
+        self._entries: dict[Hashable, _Entry] = {}
+        self._first_fits: dict[Hashable, threading.Lock] = {}
+        self._refits = ThreadPoolExecutor(1, thread_name_prefix="refit")
+        self._closed = False
+
+    def get(self, key: Hashable, fit: Callable[[], T]) -> T:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.fitted:
+                if not entry.fresh:
+                    self._refit_soon(key, entry, fit)
+                return entry.value
+            first = self._first_fits.setdefault(key, threading.Lock())
+        with first:  # concurrent misses wait for one fit
+            with self._lock:
+                entry = self._entries.setdefault(key, _Entry())
+                if entry.fitted:
+                    return entry.value
+                epoch = entry.epoch
+            return self._fit(key, epoch, fit)
+
+    def changed(self, writes: int, total: int) -> None:
+        """``writes`` changes were applied; ``total`` references are stored now."""
+        with self._lock:
+            for entry in self._entries.values():
+                entry.writes += writes
+                if total <= self.small or entry.writes > REFIT_SHARE * total:
+                    entry.epoch += 1
+                    entry.writes = 0
+
+    def rebuilt(self, total: int) -> None:
+        """The index was rebuilt from the store: every fit is stale."""
+        with self._lock:
+            for entry in self._entries.values():
+                entry.epoch += 1
+                entry.writes = 0
+
+    def is_fresh(self, key: Hashable) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry.fresh
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._refits.shutdown(wait=True, cancel_futures=True)
+
+    def _fit(self, key: Hashable, epoch: int, fit: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        value = fit()
+        finished = time.perf_counter()
+        with self._lock:
+            entry = self._entries.setdefault(key, _Entry())
+            if epoch >= entry.fitted_epoch:  # never over a fit that began later
+                entry.value, entry.fitted, entry.fitted_epoch = value, True, epoch
+            entry.next_refit_at = finished + self.cooldown * (finished - started)
+        return value
+
+    def _refit_soon(self, key: Hashable, entry: _Entry, fit: Callable[[], Any]) -> None:
+        """Under the lock: one background refit of ``key`` at a time, after its cooldown."""
+        if entry.refitting or self._closed or time.perf_counter() < entry.next_refit_at:
+            return
+        entry.refitting = True
+        self._refits.submit(self._refit, key, entry.epoch, fit)
+
+    def _refit(self, key: Hashable, epoch: int, fit: Callable[[], Any]) -> None:
+        try:
+            self._fit(key, epoch, fit)
+        except self.keep_on as exc:
+            log.info("refitting %s failed (%s): the last fit answers meanwhile", key, exc)
+        except Exception as exc:
+            log.info("refitting %s failed (%s): it is fitted on its next use", key, exc)
+            with self._lock:
+                self._entries.pop(key, None)
+        finally:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.refitting = False

@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 """
 
 
-class Session:
+class Transaction:
     """One connection inside a read or a write: ``execute`` takes ``?`` placeholders."""
 
     def __init__(self, cursor: Any, translate: Callable[[str], str]) -> None:
@@ -88,11 +88,11 @@ class Database(ABC):
 
     @abstractmethod
     def read(self) -> Any:
-        """Context manager: a Session for reads."""
+        """Context manager: a Transaction for reads."""
 
     @abstractmethod
     def write(self) -> Any:
-        """Context manager: a Session in a transaction committed on exit (rolled back on an
+        """Context manager: a Transaction in a transaction committed on exit (rolled back on an
         error). Writers exclude each other on every process: a sequence number taken inside a
         write is therefore committed before any larger one, and a reader that asks for
         ``seq > last`` can never skip one that commits later."""
@@ -102,10 +102,10 @@ class Database(ABC):
         """Context manager: the start-up lock, held by one process at a time."""
 
     @abstractmethod
-    def table_exists(self, session: Session, name: str) -> bool: ...
+    def table_exists(self, session: Transaction, name: str) -> bool: ...
 
     @abstractmethod
-    def notify(self, session: Session) -> None:
+    def notify(self, session: Transaction) -> None:
         """Inside a write: wake the other processes once it commits (where the engine can)."""
 
     @abstractmethod
@@ -141,16 +141,16 @@ class SqliteDatabase(Database):
         self.db.execute("PRAGMA synchronous=FULL")  # a committed write survives power loss too
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
+    def read(self) -> Iterator[Transaction]:
         with self.lock, _sqlite_unavailable():
-            yield Session(self.db, _same)
+            yield Transaction(self.db, _same)
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self) -> Iterator[Transaction]:
         with self.lock, _sqlite_unavailable():
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield Session(self.db, _same)
+                yield Transaction(self.db, _same)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -165,11 +165,11 @@ class SqliteDatabase(Database):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def table_exists(self, session: Session, name: str) -> bool:
+    def table_exists(self, session: Transaction, name: str) -> bool:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         return session.execute(sql, (name,)).fetchone() is not None
 
-    def notify(self, session: Session) -> None:
+    def notify(self, session: Transaction) -> None:
         """SQLite cannot notify: the other processes on the box poll."""
 
     def listen(self, on_change: Callable[[], None], stop: threading.Event) -> None:
@@ -247,14 +247,14 @@ class PostgresDatabase(Database):
         self.pool.open(wait=True, timeout=connect_timeout_s)
 
     @contextmanager
-    def _session(self, write: bool) -> Iterator[Session]:
+    def _session(self, write: bool) -> Iterator[Transaction]:
         with _unavailable_on(*self._errors), self.pool.connection() as conn:
             if write:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_ID,))
-                    yield Session(conn.cursor(), _to_pyformat)
+                    yield Transaction(conn.cursor(), _to_pyformat)
             else:
-                yield Session(conn.cursor(), _to_pyformat)
+                yield Transaction(conn.cursor(), _to_pyformat)
 
     def read(self) -> Any:
         return self._session(write=False)
@@ -269,10 +269,10 @@ class PostgresDatabase(Database):
             c.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK_ID,))
             yield
 
-    def table_exists(self, session: Session, name: str) -> bool:
+    def table_exists(self, session: Transaction, name: str) -> bool:
         return session.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
 
-    def notify(self, session: Session) -> None:
+    def notify(self, session: Transaction) -> None:
         session.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
     def listen(self, on_change: Callable[[], None], stop: threading.Event) -> None:

@@ -1,38 +1,67 @@
-"""Injected pieces: the service, API-key checks, and request bodies read into signal batches."""
+"""What routes are given: their service (from the composition root, app/container.py) and the
+API-key checks."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Request
-from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 
-from app.errors import InputError
-from app.schemas import SearchOptions
-from app.service import SignalService
+from app.api_errors import InputError
+from app.container import Services
+from app.services.alignment import AlignmentService
+from app.services.drift import DriftService
+from app.services.embedding import EmbeddingService
+from app.services.references import ReferenceService
+from app.services.search import SearchService
+from app.services.status import StatusService
+from app.services.verification import VerificationService
 from app.settings import Settings
-from app.signals import NPY_MEDIA_TYPE, SignalBatch, parse_json_body, parse_npy_body, parse_signals
-
-Options = TypeVar("Options", bound=BaseModel)
-
-INLINE_PARSE_BYTES = 256 * 1024  # smaller bodies parse faster than a thread hand-off
 
 # The dependencies below are ``async def`` although they never await: FastAPI runs a plain
 # ``def`` dependency in the thread pool, and those hand-offs were most of a small request's cost.
 
 
-async def get_service(request: Request) -> SignalService:
-    return request.app.state.service
+def _services(request: Request) -> Services:
+    return request.app.state.services
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+async def get_embedding(request: Request) -> EmbeddingService:
+    return _services(request).embedding
 
 
-Service = Annotated[SignalService, Depends(get_service)]
-AppSettings = Annotated[Settings, Depends(get_settings)]
+async def get_references(request: Request) -> ReferenceService:
+    return _services(request).references
+
+
+async def get_search(request: Request) -> SearchService:
+    return _services(request).search
+
+
+async def get_verification(request: Request) -> VerificationService:
+    return _services(request).verification
+
+
+async def get_drift(request: Request) -> DriftService:
+    return _services(request).drift
+
+
+async def get_alignment(request: Request) -> AlignmentService:
+    return _services(request).alignment
+
+
+async def get_status(request: Request) -> StatusService:
+    return _services(request).status
+
+
+Embedding = Annotated[EmbeddingService, Depends(get_embedding)]
+References = Annotated[ReferenceService, Depends(get_references)]
+Search = Annotated[SearchService, Depends(get_search)]
+Verification = Annotated[VerificationService, Depends(get_verification)]
+Drift = Annotated[DriftService, Depends(get_drift)]
+Alignment = Annotated[AlignmentService, Depends(get_alignment)]
+Status = Annotated[StatusService, Depends(get_status)]
 
 
 def _check_key(request: Request, settings: Settings) -> None:
@@ -48,49 +77,13 @@ def _check_key(request: Request, settings: Settings) -> None:
         )
 
 
-async def require_write_key(request: Request, settings: AppSettings) -> None:
+async def require_write_key(request: Request) -> None:
+    settings = _services(request).settings
     if settings.api_key is not None:
         _check_key(request, settings)
 
 
-async def require_read_key(request: Request, settings: AppSettings) -> None:
+async def require_read_key(request: Request) -> None:
+    settings = _services(request).settings
     if settings.api_key is not None and settings.auth_reads:
         _check_key(request, settings)
-
-
-async def read_signals(request: Request, service: SignalService) -> tuple[SignalBatch, dict]:
-    """A JSON body ``{"signals": [...], ...}`` or a .npy body with options in the query."""
-    body = await request.body()
-    is_npy = request.headers.get("content-type", "").split(";")[0].strip() == NPY_MEDIA_TYPE
-    if len(body) > INLINE_PARSE_BYTES:  # big bodies are parsed off the event loop
-        return await run_in_threadpool(_parse, body, is_npy, request.query_params, service)
-    return _parse(body, is_npy, request.query_params, service)
-
-
-def _parse(body: bytes, is_npy: bool, query, service: SignalService) -> tuple[SignalBatch, dict]:
-    limits = service.runtime.limits
-    if is_npy:
-        return parse_npy_body(body, limits), dict(query)
-    payload = parse_json_body(body)
-    if "signals" not in payload:
-        raise InputError("body.signals", "field required", kind="missing")
-    return parse_signals(payload["signals"], limits, field="body.signals"), payload
-
-
-def parse_options(model: type[Options], values: dict) -> Options:
-    """A request's non-signal fields (from a JSON body, or the query with a .npy body)."""
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"])
-        raise InputError(f"body.{field}", error["msg"], kind=error["type"]) from exc
-
-
-def search_options(values: dict, settings: Settings) -> SearchOptions:
-    options = parse_options(SearchOptions, values)
-    if options.k > settings.max_k:
-        raise InputError(
-            "body.k", f"{options.k} is over the limit of {settings.max_k}", kind="less_than_equal"
-        )
-    return options

@@ -32,6 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.calibration import EmpiricalCDF
+from app.schemas import SessionDrift
+
 COMPONENTS = 16  # directions of session-to-session variation the distance weighs
 MIN_NULL_PER_COMPONENT = 4  # calibration sessions per direction kept: fewer keep fewer directions
 
@@ -41,7 +44,7 @@ class NothingToCompare(ValueError):
 
 
 @dataclass
-class Session:
+class RecordedSession:
     """One session of an element, as drift takes it."""
 
     session_id: str
@@ -53,12 +56,12 @@ class Session:
 class Baseline:
     """An element's first sessions: their centroid and spread."""
 
-    sessions: list[Session]
+    sessions: list[RecordedSession]
     centroid: np.ndarray  # (D,)
     spread: float  # RMS within-session standard deviation per dimension
 
     @staticmethod
-    def of(sessions: list[Session]) -> Baseline:
+    def of(sessions: list[RecordedSession]) -> Baseline:
         vectors = np.concatenate([s.embeddings for s in sessions])
         if len(vectors) < 2:
             raise NothingToCompare("the baseline holds one signal: its spread is unknown")
@@ -77,7 +80,7 @@ class Baseline:
         return np.array(shifts)
 
 
-def _spread(sessions: list[Session]) -> float:
+def _spread(sessions: list[RecordedSession]) -> float:
     """RMS per-dimension standard deviation within sessions (of sessions with two or more
     signals); across all the signals when every session has one."""
     within = [s.embeddings for s in sessions if len(s.embeddings) > 1]
@@ -88,7 +91,9 @@ def _spread(sessions: list[Session]) -> float:
     return float(np.sqrt(max(variance, 1e-12)))
 
 
-def split(sessions: list[Session], baseline_sessions: int) -> tuple[Baseline, list[Session]]:
+def split(
+    sessions: list[RecordedSession], baseline_sessions: int
+) -> tuple[Baseline, list[RecordedSession]]:
     """The element's baseline (its first ``baseline_sessions``) and the sessions after it."""
     if len(sessions) <= baseline_sessions:
         raise NothingToCompare(
@@ -104,7 +109,7 @@ class DriftCalibration:
     distances baseline sessions show among themselves, sorted."""
 
     directions: np.ndarray  # (q, D): rows scaled so a projection is whitened
-    null_distances: np.ndarray  # (n,) sorted
+    null: EmpiricalCDF  # the distances baseline sessions show among themselves
     elements: int
 
     @staticmethod
@@ -125,13 +130,13 @@ class DriftCalibration:
         directions = np.linalg.svd(find, full_matrices=False)[2][:q]  # (q, D) orthonormal
         scale = np.sqrt(((measure @ directions.T) ** 2).mean(0))  # the null's spread per direction
         calibration = DriftCalibration(
-            directions / np.maximum(scale, 1e-12)[:, None], np.zeros(0), len(usable)
+            directions / np.maximum(scale, 1e-12)[:, None], EmpiricalCDF(np.zeros(0)), len(usable)
         )
         sizes = [len(b.sessions) for b in usable[1::2] for _ in b.sessions]
         # A baseline session left out is compared with one session fewer than a later session
         # is: its expected squared distance is larger by (1 + 1/(N-1)) / (1 + 1/N).
         fewer = np.sqrt([(1 + 1 / n) / (1 + 1 / (n - 1)) for n in sizes])
-        calibration.null_distances = np.sort(calibration.distance(measure) * fewer)
+        calibration.null = EmpiricalCDF(calibration.distance(measure) * fewer)
         return calibration
 
     def distance(self, shifts: np.ndarray) -> np.ndarray:
@@ -141,30 +146,30 @@ class DriftCalibration:
 
     def score(self, distances: np.ndarray) -> np.ndarray:
         """The share of calibration distances below each distance, in [0, 1]."""
-        return np.searchsorted(self.null_distances, distances, side="left") / len(
-            self.null_distances
-        )
-
-
-@dataclass
-class SessionDrift:
-    session_id: str
-    recorded_at: str
-    references: int
-    distance: float
-    score: float
+        return self.null(distances)
 
 
 def session_drift(
-    baseline: Baseline, sessions: list[Session], calibration: DriftCalibration
+    baseline: Baseline,
+    sessions: list[RecordedSession],
+    calibration: DriftCalibration,
+    threshold: float,
 ) -> list[SessionDrift]:
-    """Every later session's distance from the baseline and its score, in time order."""
+    """Every later session's distance from the baseline, its score and whether it is above
+    ``threshold``, in time order."""
     if not sessions:
         return []
     distances = calibration.distance(np.array([baseline.shift(s.embeddings) for s in sessions]))
     scores = calibration.score(distances)
     return [
-        SessionDrift(s.session_id, s.recorded_at, len(s.embeddings), float(d), float(p))
+        SessionDrift(
+            session_id=s.session_id,
+            recorded_at=s.recorded_at,
+            references=len(s.embeddings),
+            distance=float(d),
+            score=float(p),
+            drifting=bool(p > threshold),
+        )
         for s, d, p in zip(sessions, distances, scores, strict=True)
     ]
 

@@ -1,32 +1,43 @@
-"""Client errors that name the field and the problem, in FastAPI's own error shape."""
+"""Domain errors: what a service refuses, in the terms of what it was given.
+
+A service names the offending field as the request names it (``element_id``,
+``target.reference_id``, ``baseline_sessions``), never where it sat in an HTTP request: the one
+mapping in :mod:`app.api_errors` adds the location (path, query or body) and the status.
+"""
 
 from __future__ import annotations
 
-from fastapi import Request
 
-from app.responses import FastJSONResponse
+class DomainError(Exception):
+    """A refused operation: ``field`` as a dotted name, ``message`` what is wrong."""
 
+    kind = "value_error"
 
-class InputError(Exception):
-    """A request the service refuses: ``status`` 4xx, ``field`` as a path like ``signals[3]``."""
-
-    def __init__(self, field: str, message: str, status: int = 422, kind: str = "value_error"):
+    def __init__(self, field: str, message: str, kind: str | None = None) -> None:
         super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status, self.kind = field, message, status, kind
+        self.field, self.message = field, message
+        if kind is not None:
+            self.kind = kind
 
 
-def error_body(field: str, message: str, kind: str) -> dict:
-    return {"detail": [{"loc": field.split("."), "msg": message, "type": kind}]}
+class NotFound(DomainError):
+    """The request names something that is not stored."""
+
+    kind = "not_found"
 
 
-async def input_error_handler(_: Request, exc: InputError) -> FastJSONResponse:
-    return FastJSONResponse(error_body(exc.field, exc.message, exc.kind), status_code=exc.status)
+class Conflict(DomainError):
+    """The request is well-formed, but what is stored falls short of it (nothing to compare
+    with, too few elements to calibrate on)."""
+
+    kind = "conflict"
 
 
-async def store_unavailable_handler(_: Request, exc: Exception) -> FastJSONResponse:
-    """The database could not be reached: nothing was committed; the client may retry."""
-    return FastJSONResponse(
-        error_body("database", f"unavailable, nothing was written: {exc}", "unavailable"),
-        status_code=503,
-        headers={"Retry-After": "1"},
-    )
+class Invalid(DomainError):
+    """The value itself is wrong (an unknown keypoint, a ``k`` over the limit)."""
+
+
+class TooLarge(DomainError):
+    """The value is over a configured size limit."""
+
+    kind = "too_long"

@@ -14,24 +14,26 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from app.ann import FlatBackend, HNSWBackend, IVFBackend, VectorBackend, set_search_threads
-from app.calibration import NeighbourSearch
 from app.index_policy import CurrentIndex, IndexKind, IndexPolicy
-from app.labels import IndexRows, LabelTable
+from app.labels import Filters, IndexRows, LabelTable
 
 log = logging.getLogger(__name__)
 
+NO_FILTERS = Filters()
 SNAPSHOT_FORMAT = 3  # bump when what a snapshot holds changes: older ones are rebuilt
 
 
 @dataclass
-class Neighbor:
+class Hit:
+    """One reference a search found: its key in the index and its cosine similarity."""
+
     key: int
     similarity: float
 
@@ -80,39 +82,38 @@ class VectorIndex:
         return FlatBackend.empty(self.dim)
 
     # -- updates -----------------------------------------------------------------------------
-    def apply(self, rows: IndexRows, removed: np.ndarray) -> set[str] | None:
-        """Adds or replaces ``rows`` and removes the keys ``removed``. Returns the elements
-        whose references changed, or None when the caller must rebuild instead (the backend
-        cannot remove, or the new size calls for another index type)."""
+    def apply(self, rows: IndexRows, removed: np.ndarray) -> bool:
+        """Adds or replaces ``rows`` and removes the keys ``removed``. False (and nothing
+        changed) when the caller must rebuild instead: the backend cannot remove, or the new
+        size calls for another index type."""
         with self.lock:
             _, replaced = self.labels.positions(rows.keys)
             _, held = self.labels.positions(removed)
             size = len(self.labels) + int((~replaced).sum()) - int(held.sum())
             if self.policy.needs_rebuild(size, self._current()):
-                return None
+                return False
             existing = np.concatenate([rows.keys[replaced], removed[held]])
             if not self.backend.remove(existing):
-                return None
-            touched = self.labels.elements_of(existing) | set(rows.element_ids)
+                return False
             self.labels.remove(removed)
             self.labels.set(rows)
             self.backend.add(rows.keys, rows.vectors)
-            return touched
+            return True
 
-    def rebuild(self, n: int, chunks: Iterable[IndexRows], sample: np.ndarray | None) -> None:
-        """Replaces everything with ``chunks`` (about ``n`` references); an IVF index is trained
-        on ``sample`` first (the caller fetches ``IVFBackend.sample_size(n)`` vectors when
-        :meth:`kind_for` says IVF)."""
-        backend = self._empty(self.policy.kind_for(n), n, sample)
+    def rebuild(
+        self, n: int, chunks: Iterable[IndexRows], sample_of: Callable[[int], np.ndarray]
+    ) -> None:
+        """Replaces everything with ``chunks`` (about ``n`` references). An index type that is
+        trained (IVF) asks ``sample_of(size)`` for that many stored vectors first."""
+        kind = self.policy.kind_for(n)
+        sample = sample_of(IVFBackend.sample_size(n)) if kind == "ivf" else None
+        backend = self._empty(kind, n, sample)
         labels = LabelTable()
         for chunk in chunks:
             labels.set(chunk)
             backend.add(chunk.keys, chunk.vectors)
         with self.lock:
             self.labels, self.backend = labels, backend
-
-    def kind_for(self, n: int) -> IndexKind:
-        return self.policy.kind_for(n)
 
     def suits_its_size(self) -> bool:
         with self.lock:
@@ -123,26 +124,17 @@ class VectorIndex:
         self,
         queries: np.ndarray,
         k: int,
-        element_id: str | None = None,
-        session_id: str | None = None,
-        exclude_session_id: str | None = None,
-        exclude_element_id: str | None = None,
-    ) -> list[list[Neighbor]]:
+        filters: Filters = NO_FILTERS,
+    ) -> list[list[Hit]]:
         """Top-k neighbours per query (N, D), optionally restricted; fewer when fewer match."""
         with self.lock:
-            selection = self.labels.selection(
-                element_id, session_id, exclude_session_id, exclude_element_id
-            )
+            selection = self.labels.selection(filters)
             if len(self) == 0 or selection.is_empty:
                 return [[] for _ in queries]
             set_search_threads(self.search_threads)  # this thread's: searches come from many
             sims, keys = self.backend.search(queries, min(k, len(self)), selection)
         return [
-            [
-                Neighbor(int(key), float(sim))
-                for sim, key in zip(row_s, row_k, strict=True)
-                if key >= 0
-            ]
+            [Hit(int(key), float(sim)) for sim, key in zip(row_s, row_k, strict=True) if key >= 0]
             for row_s, row_k in zip(sims, keys, strict=True)
         ]
 
@@ -209,25 +201,3 @@ class VectorIndex:
         with self.lock:
             self.labels, self.backend = labels, backend
         return Snapshot(int(meta["seq"]), len(backend))
-
-
-def neighbour_search(index: VectorIndex, within_element: bool) -> NeighbourSearch:
-    """Each given reference's nearest references, as the anomaly calibration takes them: among
-    all references, or among those of the reference's own element (one search per element)."""
-
-    def search(keys: np.ndarray, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        if not within_element:
-            return [[(n.key, n.similarity) for n in row] for row in index.search(vectors, k)]
-        described = index.describe(keys)
-        members: dict[str, list[int]] = {}
-        for i, key in enumerate(keys.tolist()):
-            if key in described:  # deleted since it was sampled: no neighbours
-                members.setdefault(described[key][1], []).append(i)
-        rows: list[list[tuple[int, float]]] = [[] for _ in range(len(keys))]
-        for element, at in members.items():
-            found = index.search(vectors[at], k, element)
-            for i, row in zip(at, found, strict=True):
-                rows[i] = [(n.key, n.similarity) for n in row]
-        return rows
-
-    return search

@@ -29,6 +29,17 @@ class Codes:
         return self.codes[name]
 
 
+@dataclass(frozen=True)
+class Filters:
+    """What a search is restricted to, end to end (request -> service -> index -> labels):
+    only one element's or one session's references, none of a session's or an element's."""
+
+    element_id: str | None = None
+    session_id: str | None = None
+    exclude_session_id: str | None = None
+    exclude_element_id: str | None = None
+
+
 @dataclass
 class Selection:
     """Which keys a search may return: only ``allowed`` (when set), none of ``excluded``."""
@@ -161,14 +172,13 @@ class LabelTable:
             self.sessions.names[code]: keys[codes == code] for code in np.unique(codes).tolist()
         }
 
-    def selection(
-        self,
-        element_id: str | None = None,
-        session_id: str | None = None,
-        exclude_session_id: str | None = None,
-        exclude_element_id: str | None = None,
-    ) -> Selection:
+    def selection(self, filters: Filters) -> Selection:
         """The keys a search filtered this way may return."""
+        element_id, session_id = filters.element_id, filters.session_id
+        exclude_session_id, exclude_element_id = (
+            filters.exclude_session_id,
+            filters.exclude_element_id,
+        )
         allowed: np.ndarray | None = None
         if element_id is not None:
             allowed = self._keys_where(self.elements, self.element_of, element_id)

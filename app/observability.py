@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -15,6 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+SERVED_BY = f"{socket.gethostname()}:{os.getpid()}"  # answers the X-Served-By header
 
 
 class Metrics:
@@ -102,6 +107,13 @@ class Metrics:
             else:
                 self._drifting.discard(element_id)
             self.elements_drifting.set(len(self._drifting))
+
+    # told by app.sync.IndexSync what reached the index (an IndexObserver)
+    def changed(self, writes: int, total: int) -> None:
+        self.index_size.set(total)
+
+    def rebuilt(self, total: int) -> None:
+        self.index_size.set(total)
 
     def observe_inference(self, signals: int, seconds: float) -> None:
         self.batch_signals.observe(signals)

@@ -11,9 +11,51 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.settings import Settings
-from app.signals import SignalLimits
+from app.signals import NPY_MEDIA_TYPE, SignalLimits
 
+SIGNAL_ROUTES = ("/embed", "/keypoints", "/search", "/align", "/verify", "/drift")  # + .npy
 FLOAT32_MAX = 3.4e38  # larger magnitudes cannot be represented and are refused
+
+
+def signals_body(model: type) -> dict:
+    """OpenAPI for a body read by hand: the JSON schema, or a raw .npy array."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inline(model.model_json_schema())},
+                NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
+
+
+def _inline(schema: dict) -> dict:
+    """A model's JSON schema with its nested models (``$defs``) written in place: the schema is
+    embedded in the OpenAPI document, where ``#/$defs/...`` would point nowhere."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
+
+
+def json_body(model: type) -> dict:
+    """OpenAPI for a JSON body read by hand (any content type is read as JSON)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inline(model.model_json_schema())}},
+        }
+    }
 
 
 def signal_schema(limits: SignalLimits) -> dict:
@@ -60,7 +102,7 @@ def install(
         )
         spec["info"]["x-max-body-bytes"] = settings.max_body_bytes
         signal = signal_schema(limits)
-        for path in ("/embed", "/keypoints", "/search", "/align", "/verify", "/drift"):
+        for path in SIGNAL_ROUTES:
             body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
             properties = body["schema"]["properties"]
             properties["signals"].update({"items": signal, "maxItems": limits.max_batch})
@@ -70,9 +112,10 @@ def install(
             spec["paths"]["/align"]["post"]["requestBody"]["content"]["application/json"]["schema"],
             keypoint_names,
         )
-        schemas = spec["components"]["schemas"]
-        schemas["ReferenceIn"]["properties"]["signal"] = signal
-        schemas["ReferencesRequest"]["properties"]["references"]["maxItems"] = limits.max_batch
+        write = spec["paths"]["/references"]["post"]["requestBody"]["content"]["application/json"]
+        references = write["schema"]["properties"]["references"]
+        references["items"]["properties"]["signal"] = signal
+        references["maxItems"] = limits.max_batch
         app.openapi_schema = spec
         return spec
 

@@ -1,32 +1,67 @@
-"""Request and response bodies: the API's field names are a contract (fields may be added)."""
+"""Request and response bodies: the API's field names are a contract (fields may be added).
+
+Each shape is defined once, here: services return these models, routers name them as their
+``response_model`` (the OpenAPI document) and :func:`app.responses.respond` serialises them.
+Arrays (embeddings, signals) stay numpy arrays inside a model until orjson writes them: their
+fields are typed by their JSON schema alone (``Vectors``, ``SignalOut``).
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 # One channel: a list of numbers; C channels: a list of C lists (channels first).
 Signal = list[float] | list[list[float]]
 
+_NUMBERS = {"type": "array", "items": {"type": "number"}}
+
+
+def _signal_form(value: Any) -> Any:
+    """A (C, L) array in the API's signal form: one channel as its list of numbers."""
+    if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[0] == 1:
+        return value[0]
+    return value
+
+
+# A (C, L) signal answered as the API's signal form; (n, D) vectors answered as lists.
+SignalOut = Annotated[
+    Any,
+    PlainSerializer(_signal_form),
+    WithJsonSchema({"anyOf": [_NUMBERS, {"type": "array", "items": _NUMBERS}]}),
+]
+Vectors = Annotated[Any, WithJsonSchema({"type": "array", "items": _NUMBERS})]
+
 EXAMPLE_SIGNAL = [0.0, 0.1, 0.4, 1.0, 0.4, 0.1, 0.0, -0.2] * 8
 
 
-class SignalsRequest(BaseModel):
+class NoOptions(BaseModel):
+    """The non-signal fields of /embed and /keypoints: none (others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class SignalsRequest(NoOptions):
     model_config = ConfigDict(json_schema_extra={"examples": [{"signals": [EXAMPLE_SIGNAL]}]})
     signals: list[Signal] = Field(min_length=1, description="a batch of signals")
 
 
-class SearchRequest(SignalsRequest):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"signals": [EXAMPLE_SIGNAL], "k": 5, "exclude_session_id": "pump-7/2026-11-02"}
-            ]
-        }
-    )
+class SearchOptions(BaseModel):
+    """The non-signal fields of a search (JSON, or query parameters with a .npy body)."""
+
+    model_config = ConfigDict(extra="ignore")
     k: int = Field(5, ge=1, description="neighbours per signal (at most HSN_MAX_K)")
     element_id: str | None = Field(None, description="only neighbours of this element")
     session_id: str | None = Field(None, description="only neighbours of this session")
@@ -36,19 +71,19 @@ class SearchRequest(SignalsRequest):
     )
 
 
-class SearchOptions(BaseModel):
-    """The non-signal fields of a search, validated on their own (JSON or query parameters)."""
-
-    model_config = ConfigDict(extra="ignore")
-    k: int = Field(5, ge=1)
-    element_id: str | None = None
-    session_id: str | None = None
-    exclude_session_id: str | None = None
-    expected_element: str | None = None
+class SearchRequest(SearchOptions):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"signals": [EXAMPLE_SIGNAL], "k": 5, "exclude_session_id": "pump-7/2026-11-02"}
+            ]
+        }
+    )
+    signals: list[Signal] = Field(min_length=1, description="a batch of signals")
 
 
 class EmbedResponse(BaseModel):
-    embeddings: list[list[float]]
+    embeddings: Vectors = Field(description="one L2-normalised embedding per signal")
     dim: int
     model_version: str
 
@@ -122,7 +157,7 @@ class ReferenceOut(BaseModel):
     element_id: str
     session_id: str
     metadata: dict[str, Any]
-    signal: Signal
+    signal: SignalOut
     model_version: str
     updated_at: str
     recorded_at: str
@@ -397,6 +432,18 @@ class AlignOptions(BaseModel):
         description="keypoints below are skipped; default HSN_ALIGN_MIN_CONFIDENCE",
     )
 
+    @classmethod
+    def from_query(cls, query: dict) -> dict:
+        """The query parameters of a .npy request as the JSON fields: ``keypoints``
+        comma-separated, a target as ``reference_id`` or ``element_id``."""
+        values = dict(query)
+        if "keypoints" in values:
+            values["keypoints"] = [k for k in values["keypoints"].split(",") if k]
+        targets = {k: values.pop(k) for k in ("reference_id", "element_id") if k in values}
+        if targets:
+            values["target"] = targets
+        return values
+
 
 class AlignRequest(AlignOptions):
     model_config = ConfigDict(
@@ -427,15 +474,15 @@ class SkippedKeypoint(BaseModel):
 
 
 class AlignedSignal(BaseModel):
-    aligned: Signal = Field(description="the signal on the target's grid (edges held)")
+    aligned: SignalOut = Field(description="the signal on the target's grid (edges held)")
     warp: Warp
     keypoints_used: list[str]
     skipped: list[SkippedKeypoint]
 
 
 class AlignAverage(BaseModel):
-    mean: Signal
-    std: Signal
+    mean: SignalOut
+    std: SignalOut
 
 
 class AlignResponse(BaseModel):

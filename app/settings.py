@@ -36,6 +36,8 @@ class Settings(BaseSettings):
 
     # Limits on one request
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # an NPZ body's arrays, inflated: checked on their declared shapes before any is inflated
+    max_npz_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     max_batch: int = Field(256, ge=1)  # signals per request
     max_k: int = Field(100, ge=1)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
-from app.errors import InputError
+from app.api_errors import InputError
 from model.data_format import read_npy_header
 
 NPY_MEDIA_TYPE = "application/x-npy"
@@ -53,10 +54,19 @@ def parse_json_body(body: bytes) -> dict:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InputError("body", f"invalid JSON ({exc})", status=400, kind="json_invalid") from exc
+        try:  # what orjson refuses but JSON allows: numbers beyond a double (1e400 -> inf)
+            payload = json.loads(body, parse_constant=_not_json)
+        except ValueError:
+            raise InputError(
+                "body", f"invalid JSON ({exc})", status=400, kind="json_invalid"
+            ) from exc
     if not isinstance(payload, dict):
         raise InputError("body", "must be a JSON object", kind="model_attributes_type")
     return payload
+
+
+def _not_json(literal: str) -> None:
+    raise ValueError(f"{literal} is not JSON")
 
 
 def parse_npy_body(body: bytes, limits: SignalLimits) -> SignalBatch:

@@ -13,16 +13,21 @@ pruned).
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
-from app.database import Database, Session
+from app.database import Database, Transaction
 from app.labels import IndexRows
-from app.signals import as_json_signal
+from app.schemas import ElementSummary, ReferenceOut, ReferenceSummary
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 KEYS_PER_QUERY = 256  # keys looked up by one SELECT ... IN (...)
@@ -73,44 +78,11 @@ class Unembedded:
 
 
 @dataclass
-class ReferenceSummary:
-    id: str
-    element_id: str
-    session_id: str
-    metadata: dict
-    length: int
-    model_version: str
-    updated_at: str
-    recorded_at: str
-
-
-@dataclass
-class ElementSummary:
-    element_id: str
-    references: int
-    sessions: int
-    first_recorded_at: str
-    last_recorded_at: str
-
-
-@dataclass
 class ElementReference:
     """One of an element's references, as drift monitoring groups them."""
 
     key: int
     session_id: str
-    recorded_at: str
-
-
-@dataclass
-class StoredReference:
-    id: str
-    element_id: str
-    session_id: str
-    metadata: dict
-    signal: list  # one channel: a list of numbers; several: a list of lists
-    model_version: str
-    updated_at: str
     recorded_at: str
 
 
@@ -134,7 +106,26 @@ class ReferenceStore:
     def close(self) -> None:
         self.db.close()
 
+    def describe(self) -> str:
+        return self.db.describe()
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """The start-up lock: one process at a time migrates, or embeds for a new model."""
+        return self.db.exclusive()
+
+    def listen(self, on_change: Callable[[], None], stop: threading.Event) -> None:
+        """Calls ``on_change`` when another process commits (where the engine can tell), until
+        ``stop`` is set."""
+        self.db.listen(on_change, stop)
+
     # -- schema ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Creates or migrates the schema, one process at a time: the one place it happens."""
+        with self.exclusive():
+            found = self.migrate()
+        if found not in (0, SCHEMA_VERSION):
+            log.info("migrated the database from schema version %d", found)
+
     def migrate(self) -> int:
         """Creates or upgrades the schema (the caller holds the start-up lock); returns the
         version found. SchemaTooNew when a newer service made it."""
@@ -163,13 +154,13 @@ class ReferenceStore:
             )
         return found
 
-    def _schema_version(self, s: Session) -> int:
+    def _schema_version(self, s: Transaction) -> int:
         if not self.db.table_exists(s, "meta"):
             return 0
         row = s.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
         return int(row[0]) if row else 1  # version 1 kept a generation counter only
 
-    def _migrate_from_1(self, s: Session) -> None:
+    def _migrate_from_1(self, s: Transaction) -> None:
         """Version 1 (SQLite only) kept one embedding column in ``refs`` and no change log (the
         schema's new tables exist by now)."""
         s.execute(
@@ -180,13 +171,13 @@ class ReferenceStore:
         s.execute("ALTER TABLE refs ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
         s.execute("DELETE FROM meta WHERE name = 'generation'")
 
-    def _migrate_from_2(self, s: Session) -> None:
+    def _migrate_from_2(self, s: Transaction) -> None:
         """Version 2 did not know when a reference was recorded: when it was stored stands in."""
         s.execute("ALTER TABLE refs ADD COLUMN recorded_at TEXT")
         s.execute("UPDATE refs SET recorded_at = updated_at")
 
     # -- writes ------------------------------------------------------------------------------
-    def _log(self, s: Session, key: int) -> int:
+    def _log(self, s: Transaction, key: int) -> int:
         return s.execute(
             "INSERT INTO changes (key, committed_at) VALUES (?, ?) RETURNING seq",
             (key, time.time()),
@@ -245,7 +236,7 @@ class ReferenceStore:
             self._after_write(s, seq, 1)
         return Committed([row[0]], seq)
 
-    def _after_write(self, s: Session, seq: int, entries: int) -> None:
+    def _after_write(self, s: Transaction, seq: int, entries: int) -> None:
         self.db.notify(s)
         if seq // PRUNE_EVERY != (seq - entries) // PRUNE_EVERY:  # crossed a multiple
             through = seq - self.change_log_keep
@@ -394,7 +385,7 @@ class ReferenceStore:
                 "SELECT COUNT(*) FROM embeddings WHERE model_version = ?", (version,)
             ).fetchone()[0]
 
-    def get(self, ref_id: str) -> StoredReference | None:
+    def get(self, ref_id: str) -> ReferenceOut | None:
         with self.db.read() as s:
             row = s.execute(
                 "SELECT id, element_id, session_id, metadata, channels, length, signal,"
@@ -403,13 +394,12 @@ class ReferenceStore:
             ).fetchone()
         if row is None:
             return None
-        signal = _f32(row[6]).reshape(row[4], row[5])
-        return StoredReference(
+        return ReferenceOut(
             id=row[0],
             element_id=row[1],
             session_id=row[2],
             metadata=json.loads(row[3]),
-            signal=as_json_signal(signal),
+            signal=_f32(row[6]).reshape(row[4], row[5]),
             model_version=row[7],
             updated_at=row[8],
             recorded_at=row[9],
@@ -426,7 +416,19 @@ class ReferenceStore:
                 f" recorded_at FROM refs {where} ORDER BY key LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
-        items = [ReferenceSummary(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+        items = [
+            ReferenceSummary(
+                id=r[0],
+                element_id=r[1],
+                session_id=r[2],
+                metadata=json.loads(r[3]),
+                length=r[4],
+                model_version=r[5],
+                updated_at=r[6],
+                recorded_at=r[7],
+            )
+            for r in rows
+        ]
         return items, total
 
     def elements(
@@ -448,7 +450,8 @@ class ReferenceStore:
                 " LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
-        return [ElementSummary(*row) for row in rows], total
+        names = ("element_id", "references", "sessions", "first_recorded_at", "last_recorded_at")
+        return [ElementSummary(**dict(zip(names, row, strict=True))) for row in rows], total
 
     def element_references(self, element_id: str) -> list[ElementReference]:
         """The element's references in time order (none for an unknown element)."""

@@ -8,8 +8,9 @@ key's current row, so replaying an entry twice or out of date is harmless. A pro
 fallen behind what the log keeps rebuilds from the store. If applying fails after a commit, the
 index is marked stale and brought back in step before the next search answers.
 
-Calibrations (anomaly, drift, verification) are dropped by the log too (the anomaly ones for the
-elements whose references it touched), so they stay right when another process wrote.
+What the index holds changes only here, so this is where its observers hear of it: the
+calibrations fitted on the references (:class:`app.calibration.FittedCache`) are told how many
+changes were applied, or that the index was rebuilt, whichever process wrote.
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.ann import IVFBackend
-from app.calibration import AnomalyCalibration, Calibration
 from app.database import StoreUnavailable
-from app.index import VectorIndex, neighbour_search
+from app.index import VectorIndex
 from app.labels import IndexRows
+from app.schemas import SyncStatus
 from app.store import ReferenceStore
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,14 @@ EMBED_BATCH = 256  # references re-embedded per model call at start-up
 Embedder = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
 
 
-@dataclass
-class SyncStatus:
-    applied_seq: int  # the last change-log entry this process's index reflects
-    store_seq: int  # the last one in the store, when last asked
-    lag_entries: int
-    lag_seconds: float  # age of the oldest entry not yet applied (0 when none)
-    database: str  # "ok" or "unreachable"
+class IndexObserver(Protocol):
+    """Told what reached the index: ``changed`` after ``writes`` changes were applied,
+    ``rebuilt`` after it was rebuilt from the store or loaded from a snapshot; ``total``
+    references are held now."""
+
+    def changed(self, writes: int, total: int) -> None: ...
+
+    def rebuilt(self, total: int) -> None: ...
 
 
 class IndexSync:
@@ -55,15 +56,13 @@ class IndexSync:
         self,
         store: ReferenceStore,
         index: VectorIndex,
-        calibration: AnomalyCalibration,
         model_version: str,
         embed: Embedder,
         snapshot: Path,
         interval_s: float,
-        other_calibrations: Sequence[Calibration] = (),
+        observers: Sequence[IndexObserver],
     ) -> None:
-        self.store, self.index, self.calibration = store, index, calibration
-        self.calibrations: list[Calibration] = [calibration, *other_calibrations]
+        self.store, self.index, self.observers = store, index, list(observers)
         self.version, self.embed, self.snapshot, self.interval_s = (
             model_version,
             embed,
@@ -86,7 +85,7 @@ class IndexSync:
         """Under the store's start-up lock (one process at a time, the others wait): embed what
         this model has not; then load the snapshot and replay the log after it, or rebuild from
         the store. Then follow the log in the background."""
-        lock = self.store.db.exclusive()
+        lock = self.store.exclusive()
         await run_in_threadpool(lock.__enter__)
         try:
             await self._embed_missing()
@@ -100,7 +99,7 @@ class IndexSync:
                 loop.call_soon_threadsafe(self._wake.set)
 
         self._listener = threading.Thread(
-            target=self.store.db.listen,
+            target=self.store.listen,
             args=(wake, self._stop),
             name="change-listener",
             daemon=True,
@@ -148,6 +147,8 @@ class IndexSync:
                 await self._apply_pending()
                 expected = await run_in_threadpool(self.store.count_embedded, self.version)
                 if len(self.index) == expected and self.index.suits_its_size():
+                    for observer in self.observers:
+                        observer.rebuilt(len(self.index))
                     log.info(
                         "loaded index snapshot: %d references at change %d, replayed to %d "
                         "in %.2fs",
@@ -170,12 +171,13 @@ class IndexSync:
         """Everything from the store; the log is then replayed from where the rebuild began."""
         seq = self.store.last_seq()  # taken first: rows read after it are replayed again
         n = self.store.count_embedded(self.version)
-        sample = None
-        if self.index.kind_for(n) == "ivf":
-            sample = self.store.sample_vectors(self.version, IVFBackend.sample_size(n))
-        self.index.rebuild(n, self.store.iter_index_rows(self.version), sample)
-        for calibration in self.calibrations:
-            calibration.clear()
+        self.index.rebuild(
+            n,
+            self.store.iter_index_rows(self.version),
+            lambda size: self.store.sample_vectors(self.version, size),
+        )
+        for observer in self.observers:
+            observer.rebuilt(len(self.index))
         self.applied_seq = self.store_seq = seq
 
     # -- following the log -------------------------------------------------------------------
@@ -230,12 +232,12 @@ class IndexSync:
             self.store_seq = max(self.store_seq, page.entries[-1].seq)
             keys = sorted({c.key for c in page.entries})
             rows, removed = await self._rows_of(keys)
-            touched = await run_in_threadpool(self.index.apply, rows, removed)
-            if touched is None:  # the index cannot take it in place (size, type): rebuild
+            if not await run_in_threadpool(self.index.apply, rows, removed):
+                # the index cannot take it in place (size, type): rebuild
                 await run_in_threadpool(self._rebuild)
                 continue
-            for calibration in self.calibrations:
-                calibration.invalidate(touched, len(keys), len(self.index))
+            for observer in self.observers:
+                observer.changed(len(keys), len(self.index))
             self.applied_seq = page.entries[-1].seq
             if len(page.entries) < PAGE:  # the log's end when read: what came since waits
                 self._oldest_pending = None  # for the next poll or notification
@@ -286,16 +288,4 @@ class IndexSync:
             lag_entries=behind,
             lag_seconds=max(0.0, time.time() - pending) if pending is not None and behind else 0.0,
             database="ok" if self.database_ok else "unreachable",
-        )
-
-    # -- anomaly calibration -----------------------------------------------------------------
-    def calibrated(self, within_element: bool) -> np.ndarray:
-        """Sorted leave-one-out distances of sampled references to their nearest others within
-        their element, or among all references, fitted from the store's vectors when not
-        cached. StoreUnavailable when it must be fitted and the database is unreachable."""
-        return self.calibration.calibrated(
-            within_element,
-            lambda: self.index.keys_of_element(None),
-            lambda keys: self.store.embeddings(keys, self.version),
-            neighbour_search(self.index, within_element),
         )

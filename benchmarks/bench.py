@@ -436,14 +436,14 @@ def bench_search(model_dir: Path, full: bool) -> dict:
         queries, data = data[:500], data[500:]  # held out: never in the index
         keys = np.arange(n, dtype=np.int64)
         everything = IndexRows(keys, [str(k) for k in range(n)], ["e"] * n, ["s"] * n, data)
-        sample = data[rng.permutation(n)]
+        order = rng.permutation(n)
         truth = None
         for kind in ("flat", "ivf", "hnsw"):
             if kind == "hnsw" and n > 100_000 and not full:
                 continue
             index = VectorIndex(dim, IndexPolicy(kind))
             started = time.perf_counter()
-            index.rebuild(n, [everything], sample)
+            index.rebuild(n, [everything], lambda size, data=data, order=order: data[order[:size]])
             build = time.perf_counter() - started
             size_mib = index.memory_bytes() / 2**20
             if truth is None:  # flat comes first: exact

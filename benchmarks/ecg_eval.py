@@ -21,10 +21,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.calibration import AnomalyCalibration  # noqa: E402  (the service's own scoring)
-from app.index import VectorIndex, neighbour_search  # noqa: E402
+from app.anomaly import AnomalyCalibration, neighbour_search  # noqa: E402  (the service's own)
+from app.index import VectorIndex  # noqa: E402
 from app.index_policy import IndexPolicy  # noqa: E402
-from app.labels import IndexRows  # noqa: E402
+from app.labels import Filters, IndexRows  # noqa: E402
 from model.data_format import SignalData, load_npz  # noqa: E402
 from training.evaluate import predict, unseen_only  # noqa: E402
 from training.export import load_export  # noqa: E402
@@ -217,19 +217,18 @@ def anomaly_scores(
         data.session_ids[refs].tolist(),
         vectors[refs],
     )
-    index.rebuild(len(refs), [rows], None)
+    index.rebuild(len(refs), [rows], lambda size: vectors[refs[:size]])
     calibration = AnomalyCalibration(anomaly_k)
+    fits = {}
 
     def service_scores(queries: np.ndarray, pool: str | None) -> np.ndarray:
         """The service's calibrated score, with ``pool`` as its expected_element."""
-        calibrated = calibration.calibrated(
-            pool is not None,
-            lambda: index.keys_of_element(None),
-            lambda keys: (keys, vectors[keys]),
-            neighbour_search(index, pool is not None),
-        )
-        found = index.search(queries, anomaly_k, pool)
-        return calibration.scores(calibrated, [[n.similarity for n in row] for row in found])
+        within = pool is not None
+        if within not in fits:
+            keys = calibration.sample(index.keys_of_element(None))
+            fits[within] = calibration.fit(keys, vectors[keys], neighbour_search(index, within))
+        found = index.search(queries, anomaly_k, Filters(element_id=pool))
+        return calibration.scores(fits[within], [[h.similarity for h in row] for row in found])
 
     def per_record(record: str, q: np.ndarray, mode: str) -> np.ndarray:
         if mode == "expected_element":

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.dependencies import Service, require_read_key
+from app.dependencies import Status, require_read_key
 from app.responses import FastJSONResponse, respond
 from app.schemas import Health, Ready, error_responses
 
@@ -14,7 +14,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/health", response_model=Health, summary="The process is alive")
 async def health():
-    return FastJSONResponse({"status": "ok"})
+    return respond(Health(status="ok"))
 
 
 @router.get(
@@ -23,21 +23,17 @@ async def health():
     summary="Model and index are loaded",
     responses={503: {"model": Ready}},
 )
-async def ready(service: Service):
+async def ready(service: Status):
     """200 once the model and the index are loaded, also while the database is unreachable
     (``degraded``: searches answer from memory, writes get 503)."""
     status = await service.status()
-    return respond(Ready, status, status_code=200 if status.ready else 503)
+    return respond(status, status_code=200 if status.ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request, service: Service):
+async def metrics(service: Status):
     """This process's metrics (with several workers on one port, one process answers a scrape)."""
-    metrics, sync = request.app.state.metrics, service.sync.status()
-    metrics.sync_lag_entries.set(sync.lag_entries)
-    metrics.sync_lag_seconds.set(sync.lag_seconds)
-    metrics.database_up.set(sync.database == "ok")
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(service.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(
@@ -46,5 +42,5 @@ async def metrics(request: Request, service: Service):
     dependencies=[Depends(require_read_key)],
     responses=error_responses(401),
 )
-async def model(service: Service):
-    return FastJSONResponse(service.runtime.manifest)
+async def model(service: Status):
+    return FastJSONResponse(service.manifest())

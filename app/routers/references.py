@@ -1,44 +1,46 @@
-"""Stored references: upsert, read, delete, list by element, bulk load from NPZ."""
+"""Stored references (upsert, read, delete, list by element, bulk load from NPZ) and the list of
+elements they belong to."""
 
 from __future__ import annotations
 
-import io
 from datetime import datetime
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.dependencies import Service, require_read_key, require_write_key
-from app.errors import InputError
+from app.api_errors import InputError
+from app.bodies import read_json, read_npz
+from app.dependencies import References, require_read_key, require_write_key
+from app.openapi import json_body
 from app.responses import respond
 from app.schemas import (
+    ElementList,
     ReferenceList,
     ReferenceOut,
     ReferencesCreated,
     ReferencesRequest,
     error_responses,
 )
-from app.service import ReferenceInput
+from app.services.references import ReferenceInput
 from app.signals import check_array, check_batch_size, parse_one
-from model.data_format import DataFormatError, load_npz
 
-router = APIRouter(
-    prefix="/references", tags=["references"], responses=error_responses(401, 404, 413, 422)
-)
+router = APIRouter(tags=["references"], responses=error_responses(401, 404, 413, 422))
 
 
 @router.post(
-    "",
+    "/references",
     status_code=201,
     response_model=ReferencesCreated,
     dependencies=[Depends(require_write_key)],
+    openapi_extra=json_body(ReferencesRequest),
     summary="Add or replace references",
 )
-async def upsert_references(body: ReferencesRequest, service: Service):
+async def upsert_references(request: Request, service: References):
     """Embeds and stores each reference; answers once they are committed. An existing id is
     replaced (upsert); a missing id gets a new one."""
-    limits = service.runtime.limits
+    body = await read_json(request, ReferencesRequest)
+    limits = service.embedding.limits
     check_batch_size(len(body.references), limits, "body.references", what="references")
     refs = [
         ReferenceInput(
@@ -51,11 +53,11 @@ async def upsert_references(body: ReferencesRequest, service: Service):
         )
         for i, r in enumerate(body.references)
     ]
-    return respond(ReferencesCreated, {"ids": await service.upsert(refs)}, status_code=201)
+    return respond(await service.upsert(refs), status_code=201)
 
 
 @router.post(
-    "/npz",
+    "/references/npz",
     status_code=201,
     response_model=ReferencesCreated,
     dependencies=[Depends(require_write_key)],
@@ -69,21 +71,18 @@ async def upsert_references(body: ReferencesRequest, service: Service):
         }
     },
 )
-async def bulk_load_npz(request: Request, service: Service):
+async def bulk_load_npz(request: Request, service: References):
     """The body is an NPZ file in the training format (``signals``, ``element_ids``,
     ``session_ids``; optional ``ids`` (N,) str to make reloads idempotent and ``recorded_at``
-    (N,) ISO 8601 strings). Stored in batches of HSN_MAX_BATCH, each committed before the
-    next."""
-    body = await request.body()
-    try:
-        data = load_npz(io.BytesIO(body), source="body")
-    except DataFormatError as exc:
-        raise InputError("body", str(exc).removeprefix("body: ")) from exc
+    (N,) ISO 8601 strings). Its arrays' declared shapes are checked against the model's limits
+    and HSN_MAX_NPZ_BYTES (inflated) before any is inflated. Stored in batches of
+    HSN_MAX_BATCH, each committed before the next."""
+    limits = service.embedding.limits
+    data = await read_npz(request, limits, service.max_npz_bytes)
     ids = data.extras.get("ids")
     if ids is not None and (ids.shape != (len(data),) or ids.dtype.kind not in "US"):
         raise InputError("body.ids", f"must be ({len(data)},) strings like 'signals'")
     recorded = _recorded_at(data.extras.get("recorded_at"), len(data))
-    limits = service.runtime.limits
     signals = check_array(data.signals, limits, "body.signals")
     refs = [
         ReferenceInput(
@@ -97,8 +96,8 @@ async def bulk_load_npz(request: Request, service: Service):
     ]
     stored: list[str] = []
     for start in range(0, len(refs), limits.max_batch):
-        stored += await service.upsert(refs[start : start + limits.max_batch])
-    return respond(ReferencesCreated, {"ids": stored}, status_code=201)
+        stored += (await service.upsert(refs[start : start + limits.max_batch])).ids
+    return respond(ReferencesCreated(ids=stored), status_code=201)
 
 
 def _recorded_at(raw: np.ndarray | None, n: int) -> list[datetime | None]:
@@ -117,39 +116,57 @@ def _recorded_at(raw: np.ndarray | None, n: int) -> list[datetime | None]:
 
 
 @router.get(
-    "",
+    "/references",
     response_model=ReferenceList,
     dependencies=[Depends(require_read_key)],
     summary="List references",
 )
 async def list_references(
-    service: Service,
+    service: References,
     element_id: Annotated[str | None, Query(description="only this element's references")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
 ):
-    return respond(ReferenceList, await service.list_references(element_id, limit, offset))
+    return respond(await service.list(element_id, limit, offset))
 
 
 # ":id" (app/routers/__init__.py): an id may hold "/" and any other character
 @router.get(
-    "/{ref_id:id}",
+    "/references/{ref_id:id}",
     response_model=ReferenceOut,
     dependencies=[Depends(require_read_key)],
     summary="Read one reference",
 )
-async def get_reference(ref_id: str, service: Service):
-    return respond(ReferenceOut, await service.get_reference(ref_id))
+async def get_reference(ref_id: str, service: References):
+    return respond(await service.get(ref_id))
 
 
 @router.delete(
-    "/{ref_id:id}",
+    "/references/{ref_id:id}",
     status_code=204,
     dependencies=[Depends(require_write_key)],
     summary="Delete one reference",
 )
-async def delete_reference(ref_id: str, service: Service):
-    if not await service.delete(ref_id):
-        raise InputError(
-            "path.ref_id", f"no reference with id {ref_id!r}", status=404, kind="not_found"
-        )
+async def delete_reference(ref_id: str, service: References):
+    await service.delete(ref_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/elements",
+    response_model=ElementList,
+    dependencies=[Depends(require_read_key)],
+    tags=["elements"],
+    responses=error_responses(409),
+    summary="List elements",
+)
+async def list_elements(
+    service: References,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
+    contains: Annotated[
+        str | None, Query(max_length=256, description="only ids containing this (any case)")
+    ] = None,
+):
+    """Elements in id order, each with its references, sessions and recording span."""
+    return respond(await service.elements(limit, offset, contains))

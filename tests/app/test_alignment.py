@@ -13,7 +13,7 @@ from app.alignment import (
     keypoint_errors,
     median_target,
 )
-from app.errors import InputError
+from app.errors import Invalid
 
 NAMES = ["onset", "peak", "end"]
 LENGTH = 200
@@ -156,7 +156,7 @@ def test_no_usable_keypoint_leaves_the_signal_as_it_is():
     result = align([signal], positions, np.full((1, 3), 0.1), NAMES, {"peak": 70.0})
     aligned = result.results[0]
     assert aligned.keypoints_used == [] and len(aligned.skipped) == 3
-    assert aligned.warp == Warp([0.0, LENGTH - 1.0], [0.0, LENGTH - 1.0])
+    assert aligned.warp == Warp(source=[0.0, LENGTH - 1.0], target=[0.0, LENGTH - 1.0])
     assert np.allclose(aligned.aligned, signal)
 
 
@@ -270,15 +270,15 @@ def test_averaging_signals_of_different_lengths_puts_them_on_one_grid():
 
 def test_unknown_keypoint_names_are_refused_with_their_place():
     positions = np.array([[30.0, 80.0, 150.0]])
-    with pytest.raises(InputError) as error:
+    with pytest.raises(Invalid) as error:
         align([cycle(30, 80, 150)], positions, np.ones((1, 3)), NAMES, {}, keypoints=["peak", "R"])
-    assert error.value.field == "body.keypoints.1" and "onset" in error.value.message
-    with pytest.raises(InputError) as error:
-        check_target({"peak": 3.0, "R": 4.0}, NAMES, None, "body.target.positions")
-    assert error.value.field == "body.target.positions.R"
-    with pytest.raises(InputError) as error:
-        check_target({"peak": 3.0}, NAMES, ["peak", "end"], "body.target.positions")
-    assert error.value.field == "body.target.positions" and "end" in error.value.message
+    assert error.value.field == "keypoints.1" and "onset" in error.value.message
+    with pytest.raises(Invalid) as error:
+        check_target({"peak": 3.0, "R": 4.0}, NAMES, None, "target.positions")
+    assert error.value.field == "target.positions.R"
+    with pytest.raises(Invalid) as error:
+        check_target({"peak": 3.0}, NAMES, ["peak", "end"], "target.positions")
+    assert error.value.field == "target.positions" and "end" in error.value.message
 
 
 def test_errors_from_the_manifest_and_the_median_target():

@@ -1,9 +1,12 @@
 """Bad input gets a 4xx naming the field and the problem; never a 500."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from tests.app.helpers import NPY, npy, references
+from tests.model.test_npz_limits import MiB, hostile, npy_header
 
 GOOD = [0.0] * 128
 
@@ -124,3 +127,21 @@ def test_any_json_metadata_round_trips_and_non_finite_numbers_are_refused(client
     )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "references", 0, "metadata"]
+
+
+def test_a_hostile_npz_is_refused_by_its_headers_before_anything_is_inflated(client, tmp_path):
+    """3.9 GB of signals declared in a few MB (the outside finding): 413 naming the member,
+    and the request allocates next to nothing (numpy's allocations are traced too)."""
+    path = hostile(tmp_path / "bomb.npz", npy_header((7_600_000, 1, 128)), zeros=4 * MiB)
+    tracemalloc.start()
+    response = client.post("/references/npz", content=path.read_bytes())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert response.status_code == 413, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "signals"] and "3,891,200,000 bytes" in error["msg"]
+    assert peak < 30 * MiB
+    wrong = hostile(tmp_path / "channels.npz", npy_header((2, 3, 128)), zeros=0)
+    refused = client.post("/references/npz", content=wrong.read_bytes())
+    assert refused.status_code == 422 and "3 channel(s)" in refused.json()["detail"][0]["msg"]
+    assert client.get("/references").json()["total"] == 0

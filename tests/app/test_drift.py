@@ -10,7 +10,7 @@ from app.drift import (
     Baseline,
     DriftCalibration,
     NothingToCompare,
-    Session,
+    RecordedSession,
     session_drift,
     split,
     two_sample_test,
@@ -26,7 +26,9 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def make_element(rng, basis, sessions: int, drift: np.ndarray | None = None) -> list[Session]:
+def make_element(
+    rng, basis, sessions: int, drift: np.ndarray | None = None
+) -> list[RecordedSession]:
     """Sessions of 12 signals around one centre; each session moves the centre along the shared
     directions (session-to-session variation); ``drift`` is added to the later ones."""
     centre = rng.normal(size=DIM)
@@ -36,7 +38,7 @@ def make_element(rng, basis, sessions: int, drift: np.ndarray | None = None) -> 
         if drift is not None and s >= 3:
             moved = moved + drift * (s - 2)
         signals = unit(moved * 3 + rng.normal(0, 1.0, (12, DIM)))
-        out.append(Session(f"s{s}", f"2026-01-{s + 1:02d}", signals))
+        out.append(RecordedSession(f"s{s}", f"2026-01-{s + 1:02d}", signals))
     return out
 
 
@@ -52,7 +54,7 @@ def world():
 def test_clean_sessions_score_like_the_baselines_own(world):
     _, _, elements, calibration = world
     scores = np.concatenate(
-        [[d.score for d in session_drift(*split(e, 3), calibration)] for e in elements]
+        [[d.score for d in session_drift(*split(e, 3), calibration, 0.99)] for e in elements]
     )
     assert 0.35 < np.median(scores) < 0.65  # calibrated: a clean session is a typical one
     assert np.mean(scores > 0.99) < 0.03
@@ -66,7 +68,7 @@ def test_a_shift_along_the_sessions_own_directions_is_not_drift_but_the_same_els
     across = [make_element(rng, basis, 8, drift=size * elsewhere) for _ in range(30)]
 
     def first_drifted_scores(elements):
-        return np.array([session_drift(*split(e, 3), calibration)[0].score for e in elements])
+        return np.array([session_drift(*split(e, 3), calibration, 0.99)[0].score for e in elements])
 
     # The naive centroid distance sees two equal moves; the score sees only the second as drift
     across_scores, along_scores = first_drifted_scores(across), first_drifted_scores(along)
@@ -79,7 +81,7 @@ def test_split_and_baseline_refuse_what_cannot_be_compared(world):
     with pytest.raises(NothingToCompare, match="8 session"):
         split(elements[0], 8)
     with pytest.raises(NothingToCompare, match="one signal"):
-        Baseline.of([Session("s", "t", elements[0][0].embeddings[:1])])
+        Baseline.of([RecordedSession("s", "t", elements[0][0].embeddings[:1])])
     with pytest.raises(NothingToCompare, match="two or more sessions"):
         DriftCalibration.fit([Baseline.of(elements[0][:1])])
 

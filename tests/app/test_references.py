@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import orjson
 
 from tests.app.helpers import references
 
@@ -142,3 +143,14 @@ def test_ids_with_slashes_are_read_and_deleted_by_id(client, service_data):
     assert client.get(path).status_code == 404
     missing = client.delete("/references/a%0Ab")  # a newline too reaches the route
     assert missing.status_code == 404 and missing.json()["detail"][0]["loc"] == ["path", "ref_id"]
+
+
+def test_every_json_route_reads_what_curl_sends_by_default(client, service_data):
+    """curl -d sends application/x-www-form-urlencoded: the body is JSON all the same."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    body = orjson.dumps({"references": references(service_data, [0, 1])})
+    created = client.post("/references", content=body, headers=form)
+    assert created.status_code == 201, created.text
+    signals = orjson.dumps({"signals": service_data.signals[:1, 0].tolist()})
+    for route in ("/embed", "/keypoints", "/search"):
+        assert client.post(route, content=signals, headers=form).status_code == 200, route

@@ -86,7 +86,10 @@ def test_expected_element_calibrates_against_that_element(loaded, service_data):
     assert not as_own["anomaly"]["is_anomaly"]
     assert as_other["results"][0]["anomaly"]["is_anomaly"]  # "not normal for element X"
     missing = client.post("/search", json={**body, "expected_element": "nobody"})
-    assert missing.status_code == 404 and missing.json()["detail"][0]["loc"] == ["expected_element"]
+    assert missing.status_code == 404 and missing.json()["detail"][0]["loc"] == [
+        "body",
+        "expected_element",
+    ]
 
 
 def test_npy_search_takes_options_from_the_query(loaded, service_data):

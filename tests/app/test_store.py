@@ -82,7 +82,7 @@ def test_a_version_1_database_is_migrated_with_its_embeddings(tmp_path):
     assert store.migrate() == 1
     keys, vectors = store.embeddings(np.array([1]), "m1")
     assert keys.tolist() == [1] and np.array_equal(vectors[0], vector)
-    assert store.get("a").signal == SIGNAL[0].tolist()
+    assert np.array_equal(store.get("a").signal, SIGNAL)
     assert store.get("a").recorded_at == "t"  # when it was stored stands in
     store.upsert([ref("b")], "m1")  # the log works on the migrated file
     assert [c.key for c in store.changes_after(0).entries] == [2]

@@ -1,0 +1,32 @@
+"""/verify: is this session a claimed element? JSON bodies, or .npy bodies with the other
+fields as query parameters."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from app.bodies import read_signals
+from app.dependencies import Verification, require_read_key
+from app.openapi import signals_body
+from app.responses import respond
+from app.schemas import VerifyOptions, VerifyRequest, VerifyResponse, error_responses
+
+router = APIRouter(
+    dependencies=[Depends(require_read_key)],
+    tags=["applications"],
+    responses=error_responses(400, 401, 404, 409, 413, 422),
+)
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyResponse,
+    openapi_extra=signals_body(VerifyRequest),
+    summary="Verify a claimed element",
+)
+async def verify(request: Request, service: Verification):
+    """Are these signals (one session) of ``element_id``? The score compares each signal with
+    the element's most similar references; the threshold is calibrated on the stored
+    references to the false-accept rate HSN_VERIFY_FAR for this many signals."""
+    batch, options = await read_signals(request, service.embedding.limits, VerifyOptions)
+    return respond(await service.verify(options.element_id, batch))
