@@ -42,6 +42,7 @@ from training.data import (
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
 from training.loss import HierarchicalLoss, LossParts, SegmentDecoder
+from training.options import NOT_AN_OPTION, option, option_names
 from training.sampler import HierarchicalSampler
 from training.teacher import correct_teacher, summarise_corrections
 
@@ -52,52 +53,134 @@ WARMUP = 0.05  # share of the run spent warming the learning rate up
 METRICS_FILE = "metrics.jsonl"
 
 
+MINING = ("all", "hard")
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    max_minutes: float | None = None
-    seed: int = 0
-    p: int = 16  # elements per batch
-    k: int = 4  # signals per element
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    lambda_metric: float = 1.0
-    margin_session: float = 0.1
-    margin_element: float = 0.3
-    mining: str = "all"
-    keypoint_sigma: float = 1.0  # in the keypoint head's steps; 0 = one-hot targets
-    val_fraction: float = 0.2  # of the elements left after the test split: early stopping
-    test_fraction: float = 0.0  # elements never touched in training; listed in the manifest
-    split_seed: int = 0  # fixes the test split whatever the training seed
+    """One run's options (each a flag of ``python -m training train`` and a key of its TOML
+    recipes, see ``training.options``); ``model`` holds ModelConfig's, given as their own."""
+
+    epochs: int = option(30, "epochs at most")
+    max_minutes: float | None = option(
+        None,
+        "stop cleanly after this long and export the best model so far (default: no limit; "
+        "a resumed run counts the time already spent)",
+    )
+    seed: int = option(0, "seed of the initial weights, the batches and the validation split")
+    p: int = option(16, "elements per batch")
+    k: int = option(4, "signals per element in a batch")
+    lr: float = option(2e-3, "peak learning rate (one-cycle)")
+    weight_decay: float = option(1e-4, "AdamW's weight decay")
+    lambda_metric: float = option(1.0, "weight of the triplet terms against the keypoint term")
+    margin_session: float = option(0.1, "triplet margin between sessions of one element")
+    margin_element: float = option(0.3, "triplet margin between elements")
+    mining: str = option(
+        "all",
+        "triplets: all valid ones, or per anchor the farthest positive and nearest negative",
+        choices=MINING,
+    )
+    keypoint_sigma: float = option(
+        1.0, "width of the keypoint target in the keypoint head's steps (0: one-hot)"
+    )
+    val_fraction: float = option(
+        0.2,
+        "share of the elements left after the test split held out for validation (early "
+        "stopping, the best epoch)",
+    )
+    test_fraction: float = option(
+        0.0,
+        "share of elements kept out of training and validation (listed in the manifest)",
+    )
+    split_seed: int = option(0, "seed of the test split (fixes it whatever --seed)")
     # Cross-validation: with folds > 1, fold `fold` of the elements (shuffled by split_seed) is
     # the test set instead of test_fraction; over the folds every element is tested once
-    folds: int = 0
-    fold: int = 0
-    patience: int = 6  # epochs without a better validation score before stopping
-    grad_clip: float = 5.0
-    gold_repeat: int = 4  # times each training element's gold window is added to training
-    # Move the data's keypoints to the gold marks' convention per element and keypoint, or drop
-    # them where the two disagree (training/teacher.py); needs gold data and "window_start".
-    correct_teacher: bool = False
-    session_key: str | None = None  # an extras key whose values define the sessions instead
-    # Rebuild each signal's segment around this keypoint (a name, e.g. "R_peak") from its
-    # embedding, so the embedding keeps that segment's shape (see loss.SegmentDecoder).
-    reconstruct_keypoint: str | None = None
-    reconstruct_width: int | None = None  # samples; None: the signals' length
-    lambda_reconstruct: float = 1.0
-    # Augmentation, in units of each signal's own standard deviation (0 = off): white noise,
-    # and a slow baseline drift (a random sinusoid of 0.3 to 2 cycles per window).
-    augment_noise: float = 0.0
-    augment_wander: float = 0.0
-    # What differs between recordings' leads: each channel inverted with this probability, and
-    # the channel order shuffled with that one (multi-channel signals); keypoints do not move.
-    augment_flip: float = 0.0
-    augment_permute: float = 0.0
-    # What differs between recordings' tempo (heart rate, interval lengths): each window
-    # stretched in time by a factor drawn from [1 - this, 1 + this], its keypoints moved with it.
-    augment_stretch: float = 0.0
-    model: dict = field(default_factory=dict)  # ModelConfig overrides
-    device: str = "cpu"  # where training runs ("cuda" on a GPU); the export is always for CPU
+    folds: int = option(
+        0, "cross-validation: split the elements into this many folds (by --split-seed)..."
+    )
+    fold: int = option(0, "...and hold out this one (from 0) as the test set")
+    patience: int = option(6, "epochs without a better validation score before stopping")
+    grad_clip: float = option(5.0, "largest norm of the gradient (network and decoder as one)")
+    gold_repeat: int = option(
+        4, "times each training element's gold window joins the training set (--gold-data)"
+    )
+    correct_teacher: bool = option(
+        False,
+        "move --data's keypoints to the gold marks' convention per element and keypoint, or "
+        "drop them where the two disagree (training/teacher.py; both files need "
+        "'window_start')",
+    )
+    session_key: str | None = option(
+        None,
+        "an extra key of the NPZ whose values define sessions within each element (e.g. "
+        "beat_labels), instead of session_ids",
+    )
+    reconstruct_keypoint: str | None = option(
+        None,
+        "a keypoint name (e.g. R_peak): the embedding must also rebuild the signal re-centred "
+        "on it, keeping the shape that triplets would discard (see loss.SegmentDecoder)",
+    )
+    reconstruct_width: int | None = option(
+        None, "samples of the re-centred segment to rebuild (default: the signal length)"
+    )
+    lambda_reconstruct: float = option(1.0, "weight of the segment reconstruction term")
+    # Augmentation (training/augment.py), each off at 0.
+    augment_noise: float = option(
+        0.0, "white noise added in training, in units of each signal's standard deviation"
+    )
+    augment_wander: float = option(
+        0.0,
+        "largest baseline drift added in training (a random sinusoid of 0.3 to 2 cycles per "
+        "window), in units of the signal's standard deviation",
+    )
+    augment_flip: float = option(
+        0.0, "probability that training inverts a channel (lead polarity differs by recording)"
+    )
+    augment_permute: float = option(
+        0.0, "probability that training shuffles a signal's channel order"
+    )
+    augment_stretch: float = option(
+        0.0,
+        "largest time stretch in training, as a share of the window's tempo, below 0.5 (0.1: "
+        "each window 0.9 to 1.1 times as slow, its keypoints moved with it)",
+    )
+    model: dict = field(
+        default_factory=dict,
+        metadata={NOT_AN_OPTION: "ModelConfig's options, given as flags of their own"},
+    )
+    device: str = option(
+        "cpu", "torch device to train on, e.g. cuda; the exported model always runs on CPU"
+    )
+
+    def __post_init__(self) -> None:
+        unknown = set(self.model) - option_names(ModelConfig)
+        if unknown:
+            raise ValueError(f"model: not options of the model: {', '.join(sorted(unknown))}")
+        if self.mining not in MINING:
+            raise ValueError(f"mining must be one of {', '.join(MINING)}, got {self.mining!r}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.folds > 1 and self.test_fraction > 0:
+            raise ValueError("folds and test_fraction both choose the test set: give one")
+        if self.folds > 1 and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold must be in [0, {self.folds}), got {self.fold}")
+        if self.reconstruct_width is not None and self.reconstruct_width < 1:
+            raise ValueError(
+                f"reconstruct_width must be at least 1 sample, got {self.reconstruct_width}"
+            )
+        if self.lambda_reconstruct < 0:
+            raise ValueError(
+                f"lambda_reconstruct must not be negative, got {self.lambda_reconstruct}"
+            )
+        for name in ("augment_noise", "augment_wander"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("augment_flip", "augment_permute"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.augment_stretch < 0.5:
+            raise ValueError(f"augment_stretch must be in [0, 0.5), got {self.augment_stretch}")
 
 
 class TrainingStep(torch.nn.Module):
@@ -136,8 +219,6 @@ class Trainer:
         an automatic delineator's). Those of training elements join the training set
         ``gold_repeat`` times; those of validation elements fit the decoder's per-keypoint
         offsets after training; those of test elements stay unseen."""
-        if not 0 <= config.augment_stretch < 0.5:  # before any work on the data
-            raise ValueError(f"augment_stretch must be in [0, 0.5), got {config.augment_stretch}")
         self.config = config
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -627,14 +708,6 @@ def segment_decoder(
         raise ValueError(
             f"reconstruct_keypoint {config.reconstruct_keypoint!r} is not one of the data's "
             f"keypoints {names}"
-        )
-    if config.reconstruct_width is not None and config.reconstruct_width < 1:
-        raise ValueError(
-            f"reconstruct_width must be at least 1 sample, got {config.reconstruct_width}"
-        )
-    if config.lambda_reconstruct < 0:
-        raise ValueError(
-            f"lambda_reconstruct must not be negative, got {config.lambda_reconstruct}"
         )
     decoder = SegmentDecoder(embedding_dim, data.channels, config.reconstruct_width or data.length)
     return decoder, names.index(config.reconstruct_keypoint)
