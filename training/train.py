@@ -32,19 +32,13 @@ from model import HierarchicalSignalNet, ModelConfig
 from model.data_format import SignalData
 from model.shards import ShardedData
 from training import distributed
-from training.data import (
-    ShardedSignalDataset,
-    SignalDataset,
-    fold_elements,
-    split_by_element,
-    split_elements,
-)
+from training.data import ShardedSignalDataset, SignalDataset
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
 from training.loss import HierarchicalLoss, LossParts, SegmentDecoder
 from training.options import NOT_AN_OPTION, option, option_names
 from training.sampler import HierarchicalSampler
-from training.teacher import correct_teacher, summarise_corrections
+from training.split import split_data
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +227,14 @@ class Trainer:
             "rank": self.rank,
             "world_size": self.world_size,
         }
+        self.split = split_data(config, data, gold)
         if isinstance(data, ShardedData):
-            self._split_shards(data, gold)
+            self.train_set: SignalDataset | ShardedSignalDataset = ShardedSignalDataset(data)
             self.sampler = HierarchicalSampler.from_groups(
-                data.groups(self.train_elements), **sampling
+                data.groups(self.split.train_elements), **sampling
             )
         else:
-            self._split_in_memory(data, gold)
+            self.train_set = SignalDataset(self.split.train_data)
             self.sampler = HierarchicalSampler(
                 self.train_set.element_codes, self.train_set.session_codes, **sampling
             )
@@ -293,79 +288,6 @@ class Trainer:
         self.best_state: dict | None = None
         self.best_metrics: dict = {}
         self.stale_epochs = 0
-
-    def _split_in_memory(self, data: SignalData, gold: SignalData | None) -> None:
-        config = self.config
-        if config.session_key:
-            data = data.sessions_from(config.session_key)
-            gold = gold.sessions_from(config.session_key) if gold is not None else None
-        test = self._held_out(data.element_ids)
-        self.test_elements = sorted(test)
-        data = data.subset(np.flatnonzero(~np.isin(data.element_ids, list(test))))
-        self.teacher_corrections = None
-        if config.correct_teacher:
-            data = self._corrected_teacher(data, gold)
-        train_idx, val_idx = split_by_element(data, config.val_fraction, config.seed)
-        self.train_data = data.subset(train_idx)
-        self.val_data = data.subset(val_idx) if len(val_idx) else None
-        self.gold_val = None
-        self.gold_summary = gold.summary() if gold is not None else None
-        if gold is not None:
-            gold_train = gold.only_elements(set(self.train_data.element_ids))
-            self.train_data = SignalData.concat(
-                [self.train_data] + [gold_train] * config.gold_repeat
-            )
-            if self.val_data is not None:
-                self.gold_val = gold.only_elements(set(self.val_data.element_ids))
-        self.train_set = SignalDataset(self.train_data)
-        self.train_summary = self.train_data.summary()
-
-    def _corrected_teacher(self, data: SignalData, gold: SignalData | None) -> SignalData:
-        """``data`` with its keypoints corrected by the gold marks of its own elements (never a
-        test element's)."""
-        if gold is None:
-            raise ValueError("correct_teacher needs gold data (--gold-data)")
-        data, corrections, commons = correct_teacher(
-            data, gold.only_elements(set(data.element_ids))
-        )
-        self.teacher_corrections = summarise_corrections(corrections, commons, data.fs)
-        log.info("teacher corrected per element: %s", self.teacher_corrections)
-        return data
-
-    def _held_out(self, elements: np.ndarray) -> set[str]:
-        """The test elements: a cross-validation fold, or a fraction (none by default)."""
-        config = self.config
-        if config.folds > 1:
-            return fold_elements(elements, config.folds, config.fold, config.split_seed)
-        return split_elements(elements, config.test_fraction, config.split_seed)
-
-    def _split_shards(self, data: ShardedData, gold: SignalData | None) -> None:
-        """The same element split as in memory (same seeds, same elements), from the index."""
-        config = self.config
-        if config.session_key:
-            raise ValueError("session_key needs the data in memory: give an NPZ file, not shards")
-        if gold is not None or config.correct_teacher:
-            raise ValueError(
-                "gold data and teacher correction need the data in memory: give an NPZ file, "
-                "not shards"
-            )
-        test = self._held_out(data.element_names)
-        self.test_elements = sorted(test)
-        rest = np.array(sorted(set(data.element_names.tolist()) - test))
-        val = split_elements(rest, config.val_fraction, config.seed)
-        if not val:
-            raise ValueError(
-                "val_fraction must hold out at least one element with sharded data "
-                "(validation runs on held-out elements, in memory)"
-            )
-        self.train_elements = sorted(set(rest.tolist()) - val)
-        self.train_data = None
-        self.train_summary = data.summary(self.train_elements)
-        self.val_data = data.load_elements(val)
-        self.gold_val = None
-        self.gold_summary = None
-        self.teacher_corrections = None
-        self.train_set = ShardedSignalDataset(data)
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -459,11 +381,12 @@ class Trainer:
     def calibrate_keypoints(self) -> dict | None:
         """Set the decoder's per-keypoint offsets to the median signed error on the validation
         elements' gold windows, so positions follow the gold annotator's convention."""
-        if self.gold_val is None or self.gold_val.keypoints is None or not len(self.gold_val):
+        gold = self.split.gold_val
+        if gold is None or gold.keypoints is None or not len(gold):
             return None
         self.model.eval()
-        _, positions, _ = predict(self.model, self.gold_val.signals)
-        truth = self.gold_val.keypoints
+        _, positions, _ = predict(self.model, gold.signals)
+        truth = gold.keypoints
         offsets = [
             float(np.median(positions[truth[:, k] >= 0, k] - truth[truth[:, k] >= 0, k]))
             if (truth[:, k] >= 0).any()
@@ -473,12 +396,12 @@ class Trainer:
         self.model.keypoint_offsets.copy_(torch.tensor(offsets))
         log.info(
             "keypoint offsets from %d gold windows: %s",
-            len(self.gold_val),
+            len(gold),
             [round(o, 2) for o in offsets],
         )
         return {
-            "samples": dict(zip(self.gold_val.keypoint_names, offsets, strict=True)),
-            "gold_windows": len(self.gold_val),
+            "samples": dict(zip(gold.keypoint_names, offsets, strict=True)),
+            "gold_windows": len(gold),
         }
 
     def progress(self) -> float:
@@ -544,7 +467,7 @@ class Trainer:
 
     def validate(self) -> tuple[dict, float]:
         """Metrics on the held-out elements and the score that picks the best epoch."""
-        data = self.val_data if self.val_data is not None else self.train_data
+        data = self.split.val_data if self.split.val_data is not None else self.split.train_data
         self.model.eval()
         embeddings, positions, _ = predict(self.model, data.signals)
         metrics = score(embeddings, positions, data)
@@ -594,10 +517,10 @@ class Trainer:
             "(%d elements)",
             self.rank,
             self.world_size,
-            self.train_summary["signals"],
-            self.train_summary["elements"],
-            len(self.val_data) if self.val_data else 0,
-            len(np.unique(self.val_data.element_ids)) if self.val_data else 0,
+            self.split.train_summary["signals"],
+            self.split.train_summary["elements"],
+            len(self.split.val_data) if self.split.val_data else 0,
+            len(self.split.val_elements),
         )
         stop_reason = "epochs"
         while self.epoch < self.config.epochs:
@@ -622,17 +545,15 @@ class Trainer:
         manifest = export_model(
             self.model,
             self.out_dir,
-            training_data=self.train_summary,
+            training_data=self.split.train_summary,
             validation_metrics=self.best_metrics,
             extra={
                 "train_config": asdict(self.config),
-                "validation_data": self.val_data.summary() if self.val_data else None,
-                "validation_elements": sorted(set(self.val_data.element_ids.tolist()))
-                if self.val_data
-                else [],
-                "test_elements": self.test_elements,
-                "gold_data": self.gold_summary,
-                "teacher_corrections": self.teacher_corrections,
+                "validation_data": self.split.val_data.summary() if self.split.val_data else None,
+                "validation_elements": self.split.val_elements,
+                "test_elements": self.split.test_elements,
+                "gold_data": self.split.gold_summary,
+                "teacher_corrections": self.split.teacher_corrections,
                 "keypoint_offsets": offsets,
                 "stopped_by": stop_reason,
                 "epochs_run": self.epoch,

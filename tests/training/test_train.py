@@ -45,14 +45,14 @@ def test_gold_labels_join_training_and_set_the_decoders_offsets(tiny_data, tmp_p
         tmp_path,
         gold=gold,
     )
-    train_elements = set(trainer.train_data.element_ids)
+    train_elements = set(trainer.split.train_data.element_ids)
     assert len(trainer.train_set) == 3 * len(tiny_data.only_elements(train_elements))
-    assert not set(trainer.gold_val.element_ids) & train_elements
+    assert not set(trainer.split.gold_val.element_ids) & train_elements
     manifest = trainer.fit()
     offsets = manifest["keypoint_offsets"]["samples"]
-    assert manifest["keypoint_offsets"]["gold_windows"] == len(trainer.gold_val) > 0
-    _, calibrated, _ = predict(trainer.model.eval(), trainer.gold_val.signals)
-    residual = np.median(calibrated - trainer.gold_val.keypoints, axis=0)
+    assert manifest["keypoint_offsets"]["gold_windows"] == len(trainer.split.gold_val) > 0
+    _, calibrated, _ = predict(trainer.model.eval(), trainer.split.gold_val.signals)
+    residual = np.median(calibrated - trainer.split.gold_val.keypoints, axis=0)
     np.testing.assert_allclose(residual, 0, atol=0.5)
     assert set(offsets) == set(tiny_data.keypoint_names)
 
