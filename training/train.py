@@ -32,6 +32,7 @@ from model import HierarchicalSignalNet, ModelConfig
 from model.data_format import SignalData
 from model.shards import ShardedData
 from training import distributed
+from training.augment import augment, random_stretch
 from training.data import ShardedSignalDataset, SignalDataset
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
@@ -341,6 +342,7 @@ class Trainer:
     def train_epoch(self, budget: float | None) -> tuple[dict[str, float], bool]:
         """Train over one epoch of P-K batches; returns mean loss parts and whether time ran out
         (by rank 0's clock, so every rank stops at the same step)."""
+        c = self.config
         self.train_step.train()
         self.sampler.set_epoch(self.epoch)
         sums: dict[str, float] = {}
@@ -348,7 +350,7 @@ class Trainer:
         out_of_time = False
         bar = tqdm(
             self.sampler,
-            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            desc=f"epoch {self.epoch + 1}/{c.epochs}",
             leave=False,
             unit="batch",
             dynamic_ncols=True,
@@ -360,13 +362,20 @@ class Trainer:
                 break
             index = torch.tensor(batch, device=self.device)
             signals, keypoints, elements, sessions = self.train_set.batch(index)
-            signals, keypoints = self.stretch(signals, keypoints)  # the clean target too
+            signals, keypoints = random_stretch(signals, keypoints, c.augment_stretch)  # clean too
+            inputs = augment(
+                signals,
+                noise=c.augment_noise,
+                wander=c.augment_wander,
+                flip=c.augment_flip,
+                permute=c.augment_permute,
+            )
             # clean signals last: the decoder rebuilds what augmentation hid
-            parts = self.train_step(self.augment(signals), keypoints, elements, sessions, signals)
+            parts = self.train_step(inputs, keypoints, elements, sessions, signals)
             self.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             torch.nn.utils.clip_grad_norm_(  # the network's and the decoder's, as one norm
-                self.optimizer.param_groups[0]["params"], self.config.grad_clip
+                self.optimizer.param_groups[0]["params"], c.grad_clip
             )
             self.optimizer.step()
             self.step += 1
@@ -427,43 +436,6 @@ class Trainer:
             scale = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (p - WARMUP) / (1 - WARMUP)))
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * scale
-
-    def stretch(
-        self, signals: torch.Tensor, keypoints: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch stretched in time by ``augment_stretch`` (see :func:`stretch`); unchanged
-        when it is 0."""
-        most = self.config.augment_stretch
-        if not most:
-            return signals, keypoints
-        factors = 1 + most * (2 * torch.rand(len(signals), device=signals.device) - 1)
-        return stretch(signals, keypoints, factors)
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) -> the same signals with noise, baseline drift, inverted or reordered
-        channels; keypoints do not move."""
-        config = self.config
-        b, c, length = x.shape
-        out = x  # each augmentation below only when set: all off, the batch itself
-        if config.augment_noise or config.augment_wander:
-            scale = x.std(dim=-1, keepdim=True)  # (B, C, 1)
-        if config.augment_noise:
-            out = out + config.augment_noise * scale * torch.randn_like(x)
-        if config.augment_wander:
-            t = torch.linspace(0, 1, length, device=x.device).view(1, 1, length)
-            cycles = 0.3 + 1.7 * torch.rand(b, c, 1, device=x.device)
-            phase = 2 * math.pi * torch.rand(b, c, 1, device=x.device)
-            amplitude = config.augment_wander * scale * torch.rand(b, c, 1, device=x.device)
-            out = out + amplitude * torch.sin(2 * math.pi * cycles * t + phase)
-        if config.augment_flip:
-            flipped = torch.rand(b, c, 1, device=x.device) < config.augment_flip
-            out = torch.where(flipped, -out, out)
-        if config.augment_permute and c > 1:
-            shuffled = torch.rand(b, device=x.device) < config.augment_permute
-            order = torch.rand(b, c, device=x.device).argsort(dim=1)  # (B, C) a random order
-            permuted = out.gather(1, order.unsqueeze(-1).expand(b, c, length))
-            out = torch.where(shuffled.view(b, 1, 1), permuted, out)
-        return out
 
     def validate(self) -> tuple[dict, float]:
         """Metrics on the held-out elements and the score that picks the best epoch."""
@@ -592,26 +564,6 @@ def _epoch_line(record: dict) -> str:
             parts.append(f"kp median err {np.mean(medians):.2f} samples")
     parts.append(f"score {record['score']:.4f}" + (" *" if record["best"] else ""))
     return " | ".join(parts)
-
-
-def stretch(
-    signals: torch.Tensor, keypoints: torch.Tensor, factors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signals (B, C, L) each stretched in time by its factor (B,) about the window's centre
-    (above 1: slower, its waves wider and further apart), read by linear interpolation with
-    the edge samples extended; keypoints (B, K) move with them, absent (-1) past the window."""
-    b, _, length = signals.shape
-    centre = (length - 1) / 2
-    t = torch.arange(length, device=signals.device, dtype=signals.dtype)
-    source = centre + (t.view(1, length) - centre) / factors.view(b, 1)  # (B, L) samples read
-    x = source / centre - 1  # grid_sample's coordinates: -1 the first sample, +1 the last
-    grid = torch.stack([x, torch.zeros_like(x)], dim=-1).view(b, 1, length, 2)
-    out = torch.nn.functional.grid_sample(
-        signals.unsqueeze(2), grid, padding_mode="border", align_corners=True
-    ).squeeze(2)  # (B, C, 1, L) read as an image one row high -> (B, C, L)
-    moved = torch.round(centre + (keypoints - centre) * factors.view(b, 1)).to(keypoints.dtype)
-    inside = (keypoints >= 0) & (moved >= 0) & (moved < length)
-    return out, torch.where(inside, moved, -1)
 
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
