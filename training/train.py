@@ -1,5 +1,10 @@
 """The training loop: P-K batches, hierarchical loss, validation on unseen elements, export.
 
+This module holds a run's options (:class:`TrainConfig`) and the loop (:class:`Trainer`). Around
+it: which elements train, validate and stay unseen (``training.split``), augmentation
+(``training.augment``), the checkpoint (``training.checkpoint``), the command line and recipes
+built from the options (``training.options``, ``python -m training``).
+
 Everything a run writes goes to its output directory:
 ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (to resume), ``model.pt`` +
 ``manifest.json`` (the best epoch, exported).
@@ -31,8 +36,9 @@ from tqdm import tqdm
 from model import HierarchicalSignalNet, ModelConfig
 from model.data_format import SignalData
 from model.shards import ShardedData
-from training import distributed
+from training import checkpoint, distributed
 from training.augment import augment, random_stretch
+from training.checkpoint import RunState
 from training.data import ShardedSignalDataset, SignalDataset
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
@@ -43,7 +49,6 @@ from training.split import split_data
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP = 0.05  # share of the run spent warming the learning rate up
 METRICS_FILE = "metrics.jsonl"
 
@@ -282,61 +287,30 @@ class Trainer:
             weight_decay=config.weight_decay,
         )
         self.total_steps = max(1, config.epochs * len(self.sampler))
-        self.step = 0
-        self.seconds_before = 0.0  # training time of earlier runs of this output dir (resume)
-        self.epoch = 0
-        self.best_score = -math.inf
-        self.best_state: dict | None = None
-        self.best_metrics: dict = {}
-        self.stale_epochs = 0
+        self.state = RunState()
 
-    # -- checkpoints -------------------------------------------------------------------------
+    # -- checkpoints (training/checkpoint.py) ----------------------------------------------
     def save_checkpoint(self) -> None:
-        state = {
-            "train_config": asdict(self.config),
-            "model_config": self.model.config.to_dict(),
-            "model": self.model.state_dict(),
-            "loss": self.loss.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "world_size": self.world_size,  # a step covers this many P-K batches
-            "seconds": self.seconds_before + time.monotonic() - self.started,
-            "epoch": self.epoch,
-            "best_score": self.best_score,
-            "best_state": self.best_state,
-            "best_metrics": self.best_metrics,
-            "stale_epochs": self.stale_epochs,
-        }
-        tmp = self.out_dir / (CHECKPOINT_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.out_dir / CHECKPOINT_FILE)
+        checkpoint.save(
+            self.out_dir,
+            self.state,
+            config=self.config,
+            model=self.model,
+            loss=self.loss,
+            optimizer=self.optimizer,
+            world_size=self.world_size,
+            seconds=self.state.seconds + time.monotonic() - self.started,
+        )
 
     def load_checkpoint(self) -> None:
-        path = self.out_dir / CHECKPOINT_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, weights_only=True, map_location=self.device)
-        # through the dataclass: options added since the checkpoint take their defaults
-        if ModelConfig.from_dict(state["model_config"]) != self.model.config:
-            raise ValueError(f"{path}: checkpoint was made with another model configuration")
-        saved_loss = state.get("loss", {})  # checkpoints from before the decoder have none
-        if _shapes(saved_loss) != _shapes(self.loss.state_dict()):
-            raise ValueError(
-                f"{path}: checkpoint was made with other reconstruction settings "
-                "(reconstruct_keypoint, reconstruct_width): resume with the run's own"
-            )
-        self.model.load_state_dict(state["model"])
-        self.loss.load_state_dict(saved_loss)
-        self.optimizer.load_state_dict(state["optimizer"])
-        # Steps of another number of processes, rescaled to ours: the same samples seen.
-        self.step = round(state["step"] * state.get("world_size", 1) / self.world_size)
-        self.seconds_before = state["seconds"]
-        self.epoch = state["epoch"]
-        self.best_score = state["best_score"]
-        self.best_state = state["best_state"]
-        self.best_metrics = state["best_metrics"]
-        self.stale_epochs = state["stale_epochs"]
-        log.info("resumed from %s after epoch %d", path, self.epoch)
+        self.state = checkpoint.load(
+            self.out_dir,
+            model=self.model,
+            loss=self.loss,
+            optimizer=self.optimizer,
+            world_size=self.world_size,
+            device=self.device,
+        )
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self, budget: float | None) -> tuple[dict[str, float], bool]:
@@ -344,20 +318,20 @@ class Trainer:
         (by rank 0's clock, so every rank stops at the same step)."""
         c = self.config
         self.train_step.train()
-        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.state.epoch)
         sums: dict[str, float] = {}
         batches = 0
         out_of_time = False
         bar = tqdm(
             self.sampler,
-            desc=f"epoch {self.epoch + 1}/{c.epochs}",
+            desc=f"epoch {self.state.epoch + 1}/{c.epochs}",
             leave=False,
             unit="batch",
             dynamic_ncols=True,
             disable=None if self.rank == 0 else True,  # no bar when not a terminal
         )
         for batch in bar:
-            if budget is not None and self.seconds_before + self.elapsed() > budget:
+            if budget is not None and self.state.seconds + self.elapsed() > budget:
                 out_of_time = True
                 break
             index = torch.tensor(batch, device=self.device)
@@ -378,7 +352,7 @@ class Trainer:
                 self.optimizer.param_groups[0]["params"], c.grad_clip
             )
             self.optimizer.step()
-            self.step += 1
+            self.state.step += 1
             self._set_learning_rate()
             for name, value in parts.as_floats().items():
                 sums[name] = sums.get(name, 0.0) + value
@@ -415,10 +389,10 @@ class Trainer:
 
     def progress(self) -> float:
         """How far through the run: by steps, or by the time budget if that ends sooner."""
-        by_steps = self.step / self.total_steps
+        by_steps = self.state.step / self.total_steps
         if not self.config.max_minutes:
             return by_steps
-        elapsed = self.seconds_before + self.elapsed()
+        elapsed = self.state.seconds + self.elapsed()
         return max(by_steps, elapsed / (60 * self.config.max_minutes))
 
     def elapsed(self) -> float:
@@ -449,16 +423,16 @@ class Trainer:
     def end_epoch(self, losses: dict[str, float], out_of_time: bool) -> str | None:
         """Validate, log and checkpoint the epoch just trained (on rank 0); why to stop, if so."""
         metrics, epoch_score = self.validate()
-        improved = epoch_score > self.best_score or self.best_state is None
+        improved = epoch_score > self.state.best_score or self.state.best_state is None
         if improved:
-            self.best_score = epoch_score
-            self.best_state = copy.deepcopy(self.model.state_dict())
-            self.best_metrics = {**metrics, "epoch": self.epoch, "score": epoch_score}
-            self.stale_epochs = 0
+            self.state.best_score = epoch_score
+            self.state.best_state = copy.deepcopy(self.model.state_dict())
+            self.state.best_metrics = {**metrics, "epoch": self.state.epoch, "score": epoch_score}
+            self.state.stale_epochs = 0
         else:
-            self.stale_epochs += 1
+            self.state.stale_epochs += 1
         record = {
-            "epoch": self.epoch,
+            "epoch": self.state.epoch,
             "seconds": round(time.monotonic() - self.started, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "loss": losses,
@@ -472,7 +446,7 @@ class Trainer:
         self.save_checkpoint()
         if out_of_time:
             return "max_minutes"
-        if self.stale_epochs >= self.config.patience:
+        if self.state.stale_epochs >= self.config.patience:
             return "early_stopping"
         return None
 
@@ -495,12 +469,12 @@ class Trainer:
             len(self.split.val_elements),
         )
         stop_reason = "epochs"
-        while self.epoch < self.config.epochs:
+        while self.state.epoch < self.config.epochs:
             losses, out_of_time = self.train_epoch(budget)
             if out_of_time and not losses:
                 stop_reason = "max_minutes"
                 break
-            self.epoch += 1
+            self.state.epoch += 1
             stop = self.end_epoch(losses, out_of_time) if self.rank == 0 else None
             stop = distributed.rank0_object(stop)
             if stop is not None:
@@ -508,17 +482,17 @@ class Trainer:
                 break
         if self.rank != 0:  # rank 0 alone exports
             return {}
-        if self.best_state is None:  # the budget ran out before one epoch finished
-            self.best_metrics, self.best_score = self.validate()
-            self.best_state = self.model.state_dict()
-        self.model.load_state_dict(self.best_state)
+        if self.state.best_state is None:  # the budget ran out before one epoch finished
+            self.state.best_metrics, self.state.best_score = self.validate()
+            self.state.best_state = self.model.state_dict()
+        self.model.load_state_dict(self.state.best_state)
         self.model.to("cpu")  # the export serves on CPU
         offsets = self.calibrate_keypoints()
         manifest = export_model(
             self.model,
             self.out_dir,
             training_data=self.split.train_summary,
-            validation_metrics=self.best_metrics,
+            validation_metrics=self.state.best_metrics,
             extra={
                 "train_config": asdict(self.config),
                 "validation_data": self.split.val_data.summary() if self.split.val_data else None,
@@ -528,13 +502,16 @@ class Trainer:
                 "teacher_corrections": self.split.teacher_corrections,
                 "keypoint_offsets": offsets,
                 "stopped_by": stop_reason,
-                "epochs_run": self.epoch,
+                "epochs_run": self.state.epoch,
                 "processes": self.world_size,
                 "training_seconds": round(time.monotonic() - started, 1),
             },
         )
         log.info(
-            "stopped by %s after %d epochs; exported to %s", stop_reason, self.epoch, self.out_dir
+            "stopped by %s after %d epochs; exported to %s",
+            stop_reason,
+            self.state.epoch,
+            self.out_dir,
         )
         return manifest
 
@@ -564,10 +541,6 @@ def _epoch_line(record: dict) -> str:
             parts.append(f"kp median err {np.mean(medians):.2f} samples")
     parts.append(f"score {record['score']:.4f}" + (" *" if record["best"] else ""))
     return " | ".join(parts)
-
-
-def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(value.shape) for name, value in state.items()}
 
 
 def segment_decoder(

@@ -18,7 +18,7 @@ def test_learning_rate_warms_up_then_decays_to_one_percent(trainer):
     trainer.started = 0.0
     rates = []
     for step in (0, trainer.total_steps // 40, trainer.total_steps // 2, trainer.total_steps):
-        trainer.step = step
+        trainer.state.step = step
         trainer._set_learning_rate()
         rates.append(trainer.optimizer.param_groups[0]["lr"])
     start, warm, middle, end = rates
@@ -31,7 +31,7 @@ def test_a_time_budget_drives_the_schedule_when_it_ends_first(trainer, monkeypat
     trainer.config.max_minutes = 1.0
     trainer.started = 100.0
     monkeypatch.setattr("training.train.time.monotonic", lambda: 160.0)  # the budget is spent
-    trainer.step = 0
+    trainer.state.step = 0
     assert trainer.progress() == pytest.approx(1.0)
 
 
@@ -120,7 +120,7 @@ def test_a_checkpoint_from_before_a_model_option_resumes_and_another_model_does_
     torch.save(state, path)
     resumed = Trainer(TrainConfig(**{**vars(config), "epochs": 2}), tiny_data, tmp_path)
     resumed.load_checkpoint()
-    assert resumed.epoch == 1
+    assert resumed.state.epoch == 1
     fine = {**TINY_MODEL, "fine_keypoints": True}
     other = Trainer(TrainConfig(**{**vars(config), "model": fine}), tiny_data, tmp_path)
     with pytest.raises(ValueError, match="another model configuration"):
