@@ -88,7 +88,7 @@ def steps(data_path: Path, n_steps: int, device: str) -> None:
     trainer.sampler.batches_per_epoch = 5
     trainer.train_epoch(None)
     trainer.sampler.batches_per_epoch = n_steps
-    trainer.epoch = 1  # other batches than the warm-up's
+    trainer.state.epoch = 1  # other batches than the warm-up's
     distributed.rank0_number(0.0, trainer.device)
     begin = time.monotonic()
     trainer.train_epoch(None)

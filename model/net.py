@@ -33,42 +33,78 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+FROM_DATA = {"not_an_option": "read from the training data"}
+
+
+def _help(text: str) -> dict[str, str]:
+    """A field's metadata: what it means, as training's command line shows it (``training``
+    turns each field with a help text into a flag; ``model`` does not import it)."""
+    return {"help": text}
+
 
 @dataclass
 class ModelConfig:
-    in_channels: int = 1
-    conv_channels: tuple[int, ...] = (32, 64, 128)
-    kernel_size: int = 7
-    pool: int = 2
-    gru_hidden: int = 128
-    gru_layers: int = 1
-    embedding_dim: int = 128
-    num_keypoints: int = 4
-    dropout: float = 0.0
+    in_channels: int = field(default=1, metadata=FROM_DATA)
+    conv_channels: tuple[int, ...] = field(
+        default=(32, 64, 128),
+        metadata=_help("output channels of each conv block, each halving the steps by --pool"),
+    )
+    kernel_size: int = field(default=7, metadata=_help("the conv blocks' kernel size (odd)"))
+    pool: int = field(default=2, metadata=_help("max-pooling factor of each conv block"))
+    gru_hidden: int = field(default=128, metadata=_help("hidden units of each GRU direction"))
+    gru_layers: int = field(default=1, metadata=_help("stacked GRU layers"))
+    embedding_dim: int = field(default=128, metadata=_help("dimensions of the learned embedding"))
+    num_keypoints: int = field(default=4, metadata=FROM_DATA)
+    dropout: float = field(default=0.0, metadata=_help("dropout between the GRU's layers"))
     # Also feed each channel's log standard deviation (its amplitude in the client's units) to
     # the network: z-scoring alone discards amplitude, which can tell recordings apart.
-    scale_channels: bool = False
-    # Decoding: soft-argmax over the peak step +- this many steps.
-    decode_radius: int = 2
+    scale_channels: bool = field(
+        default=False,
+        metadata=_help("also give the network each channel's log amplitude (lost to z-scoring)"),
+    )
+    decode_radius: int = field(
+        default=2,
+        metadata=_help("keypoint decoding: soft-argmax over the peak step +- this many steps"),
+    )
     # Signals shorter than min_steps GRU steps carry too little context; longer than max_length
     # would exceed what the network was sized and tested for.
-    min_steps: int = 4
-    max_length: int = 8192
-    keypoint_names: list[str] = field(default_factory=list)
+    min_steps: int = field(
+        default=4, metadata=_help("GRU steps a signal needs at least (shorter ones are refused)")
+    )
+    max_length: int = field(
+        default=8192, metadata=_help("samples a served signal may have at most")
+    )
+    keypoint_names: list[str] = field(default_factory=list, metadata=FROM_DATA)
     # Keypoint logits at the last conv block's input (stride / pool samples per step) rather
     # than at the GRU's steps: halving the GRU's step from 8 to 4 samples gained 3-9 points
     # within 20 ms on the QT Database (BENCHMARKS.md), at twice the cost; this halves the
     # keypoints' step again without running the GRU over twice the steps.
-    fine_keypoints: bool = False
+    fine_keypoints: bool = field(
+        default=False,
+        metadata=_help(
+            "keypoint logits at the last conv block's input (the GRU's step / pool) beside the "
+            "GRU's context"
+        ),
+    )
     # The served embedding's part that is not learned (None = none): the signal re-centred on
     # this keypoint, morphology_width samples, averaged over morphology_pool, holding
     # morphology_weight of the cosine similarity. Triplet training makes the learned part ignore
     # what varies within an element, which anomaly scores need (measured on the QT Database in
     # BENCHMARKS.md, "Real ECG, cross-validated, round 2").
-    morphology_keypoint: str | None = None
-    morphology_width: int = 256
-    morphology_pool: int = 2
-    morphology_weight: float = 0.5
+    morphology_keypoint: str | None = field(
+        default=None,
+        metadata=_help(
+            "a keypoint name (e.g. R_peak): served embeddings also hold the signal re-centred "
+            "on it, a part not trained to ignore within-element variation (for anomaly scores)"
+        ),
+    )
+    morphology_width: int = field(default=256, metadata=_help("samples of that part"))
+    morphology_pool: int = field(
+        default=2, metadata=_help("samples of that part averaged into one")
+    )
+    morphology_weight: float = field(
+        default=0.5, metadata=_help("that part's share of cosine similarity, in (0, 1)")
+    )
 
     def __post_init__(self) -> None:
         self.conv_channels = tuple(int(c) for c in self.conv_channels)

@@ -11,6 +11,7 @@ import torch
 from model import HierarchicalSignalNet, ModelConfig
 from model.data_format import SignalData
 from tests.postgres import MISSING, PostgresServer, server_binaries
+from training.options import as_flags
 from training.synthetic import SynthConfig, generate
 from training.train import TrainConfig, Trainer
 
@@ -19,7 +20,7 @@ torch.set_num_threads(1)
 
 SHARED_ECG = Path(__file__).resolve().parents[2] / "shared" / "ecg"
 TINY_MODEL = {"conv_channels": (8, 16, 16), "gru_hidden": 16, "embedding_dim": 16}
-TINY_MODEL_FLAGS = ["--conv-channels", "8,16,16", "--gru-hidden", "16", "--embedding-dim", "16"]
+TINY_MODEL_FLAGS = as_flags(TINY_MODEL)
 SMALL_MODEL = {"conv_channels": (16, 32, 32), "gru_hidden": 32, "embedding_dim": 32}
 
 

@@ -7,241 +7,26 @@ import json
 import logging
 import sys
 import time
-import tomllib
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from model import ModelConfig
 from model.data_format import DataFormatError, load_npz
 from model.export_format import ExportFormatError
 from model.shards import ShardedData, is_sharded, load_signals, write_shards
 from training import distributed
 from training.evaluate import evaluate_model, unseen_only
 from training.export import load_export
+from training.options import add_options, given_options, read_recipe
 from training.synthetic import SynthConfig, generate
 from training.train import TrainConfig, Trainer
 
 log = logging.getLogger("training")
 
-# Options that shape the network rather than the run: they go to ModelConfig.
-MODEL_OPTIONS = (
-    "embedding_dim",
-    "conv_channels",
-    "kernel_size",
-    "pool",
-    "gru_hidden",
-    "gru_layers",
-    "dropout",
-    "scale_channels",
-    "fine_keypoints",
-    "morphology_keypoint",
-    "morphology_width",
-    "morphology_pool",
-    "morphology_weight",
-)
-
 DEMO_SYNTH = SynthConfig(elements=96, sessions=4, signals=12, length=256, seed=0)
 DEMO_TRAIN = TrainConfig(epochs=16, max_minutes=2.3, p=16, k=4, lr=3e-3, patience=5)
-
-
-def _add_synth_options(p: argparse.ArgumentParser) -> None:
-    d = SynthConfig()
-    p.add_argument("--elements", type=int, default=d.elements, help="number of elements")
-    p.add_argument("--sessions", type=int, default=d.sessions, help="max sessions per element")
-    p.add_argument("--signals", type=int, default=d.signals, help="signals per session")
-    p.add_argument("--length", type=int, default=d.length, help="samples per signal")
-    p.add_argument("--channels", type=int, default=d.channels, help="channels per signal")
-    p.add_argument("--fs", type=float, default=d.fs, help="samples per second")
-    p.add_argument(
-        "--min-sessions", type=int, default=d.min_sessions, help="min sessions per element"
-    )
-    p.add_argument(
-        "--drift-fraction",
-        type=float,
-        default=d.drift_fraction,
-        help="share of elements that drift gradually from a random session on",
-    )
-
-
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    p.add_argument("--config", type=Path, help="TOML file of these options (flags override it)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        default=d.max_minutes,
-        help="stop cleanly after this long and export the best model so far",
-    )
-    p.add_argument("--p", type=int, default=d.p, help="elements per batch")
-    p.add_argument("--k", type=int, default=d.k, help="signals per element in a batch")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument(
-        "--lambda-metric",
-        type=float,
-        default=d.lambda_metric,
-        help="weight of the triplet terms against the keypoint term",
-    )
-    p.add_argument("--margin-session", type=float, default=d.margin_session)
-    p.add_argument("--margin-element", type=float, default=d.margin_element)
-    p.add_argument("--mining", choices=["all", "hard"], default=d.mining)
-    p.add_argument(
-        "--keypoint-sigma",
-        type=float,
-        default=d.keypoint_sigma,
-        help="width of the keypoint target in the keypoint head's steps (0: one-hot)",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=d.val_fraction,
-        help="share of elements held out for validation",
-    )
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        default=d.test_fraction,
-        help="share of elements kept out of training and validation (listed in the manifest)",
-    )
-    p.add_argument(
-        "--gold-data",
-        type=Path,
-        help="NPZ of better keypoint labels for some of the same elements (a relative path is "
-        "also looked for beside --data)",
-    )
-    p.add_argument(
-        "--gold-repeat",
-        type=int,
-        default=d.gold_repeat,
-        help="times each training element's gold window joins the training set",
-    )
-    p.add_argument(
-        "--correct-teacher",
-        action=argparse.BooleanOptionalAction,
-        default=d.correct_teacher,
-        help="move --data's keypoints to the gold marks' convention per element and keypoint, "
-        "or drop them where the two disagree (both files need 'window_start')",
-    )
-    p.add_argument(
-        "--augment-noise",
-        type=float,
-        default=d.augment_noise,
-        help="white noise added in training, in units of each signal's standard deviation",
-    )
-    p.add_argument(
-        "--augment-wander",
-        type=float,
-        default=d.augment_wander,
-        help="largest baseline drift added in training, in units of the signal's std",
-    )
-    p.add_argument(
-        "--augment-flip",
-        type=float,
-        default=d.augment_flip,
-        help="probability that training inverts a channel (lead polarity differs by recording)",
-    )
-    p.add_argument(
-        "--augment-permute",
-        type=float,
-        default=d.augment_permute,
-        help="probability that training shuffles a signal's channel order",
-    )
-    p.add_argument(
-        "--augment-stretch",
-        type=float,
-        default=d.augment_stretch,
-        help="largest time stretch in training, as a share of the window's tempo (0.1: each "
-        "window 0.9 to 1.1 times as slow, its keypoints moved with it)",
-    )
-    p.add_argument(
-        "--session-key",
-        help="an extra key of the NPZ whose values define sessions within each element "
-        "(e.g. beat_labels), instead of session_ids",
-    )
-    p.add_argument(
-        "--reconstruct-keypoint",
-        help="a keypoint name (e.g. R_peak): the embedding must also rebuild the signal "
-        "re-centred on it, keeping the shape that triplets would discard (for anomaly scores)",
-    )
-    p.add_argument(
-        "--reconstruct-width",
-        type=int,
-        default=d.reconstruct_width,
-        help="samples of the re-centred segment to rebuild (default: the signal length)",
-    )
-    p.add_argument(
-        "--lambda-reconstruct",
-        type=float,
-        default=d.lambda_reconstruct,
-        help="weight of the segment reconstruction term",
-    )
-    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the test split")
-    p.add_argument(
-        "--folds",
-        type=int,
-        default=d.folds,
-        help="cross-validation: split the elements into this many folds (by --split-seed)...",
-    )
-    p.add_argument(
-        "--fold", type=int, default=d.fold, help="...and hold out this one (from 0) as the test set"
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help="epochs without improvement before early stopping",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from OUT/checkpoint.pt (with any number of processes)",
-    )
-    p.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=600.0,
-        help="under torchrun: seconds a process waits for the others (e.g. for a dead one, or "
-        "rank 0's validation) before failing",
-    )
-    p.add_argument(
-        "--device",
-        default=d.device,
-        help="torch device to train on, e.g. cuda; the exported model always runs on CPU",
-    )
-    p.add_argument("--embedding-dim", type=int)
-    p.add_argument(
-        "--conv-channels",
-        type=lambda s: tuple(int(c) for c in s.split(",")),
-        help="comma-separated, e.g. 32,64,128",
-    )
-    p.add_argument("--kernel-size", type=int)
-    p.add_argument("--pool", type=int)
-    p.add_argument("--gru-hidden", type=int)
-    p.add_argument("--gru-layers", type=int)
-    p.add_argument("--dropout", type=float)
-    p.add_argument(
-        "--scale-channels",
-        action=argparse.BooleanOptionalAction,
-        help="also give the network each channel's log amplitude (lost to z-scoring)",
-    )
-    p.add_argument(
-        "--fine-keypoints",
-        action=argparse.BooleanOptionalAction,
-        help="keypoint logits at the last conv block's input (the GRU's step / pool) beside "
-        "the GRU's context",
-    )
-    p.add_argument(
-        "--morphology-keypoint",
-        help="a keypoint name (e.g. R_peak): served embeddings also hold the signal re-centred "
-        "on it, a part not trained to ignore within-element variation (for anomaly scores)",
-    )
-    p.add_argument("--morphology-width", type=int, help="samples of that part (default 256)")
-    p.add_argument("--morphology-pool", type=int, help="samples averaged into one (default 2)")
-    p.add_argument(
-        "--morphology-weight", type=float, help="its share of cosine similarity (default 0.5)"
-    )
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -251,15 +36,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--threads",
         type=int,
         default=1,
-        help="torch threads (default 1: one busy thread per free core)",
+        help="torch threads (default: %(default)s, one busy thread per free core)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic dataset")
     p.add_argument("--out", type=Path, required=True, help="NPZ file to write")
-    p.add_argument("--seed", type=int, default=0)
-    _add_synth_options(p)
+    add_options(p, SynthConfig)
 
     p = sub.add_parser("shard", help="write NPZ files as a sharded dataset (index.json + shards)")
     p.add_argument(
@@ -275,8 +59,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--data", type=Path, required=True, help="an NPZ file or a sharded directory")
     p.add_argument("--out", type=Path, required=True, help="directory for the run and export")
-    p.add_argument("--seed", type=int, default=0)
-    _add_train_options(p)
+    p.add_argument("--config", type=Path, help="TOML file of these options (flags override it)")
+    p.add_argument(
+        "--gold-data",
+        type=Path,
+        help="NPZ of better keypoint labels for some of the same elements (a relative path is "
+        "also looked for beside --data)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (with any number of processes)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a process waits for the others (e.g. for a dead one, or "
+        "rank 0's validation) before failing (default: %(default)s)",
+    )
+    add_options(p.add_argument_group("training options"), TrainConfig)
+    add_options(p.add_argument_group("model options"), ModelConfig)
 
     p = sub.add_parser("evaluate", help="print one JSON object of metrics")
     p.add_argument("--model", type=Path, required=True, help="an exported model directory")
@@ -299,7 +102,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser("demo", help="synthesise, train and export the small default model")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--max-minutes", type=float, default=DEMO_TRAIN.max_minutes)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=DEMO_TRAIN.max_minutes,
+        help="training's time budget (default: %(default)s)",
+    )
     return parser, sub.choices
 
 
@@ -310,33 +118,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if getattr(args, "config", None) is None:
         return args
     try:
-        values = tomllib.loads(args.config.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        values = read_recipe(args.config, (TrainConfig, ModelConfig), set(vars(args)))
+    except (OSError, ValueError) as exc:
         parser.error(f"--config {args.config}: {exc}")
-    known = set(vars(args))
-    unknown = [k for k in values if k.replace("-", "_") not in known]
-    if unknown:
-        parser.error(f"--config {args.config}: unknown option(s) {', '.join(sorted(unknown))}")
-    subcommands[args.command].set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+    subcommands[args.command].set_defaults(**values)
     return parser.parse_args(argv)
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)} - {"model"}
-    config = TrainConfig(**{n: getattr(args, n) for n in names if hasattr(args, n)})
-    config.model = {n: getattr(args, n) for n in MODEL_OPTIONS if getattr(args, n) is not None}
-    if "conv_channels" in config.model:
-        config.model["conv_channels"] = tuple(config.model["conv_channels"])
-    if config.folds > 1 and config.test_fraction > 0:
-        raise ValueError("--folds and --test-fraction both choose the test set: give one")
-    if config.folds > 1 and not 0 <= config.fold < config.folds:
-        raise ValueError(f"--fold must be in [0, {config.folds}), got {config.fold}")
-    return config
+    """The options given (as flags or by a recipe); a ValueError names a bad one."""
+    return TrainConfig(**given_options(TrainConfig, args), model=given_options(ModelConfig, args))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    names = {f.name for f in fields(SynthConfig)}
-    data = generate(SynthConfig(**{n: getattr(args, n) for n in names}))
+    data = generate(SynthConfig(**given_options(SynthConfig, args)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     data.save(args.out)
     print(json.dumps({"out": str(args.out), **data.summary()}))
@@ -359,15 +154,16 @@ def cmd_shard(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    distributed.init_from_env(args.device, args.dist_timeout)
+    config = train_config_from_args(args)
+    distributed.init_from_env(config.device, args.dist_timeout)
     try:
-        _train(args)
+        _train(args, config)
         distributed.finish()  # not after a failure: a dead peer would hold it to the timeout
     finally:
         distributed.close()
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace, config: TrainConfig) -> None:
     if is_sharded(args.data):
         # Rank 0 checks the checksums: every process reading every byte again buys nothing.
         data = ShardedData(args.data, verify=distributed.rank_and_size()[0] == 0)
@@ -379,7 +175,7 @@ def _train(args: argparse.Namespace) -> None:
         if not path.is_absolute() and not path.exists():
             path = args.data.parent / path.name
         gold = load_npz(path)
-    trainer = Trainer(train_config_from_args(args), data, args.out, gold=gold)
+    trainer = Trainer(config, data, args.out, gold=gold)
     manifest = trainer.fit(resume=args.resume)
     if manifest:  # rank 0
         print(json.dumps(_run_summary(manifest, args.out)))
@@ -404,7 +200,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     data = generate(DEMO_SYNTH)
     args.out.mkdir(parents=True, exist_ok=True)
     data.save(args.out / "synthetic_train.npz")
-    config = TrainConfig(**{**vars(DEMO_TRAIN), "max_minutes": args.max_minutes})
+    config = replace(DEMO_TRAIN, max_minutes=args.max_minutes)
     manifest = Trainer(config, data, args.out).fit()
     summary = _run_summary(manifest, args.out)
     summary["total_seconds"] = round(time.monotonic() - started, 1)

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from model.data_format import SignalData
+from training.options import option
 
 KEYPOINT_NAMES = ["onset", "main_peak", "last_peak", "end"]
 # An element drifts only after this many clean sessions, so a baseline of up to this many
@@ -43,15 +44,22 @@ FIRST_RECORDING = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 @dataclass
 class SynthConfig:
-    elements: int = 96
-    sessions: int = 4  # per element; each element gets between 2 and this many
-    signals: int = 12  # per session
-    length: int = 256
-    channels: int = 1
-    fs: float = 250.0
-    seed: int = 0
-    min_sessions: int = 2  # per element
-    drift_fraction: float = 0.0  # share of elements that drift (see the module docstring)
+    """What ``generate`` makes (each a flag of ``python -m training synth``, see
+    ``training.options``)."""
+
+    elements: int = option(96, "number of elements")
+    sessions: int = option(4, "sessions per element at most")
+    signals: int = option(12, "signals per session")
+    length: int = option(256, "samples per signal")
+    channels: int = option(1, "channels per signal")
+    fs: float = option(250.0, "samples per second")
+    seed: int = option(0, "seed of the generator")
+    min_sessions: int = option(2, "sessions per element at least")
+    drift_fraction: float = option(
+        0.0,
+        f"share of elements (with more than {MIN_DRIFT_SESSIONS} sessions) that drift gradually "
+        "from a random session on (see training/synthetic.py)",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.drift_fraction <= 1:

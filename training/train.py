@@ -1,5 +1,10 @@
 """The training loop: P-K batches, hierarchical loss, validation on unseen elements, export.
 
+This module holds a run's options (:class:`TrainConfig`) and the loop (:class:`Trainer`). Around
+it: which elements train, validate and stay unseen (``training.split``), augmentation
+(``training.augment``), the checkpoint (``training.checkpoint``), the command line and recipes
+built from the options (``training.options``, ``python -m training``).
+
 Everything a run writes goes to its output directory:
 ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (to resume), ``model.pt`` +
 ``manifest.json`` (the best epoch, exported).
@@ -31,73 +36,151 @@ from tqdm import tqdm
 from model import HierarchicalSignalNet, ModelConfig
 from model.data_format import SignalData
 from model.shards import ShardedData
-from training import distributed
-from training.data import (
-    ShardedSignalDataset,
-    SignalDataset,
-    fold_elements,
-    split_by_element,
-    split_elements,
-)
+from training import checkpoint, distributed
+from training.augment import augment, random_stretch
+from training.checkpoint import RunState
+from training.data import ShardedSignalDataset, SignalDataset
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
 from training.loss import HierarchicalLoss, LossParts, SegmentDecoder
+from training.options import NOT_AN_OPTION, option, option_names
 from training.sampler import HierarchicalSampler
-from training.teacher import correct_teacher, summarise_corrections
+from training.split import split_data
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP = 0.05  # share of the run spent warming the learning rate up
 METRICS_FILE = "metrics.jsonl"
 
 
+MINING = ("all", "hard")
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    max_minutes: float | None = None
-    seed: int = 0
-    p: int = 16  # elements per batch
-    k: int = 4  # signals per element
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    lambda_metric: float = 1.0
-    margin_session: float = 0.1
-    margin_element: float = 0.3
-    mining: str = "all"
-    keypoint_sigma: float = 1.0  # in the keypoint head's steps; 0 = one-hot targets
-    val_fraction: float = 0.2  # of the elements left after the test split: early stopping
-    test_fraction: float = 0.0  # elements never touched in training; listed in the manifest
-    split_seed: int = 0  # fixes the test split whatever the training seed
+    """One run's options (each a flag of ``python -m training train`` and a key of its TOML
+    recipes, see ``training.options``); ``model`` holds ModelConfig's, given as their own."""
+
+    epochs: int = option(30, "epochs at most")
+    max_minutes: float | None = option(
+        None,
+        "stop cleanly after this long and export the best model so far (default: no limit; "
+        "a resumed run counts the time already spent)",
+    )
+    seed: int = option(0, "seed of the initial weights, the batches and the validation split")
+    p: int = option(16, "elements per batch")
+    k: int = option(4, "signals per element in a batch")
+    lr: float = option(2e-3, "peak learning rate (one-cycle)")
+    weight_decay: float = option(1e-4, "AdamW's weight decay")
+    lambda_metric: float = option(1.0, "weight of the triplet terms against the keypoint term")
+    margin_session: float = option(0.1, "triplet margin between sessions of one element")
+    margin_element: float = option(0.3, "triplet margin between elements")
+    mining: str = option(
+        "all",
+        "triplets: all valid ones, or per anchor the farthest positive and nearest negative",
+        choices=MINING,
+    )
+    keypoint_sigma: float = option(
+        1.0, "width of the keypoint target in the keypoint head's steps (0: one-hot)"
+    )
+    val_fraction: float = option(
+        0.2,
+        "share of the elements left after the test split held out for validation (early "
+        "stopping, the best epoch)",
+    )
+    test_fraction: float = option(
+        0.0,
+        "share of elements kept out of training and validation (listed in the manifest)",
+    )
+    split_seed: int = option(0, "seed of the test split (fixes it whatever --seed)")
     # Cross-validation: with folds > 1, fold `fold` of the elements (shuffled by split_seed) is
     # the test set instead of test_fraction; over the folds every element is tested once
-    folds: int = 0
-    fold: int = 0
-    patience: int = 6  # epochs without a better validation score before stopping
-    grad_clip: float = 5.0
-    gold_repeat: int = 4  # times each training element's gold window is added to training
-    # Move the data's keypoints to the gold marks' convention per element and keypoint, or drop
-    # them where the two disagree (training/teacher.py); needs gold data and "window_start".
-    correct_teacher: bool = False
-    session_key: str | None = None  # an extras key whose values define the sessions instead
-    # Rebuild each signal's segment around this keypoint (a name, e.g. "R_peak") from its
-    # embedding, so the embedding keeps that segment's shape (see loss.SegmentDecoder).
-    reconstruct_keypoint: str | None = None
-    reconstruct_width: int | None = None  # samples; None: the signals' length
-    lambda_reconstruct: float = 1.0
-    # Augmentation, in units of each signal's own standard deviation (0 = off): white noise,
-    # and a slow baseline drift (a random sinusoid of 0.3 to 2 cycles per window).
-    augment_noise: float = 0.0
-    augment_wander: float = 0.0
-    # What differs between recordings' leads: each channel inverted with this probability, and
-    # the channel order shuffled with that one (multi-channel signals); keypoints do not move.
-    augment_flip: float = 0.0
-    augment_permute: float = 0.0
-    # What differs between recordings' tempo (heart rate, interval lengths): each window
-    # stretched in time by a factor drawn from [1 - this, 1 + this], its keypoints moved with it.
-    augment_stretch: float = 0.0
-    model: dict = field(default_factory=dict)  # ModelConfig overrides
-    device: str = "cpu"  # where training runs ("cuda" on a GPU); the export is always for CPU
+    folds: int = option(
+        0, "cross-validation: split the elements into this many folds (by --split-seed)..."
+    )
+    fold: int = option(0, "...and hold out this one (from 0) as the test set")
+    patience: int = option(6, "epochs without a better validation score before stopping")
+    grad_clip: float = option(5.0, "largest norm of the gradient (network and decoder as one)")
+    gold_repeat: int = option(
+        4, "times each training element's gold window joins the training set (--gold-data)"
+    )
+    correct_teacher: bool = option(
+        False,
+        "move --data's keypoints to the gold marks' convention per element and keypoint, or "
+        "drop them where the two disagree (training/teacher.py; both files need "
+        "'window_start')",
+    )
+    session_key: str | None = option(
+        None,
+        "an extra key of the NPZ whose values define sessions within each element (e.g. "
+        "beat_labels), instead of session_ids",
+    )
+    reconstruct_keypoint: str | None = option(
+        None,
+        "a keypoint name (e.g. R_peak): the embedding must also rebuild the signal re-centred "
+        "on it, keeping the shape that triplets would discard (see loss.SegmentDecoder)",
+    )
+    reconstruct_width: int | None = option(
+        None, "samples of the re-centred segment to rebuild (default: the signal length)"
+    )
+    lambda_reconstruct: float = option(1.0, "weight of the segment reconstruction term")
+    # Augmentation (training/augment.py), each off at 0.
+    augment_noise: float = option(
+        0.0, "white noise added in training, in units of each signal's standard deviation"
+    )
+    augment_wander: float = option(
+        0.0,
+        "largest baseline drift added in training (a random sinusoid of 0.3 to 2 cycles per "
+        "window), in units of the signal's standard deviation",
+    )
+    augment_flip: float = option(
+        0.0, "probability that training inverts a channel (lead polarity differs by recording)"
+    )
+    augment_permute: float = option(
+        0.0, "probability that training shuffles a signal's channel order"
+    )
+    augment_stretch: float = option(
+        0.0,
+        "largest time stretch in training, as a share of the window's tempo, below 0.5 (0.1: "
+        "each window 0.9 to 1.1 times as slow, its keypoints moved with it)",
+    )
+    model: dict = field(
+        default_factory=dict,
+        metadata={NOT_AN_OPTION: "ModelConfig's options, given as flags of their own"},
+    )
+    device: str = option(
+        "cpu", "torch device to train on, e.g. cuda; the exported model always runs on CPU"
+    )
+
+    def __post_init__(self) -> None:
+        unknown = set(self.model) - option_names(ModelConfig)
+        if unknown:
+            raise ValueError(f"model: not options of the model: {', '.join(sorted(unknown))}")
+        if self.mining not in MINING:
+            raise ValueError(f"mining must be one of {', '.join(MINING)}, got {self.mining!r}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.folds > 1 and self.test_fraction > 0:
+            raise ValueError("folds and test_fraction both choose the test set: give one")
+        if self.folds > 1 and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold must be in [0, {self.folds}), got {self.fold}")
+        if self.reconstruct_width is not None and self.reconstruct_width < 1:
+            raise ValueError(
+                f"reconstruct_width must be at least 1 sample, got {self.reconstruct_width}"
+            )
+        if self.lambda_reconstruct < 0:
+            raise ValueError(
+                f"lambda_reconstruct must not be negative, got {self.lambda_reconstruct}"
+            )
+        for name in ("augment_noise", "augment_wander"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("augment_flip", "augment_permute"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.augment_stretch < 0.5:
+            raise ValueError(f"augment_stretch must be in [0, 0.5), got {self.augment_stretch}")
 
 
 class TrainingStep(torch.nn.Module):
@@ -136,8 +219,6 @@ class Trainer:
         an automatic delineator's). Those of training elements join the training set
         ``gold_repeat`` times; those of validation elements fit the decoder's per-keypoint
         offsets after training; those of test elements stay unseen."""
-        if not 0 <= config.augment_stretch < 0.5:  # before any work on the data
-            raise ValueError(f"augment_stretch must be in [0, 0.5), got {config.augment_stretch}")
         self.config = config
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,13 +233,14 @@ class Trainer:
             "rank": self.rank,
             "world_size": self.world_size,
         }
+        self.split = split_data(config, data, gold)
         if isinstance(data, ShardedData):
-            self._split_shards(data, gold)
+            self.train_set: SignalDataset | ShardedSignalDataset = ShardedSignalDataset(data)
             self.sampler = HierarchicalSampler.from_groups(
-                data.groups(self.train_elements), **sampling
+                data.groups(self.split.train_elements), **sampling
             )
         else:
-            self._split_in_memory(data, gold)
+            self.train_set = SignalDataset(self.split.train_data)
             self.sampler = HierarchicalSampler(
                 self.train_set.element_codes, self.train_set.session_codes, **sampling
             )
@@ -205,168 +287,72 @@ class Trainer:
             weight_decay=config.weight_decay,
         )
         self.total_steps = max(1, config.epochs * len(self.sampler))
-        self.step = 0
-        self.seconds_before = 0.0  # training time of earlier runs of this output dir (resume)
-        self.epoch = 0
-        self.best_score = -math.inf
-        self.best_state: dict | None = None
-        self.best_metrics: dict = {}
-        self.stale_epochs = 0
+        self.state = RunState()
 
-    def _split_in_memory(self, data: SignalData, gold: SignalData | None) -> None:
-        config = self.config
-        if config.session_key:
-            data = data.sessions_from(config.session_key)
-            gold = gold.sessions_from(config.session_key) if gold is not None else None
-        test = self._held_out(data.element_ids)
-        self.test_elements = sorted(test)
-        data = data.subset(np.flatnonzero(~np.isin(data.element_ids, list(test))))
-        self.teacher_corrections = None
-        if config.correct_teacher:
-            data = self._corrected_teacher(data, gold)
-        train_idx, val_idx = split_by_element(data, config.val_fraction, config.seed)
-        self.train_data = data.subset(train_idx)
-        self.val_data = data.subset(val_idx) if len(val_idx) else None
-        self.gold_val = None
-        self.gold_summary = gold.summary() if gold is not None else None
-        if gold is not None:
-            gold_train = gold.only_elements(set(self.train_data.element_ids))
-            self.train_data = SignalData.concat(
-                [self.train_data] + [gold_train] * config.gold_repeat
-            )
-            if self.val_data is not None:
-                self.gold_val = gold.only_elements(set(self.val_data.element_ids))
-        self.train_set = SignalDataset(self.train_data)
-        self.train_summary = self.train_data.summary()
-
-    def _corrected_teacher(self, data: SignalData, gold: SignalData | None) -> SignalData:
-        """``data`` with its keypoints corrected by the gold marks of its own elements (never a
-        test element's)."""
-        if gold is None:
-            raise ValueError("correct_teacher needs gold data (--gold-data)")
-        data, corrections, commons = correct_teacher(
-            data, gold.only_elements(set(data.element_ids))
-        )
-        self.teacher_corrections = summarise_corrections(corrections, commons, data.fs)
-        log.info("teacher corrected per element: %s", self.teacher_corrections)
-        return data
-
-    def _held_out(self, elements: np.ndarray) -> set[str]:
-        """The test elements: a cross-validation fold, or a fraction (none by default)."""
-        config = self.config
-        if config.folds > 1:
-            return fold_elements(elements, config.folds, config.fold, config.split_seed)
-        return split_elements(elements, config.test_fraction, config.split_seed)
-
-    def _split_shards(self, data: ShardedData, gold: SignalData | None) -> None:
-        """The same element split as in memory (same seeds, same elements), from the index."""
-        config = self.config
-        if config.session_key:
-            raise ValueError("session_key needs the data in memory: give an NPZ file, not shards")
-        if gold is not None or config.correct_teacher:
-            raise ValueError(
-                "gold data and teacher correction need the data in memory: give an NPZ file, "
-                "not shards"
-            )
-        test = self._held_out(data.element_names)
-        self.test_elements = sorted(test)
-        rest = np.array(sorted(set(data.element_names.tolist()) - test))
-        val = split_elements(rest, config.val_fraction, config.seed)
-        if not val:
-            raise ValueError(
-                "val_fraction must hold out at least one element with sharded data "
-                "(validation runs on held-out elements, in memory)"
-            )
-        self.train_elements = sorted(set(rest.tolist()) - val)
-        self.train_data = None
-        self.train_summary = data.summary(self.train_elements)
-        self.val_data = data.load_elements(val)
-        self.gold_val = None
-        self.gold_summary = None
-        self.teacher_corrections = None
-        self.train_set = ShardedSignalDataset(data)
-
-    # -- checkpoints -------------------------------------------------------------------------
+    # -- checkpoints (training/checkpoint.py) ----------------------------------------------
     def save_checkpoint(self) -> None:
-        state = {
-            "train_config": asdict(self.config),
-            "model_config": self.model.config.to_dict(),
-            "model": self.model.state_dict(),
-            "loss": self.loss.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "world_size": self.world_size,  # a step covers this many P-K batches
-            "seconds": self.seconds_before + time.monotonic() - self.started,
-            "epoch": self.epoch,
-            "best_score": self.best_score,
-            "best_state": self.best_state,
-            "best_metrics": self.best_metrics,
-            "stale_epochs": self.stale_epochs,
-        }
-        tmp = self.out_dir / (CHECKPOINT_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.out_dir / CHECKPOINT_FILE)
+        checkpoint.save(
+            self.out_dir,
+            self.state,
+            config=self.config,
+            model=self.model,
+            loss=self.loss,
+            optimizer=self.optimizer,
+            world_size=self.world_size,
+            seconds=self.state.seconds + time.monotonic() - self.started,
+        )
 
     def load_checkpoint(self) -> None:
-        path = self.out_dir / CHECKPOINT_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, weights_only=True, map_location=self.device)
-        # through the dataclass: options added since the checkpoint take their defaults
-        if ModelConfig.from_dict(state["model_config"]) != self.model.config:
-            raise ValueError(f"{path}: checkpoint was made with another model configuration")
-        saved_loss = state.get("loss", {})  # checkpoints from before the decoder have none
-        if _shapes(saved_loss) != _shapes(self.loss.state_dict()):
-            raise ValueError(
-                f"{path}: checkpoint was made with other reconstruction settings "
-                "(reconstruct_keypoint, reconstruct_width): resume with the run's own"
-            )
-        self.model.load_state_dict(state["model"])
-        self.loss.load_state_dict(saved_loss)
-        self.optimizer.load_state_dict(state["optimizer"])
-        # Steps of another number of processes, rescaled to ours: the same samples seen.
-        self.step = round(state["step"] * state.get("world_size", 1) / self.world_size)
-        self.seconds_before = state["seconds"]
-        self.epoch = state["epoch"]
-        self.best_score = state["best_score"]
-        self.best_state = state["best_state"]
-        self.best_metrics = state["best_metrics"]
-        self.stale_epochs = state["stale_epochs"]
-        log.info("resumed from %s after epoch %d", path, self.epoch)
+        self.state = checkpoint.load(
+            self.out_dir,
+            model=self.model,
+            loss=self.loss,
+            optimizer=self.optimizer,
+            world_size=self.world_size,
+            device=self.device,
+        )
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self, budget: float | None) -> tuple[dict[str, float], bool]:
         """Train over one epoch of P-K batches; returns mean loss parts and whether time ran out
         (by rank 0's clock, so every rank stops at the same step)."""
+        c = self.config
         self.train_step.train()
-        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.state.epoch)
         sums: dict[str, float] = {}
         batches = 0
         out_of_time = False
         bar = tqdm(
             self.sampler,
-            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            desc=f"epoch {self.state.epoch + 1}/{c.epochs}",
             leave=False,
             unit="batch",
             dynamic_ncols=True,
             disable=None if self.rank == 0 else True,  # no bar when not a terminal
         )
         for batch in bar:
-            if budget is not None and self.seconds_before + self.elapsed() > budget:
+            if budget is not None and self.state.seconds + self.elapsed() > budget:
                 out_of_time = True
                 break
             index = torch.tensor(batch, device=self.device)
             signals, keypoints, elements, sessions = self.train_set.batch(index)
-            signals, keypoints = self.stretch(signals, keypoints)  # the clean target too
+            signals, keypoints = random_stretch(signals, keypoints, c.augment_stretch)  # clean too
+            inputs = augment(
+                signals,
+                noise=c.augment_noise,
+                wander=c.augment_wander,
+                flip=c.augment_flip,
+                permute=c.augment_permute,
+            )
             # clean signals last: the decoder rebuilds what augmentation hid
-            parts = self.train_step(self.augment(signals), keypoints, elements, sessions, signals)
+            parts = self.train_step(inputs, keypoints, elements, sessions, signals)
             self.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             torch.nn.utils.clip_grad_norm_(  # the network's and the decoder's, as one norm
-                self.optimizer.param_groups[0]["params"], self.config.grad_clip
+                self.optimizer.param_groups[0]["params"], c.grad_clip
             )
             self.optimizer.step()
-            self.step += 1
+            self.state.step += 1
             self._set_learning_rate()
             for name, value in parts.as_floats().items():
                 sums[name] = sums.get(name, 0.0) + value
@@ -378,11 +364,12 @@ class Trainer:
     def calibrate_keypoints(self) -> dict | None:
         """Set the decoder's per-keypoint offsets to the median signed error on the validation
         elements' gold windows, so positions follow the gold annotator's convention."""
-        if self.gold_val is None or self.gold_val.keypoints is None or not len(self.gold_val):
+        gold = self.split.gold_val
+        if gold is None or gold.keypoints is None or not len(gold):
             return None
         self.model.eval()
-        _, positions, _ = predict(self.model, self.gold_val.signals)
-        truth = self.gold_val.keypoints
+        _, positions, _ = predict(self.model, gold.signals)
+        truth = gold.keypoints
         offsets = [
             float(np.median(positions[truth[:, k] >= 0, k] - truth[truth[:, k] >= 0, k]))
             if (truth[:, k] >= 0).any()
@@ -392,20 +379,20 @@ class Trainer:
         self.model.keypoint_offsets.copy_(torch.tensor(offsets))
         log.info(
             "keypoint offsets from %d gold windows: %s",
-            len(self.gold_val),
+            len(gold),
             [round(o, 2) for o in offsets],
         )
         return {
-            "samples": dict(zip(self.gold_val.keypoint_names, offsets, strict=True)),
-            "gold_windows": len(self.gold_val),
+            "samples": dict(zip(gold.keypoint_names, offsets, strict=True)),
+            "gold_windows": len(gold),
         }
 
     def progress(self) -> float:
         """How far through the run: by steps, or by the time budget if that ends sooner."""
-        by_steps = self.step / self.total_steps
+        by_steps = self.state.step / self.total_steps
         if not self.config.max_minutes:
             return by_steps
-        elapsed = self.seconds_before + self.elapsed()
+        elapsed = self.state.seconds + self.elapsed()
         return max(by_steps, elapsed / (60 * self.config.max_minutes))
 
     def elapsed(self) -> float:
@@ -424,46 +411,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * scale
 
-    def stretch(
-        self, signals: torch.Tensor, keypoints: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch stretched in time by ``augment_stretch`` (see :func:`stretch`); unchanged
-        when it is 0."""
-        most = self.config.augment_stretch
-        if not most:
-            return signals, keypoints
-        factors = 1 + most * (2 * torch.rand(len(signals), device=signals.device) - 1)
-        return stretch(signals, keypoints, factors)
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) -> the same signals with noise, baseline drift, inverted or reordered
-        channels; keypoints do not move."""
-        config = self.config
-        b, c, length = x.shape
-        out = x  # each augmentation below only when set: all off, the batch itself
-        if config.augment_noise or config.augment_wander:
-            scale = x.std(dim=-1, keepdim=True)  # (B, C, 1)
-        if config.augment_noise:
-            out = out + config.augment_noise * scale * torch.randn_like(x)
-        if config.augment_wander:
-            t = torch.linspace(0, 1, length, device=x.device).view(1, 1, length)
-            cycles = 0.3 + 1.7 * torch.rand(b, c, 1, device=x.device)
-            phase = 2 * math.pi * torch.rand(b, c, 1, device=x.device)
-            amplitude = config.augment_wander * scale * torch.rand(b, c, 1, device=x.device)
-            out = out + amplitude * torch.sin(2 * math.pi * cycles * t + phase)
-        if config.augment_flip:
-            flipped = torch.rand(b, c, 1, device=x.device) < config.augment_flip
-            out = torch.where(flipped, -out, out)
-        if config.augment_permute and c > 1:
-            shuffled = torch.rand(b, device=x.device) < config.augment_permute
-            order = torch.rand(b, c, device=x.device).argsort(dim=1)  # (B, C) a random order
-            permuted = out.gather(1, order.unsqueeze(-1).expand(b, c, length))
-            out = torch.where(shuffled.view(b, 1, 1), permuted, out)
-        return out
-
     def validate(self) -> tuple[dict, float]:
         """Metrics on the held-out elements and the score that picks the best epoch."""
-        data = self.val_data if self.val_data is not None else self.train_data
+        data = self.split.val_data if self.split.val_data is not None else self.split.train_data
         self.model.eval()
         embeddings, positions, _ = predict(self.model, data.signals)
         metrics = score(embeddings, positions, data)
@@ -473,16 +423,16 @@ class Trainer:
     def end_epoch(self, losses: dict[str, float], out_of_time: bool) -> str | None:
         """Validate, log and checkpoint the epoch just trained (on rank 0); why to stop, if so."""
         metrics, epoch_score = self.validate()
-        improved = epoch_score > self.best_score or self.best_state is None
+        improved = epoch_score > self.state.best_score or self.state.best_state is None
         if improved:
-            self.best_score = epoch_score
-            self.best_state = copy.deepcopy(self.model.state_dict())
-            self.best_metrics = {**metrics, "epoch": self.epoch, "score": epoch_score}
-            self.stale_epochs = 0
+            self.state.best_score = epoch_score
+            self.state.best_state = copy.deepcopy(self.model.state_dict())
+            self.state.best_metrics = {**metrics, "epoch": self.state.epoch, "score": epoch_score}
+            self.state.stale_epochs = 0
         else:
-            self.stale_epochs += 1
+            self.state.stale_epochs += 1
         record = {
-            "epoch": self.epoch,
+            "epoch": self.state.epoch,
             "seconds": round(time.monotonic() - self.started, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "loss": losses,
@@ -496,7 +446,7 @@ class Trainer:
         self.save_checkpoint()
         if out_of_time:
             return "max_minutes"
-        if self.stale_epochs >= self.config.patience:
+        if self.state.stale_epochs >= self.config.patience:
             return "early_stopping"
         return None
 
@@ -513,18 +463,18 @@ class Trainer:
             "(%d elements)",
             self.rank,
             self.world_size,
-            self.train_summary["signals"],
-            self.train_summary["elements"],
-            len(self.val_data) if self.val_data else 0,
-            len(np.unique(self.val_data.element_ids)) if self.val_data else 0,
+            self.split.train_summary["signals"],
+            self.split.train_summary["elements"],
+            len(self.split.val_data) if self.split.val_data else 0,
+            len(self.split.val_elements),
         )
         stop_reason = "epochs"
-        while self.epoch < self.config.epochs:
+        while self.state.epoch < self.config.epochs:
             losses, out_of_time = self.train_epoch(budget)
             if out_of_time and not losses:
                 stop_reason = "max_minutes"
                 break
-            self.epoch += 1
+            self.state.epoch += 1
             stop = self.end_epoch(losses, out_of_time) if self.rank == 0 else None
             stop = distributed.rank0_object(stop)
             if stop is not None:
@@ -532,35 +482,36 @@ class Trainer:
                 break
         if self.rank != 0:  # rank 0 alone exports
             return {}
-        if self.best_state is None:  # the budget ran out before one epoch finished
-            self.best_metrics, self.best_score = self.validate()
-            self.best_state = self.model.state_dict()
-        self.model.load_state_dict(self.best_state)
+        if self.state.best_state is None:  # the budget ran out before one epoch finished
+            self.state.best_metrics, self.state.best_score = self.validate()
+            self.state.best_state = self.model.state_dict()
+        self.model.load_state_dict(self.state.best_state)
         self.model.to("cpu")  # the export serves on CPU
         offsets = self.calibrate_keypoints()
         manifest = export_model(
             self.model,
             self.out_dir,
-            training_data=self.train_summary,
-            validation_metrics=self.best_metrics,
+            training_data=self.split.train_summary,
+            validation_metrics=self.state.best_metrics,
             extra={
                 "train_config": asdict(self.config),
-                "validation_data": self.val_data.summary() if self.val_data else None,
-                "validation_elements": sorted(set(self.val_data.element_ids.tolist()))
-                if self.val_data
-                else [],
-                "test_elements": self.test_elements,
-                "gold_data": self.gold_summary,
-                "teacher_corrections": self.teacher_corrections,
+                "validation_data": self.split.val_data.summary() if self.split.val_data else None,
+                "validation_elements": self.split.val_elements,
+                "test_elements": self.split.test_elements,
+                "gold_data": self.split.gold_summary,
+                "teacher_corrections": self.split.teacher_corrections,
                 "keypoint_offsets": offsets,
                 "stopped_by": stop_reason,
-                "epochs_run": self.epoch,
+                "epochs_run": self.state.epoch,
                 "processes": self.world_size,
                 "training_seconds": round(time.monotonic() - started, 1),
             },
         )
         log.info(
-            "stopped by %s after %d epochs; exported to %s", stop_reason, self.epoch, self.out_dir
+            "stopped by %s after %d epochs; exported to %s",
+            stop_reason,
+            self.state.epoch,
+            self.out_dir,
         )
         return manifest
 
@@ -592,30 +543,6 @@ def _epoch_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-def stretch(
-    signals: torch.Tensor, keypoints: torch.Tensor, factors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signals (B, C, L) each stretched in time by its factor (B,) about the window's centre
-    (above 1: slower, its waves wider and further apart), read by linear interpolation with
-    the edge samples extended; keypoints (B, K) move with them, absent (-1) past the window."""
-    b, _, length = signals.shape
-    centre = (length - 1) / 2
-    t = torch.arange(length, device=signals.device, dtype=signals.dtype)
-    source = centre + (t.view(1, length) - centre) / factors.view(b, 1)  # (B, L) samples read
-    x = source / centre - 1  # grid_sample's coordinates: -1 the first sample, +1 the last
-    grid = torch.stack([x, torch.zeros_like(x)], dim=-1).view(b, 1, length, 2)
-    out = torch.nn.functional.grid_sample(
-        signals.unsqueeze(2), grid, padding_mode="border", align_corners=True
-    ).squeeze(2)  # (B, C, 1, L) read as an image one row high -> (B, C, L)
-    moved = torch.round(centre + (keypoints - centre) * factors.view(b, 1)).to(keypoints.dtype)
-    inside = (keypoints >= 0) & (moved >= 0) & (moved < length)
-    return out, torch.where(inside, moved, -1)
-
-
-def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(value.shape) for name, value in state.items()}
-
-
 def segment_decoder(
     config: TrainConfig, data: SignalData, embedding_dim: int
 ) -> tuple[SegmentDecoder | None, int]:
@@ -627,14 +554,6 @@ def segment_decoder(
         raise ValueError(
             f"reconstruct_keypoint {config.reconstruct_keypoint!r} is not one of the data's "
             f"keypoints {names}"
-        )
-    if config.reconstruct_width is not None and config.reconstruct_width < 1:
-        raise ValueError(
-            f"reconstruct_width must be at least 1 sample, got {config.reconstruct_width}"
-        )
-    if config.lambda_reconstruct < 0:
-        raise ValueError(
-            f"lambda_reconstruct must not be negative, got {config.lambda_reconstruct}"
         )
     decoder = SegmentDecoder(embedding_dim, data.channels, config.reconstruct_width or data.length)
     return decoder, names.index(config.reconstruct_keypoint)

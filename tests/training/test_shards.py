@@ -109,13 +109,14 @@ def test_training_on_shards_splits_elements_as_in_memory(tiny_data, tmp_path):
     config = TrainConfig(epochs=1, p=4, k=4, test_fraction=0.2, model=TINY_MODEL)
     in_memory = Trainer(config, tiny_data, tmp_path / "a")
     sharded = Trainer(config, ShardedData(tmp_path / "shards"), tmp_path / "b")
-    assert sharded.test_elements == in_memory.test_elements
-    assert set(sharded.val_data.element_ids) == set(in_memory.val_data.element_ids)
-    assert sharded.train_summary == {**in_memory.train_summary, "keypoints_present": None} | {
-        "shards": 3
-    }
+    assert sharded.split.test_elements == in_memory.split.test_elements
+    assert set(sharded.split.val_data.element_ids) == set(in_memory.split.val_data.element_ids)
+    assert sharded.split.train_summary == {
+        **in_memory.split.train_summary,
+        "keypoints_present": None,
+    } | {"shards": 3}
     manifest = sharded.fit()
-    assert manifest["training_data"]["signals"] == len(in_memory.train_data)
+    assert manifest["training_data"]["signals"] == len(in_memory.split.train_data)
     assert manifest["validation_metrics"].keys() == in_memory.fit()["validation_metrics"].keys()
 
 

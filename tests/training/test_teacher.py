@@ -125,9 +125,9 @@ def test_training_corrects_its_data_and_records_it(tiny_data, tmp_path):
         Trainer(config, teacher, tmp_path)
     config.gold_repeat = 0  # training's data is the teacher's alone
     trainer = Trainer(config, teacher, tmp_path, gold=gold)
-    rows = trainer.train_data.extras["window_start"] // 1000  # each training window's own row
+    rows = trainer.split.train_data.extras["window_start"] // 1000  # each training window's own row
     expected = np.where(gold.keypoints[rows] < teacher.length, gold.keypoints[rows], -1)
-    np.testing.assert_array_equal(trainer.train_data.keypoints, expected)
+    np.testing.assert_array_equal(trainer.split.train_data.keypoints, expected)
     summary = trainer.fit()["teacher_corrections"]
     elements = len(np.unique(teacher.element_ids))
     assert summary["onset"] == {

@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import TINY_MODEL
 from training.evaluate import predict
-from training.train import TrainConfig, Trainer, stretch
+from training.train import TrainConfig, Trainer
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def test_learning_rate_warms_up_then_decays_to_one_percent(trainer):
     trainer.started = 0.0
     rates = []
     for step in (0, trainer.total_steps // 40, trainer.total_steps // 2, trainer.total_steps):
-        trainer.step = step
+        trainer.state.step = step
         trainer._set_learning_rate()
         rates.append(trainer.optimizer.param_groups[0]["lr"])
     start, warm, middle, end = rates
@@ -31,7 +31,7 @@ def test_a_time_budget_drives_the_schedule_when_it_ends_first(trainer, monkeypat
     trainer.config.max_minutes = 1.0
     trainer.started = 100.0
     monkeypatch.setattr("training.train.time.monotonic", lambda: 160.0)  # the budget is spent
-    trainer.step = 0
+    trainer.state.step = 0
     assert trainer.progress() == pytest.approx(1.0)
 
 
@@ -45,77 +45,16 @@ def test_gold_labels_join_training_and_set_the_decoders_offsets(tiny_data, tmp_p
         tmp_path,
         gold=gold,
     )
-    train_elements = set(trainer.train_data.element_ids)
+    train_elements = set(trainer.split.train_data.element_ids)
     assert len(trainer.train_set) == 3 * len(tiny_data.only_elements(train_elements))
-    assert not set(trainer.gold_val.element_ids) & train_elements
+    assert not set(trainer.split.gold_val.element_ids) & train_elements
     manifest = trainer.fit()
     offsets = manifest["keypoint_offsets"]["samples"]
-    assert manifest["keypoint_offsets"]["gold_windows"] == len(trainer.gold_val) > 0
-    _, calibrated, _ = predict(trainer.model.eval(), trainer.gold_val.signals)
-    residual = np.median(calibrated - trainer.gold_val.keypoints, axis=0)
+    assert manifest["keypoint_offsets"]["gold_windows"] == len(trainer.split.gold_val) > 0
+    _, calibrated, _ = predict(trainer.model.eval(), trainer.split.gold_val.signals)
+    residual = np.median(calibrated - trainer.split.gold_val.keypoints, axis=0)
     np.testing.assert_allclose(residual, 0, atol=0.5)
     assert set(offsets) == set(tiny_data.keypoint_names)
-
-
-def test_augmentation_is_off_by_default_and_bounded_when_on(tiny_data, tmp_path):
-    x = torch.from_numpy(tiny_data.signals[:8])
-    plain = Trainer(TrainConfig(model=TINY_MODEL, p=4), tiny_data, tmp_path / "a")
-    assert plain.augment(x) is x
-    noisy = Trainer(
-        TrainConfig(model=TINY_MODEL, p=4, augment_noise=0.1, augment_wander=0.2),
-        tiny_data,
-        tmp_path / "b",
-    )
-    change = (noisy.augment(x) - x) / x.std(dim=-1, keepdim=True)
-    assert 0.05 < change.std() < 0.3
-    assert change.abs().max() < 0.1 * 6 + 0.2
-
-
-def test_lead_augmentation_inverts_and_reorders_whole_channels(tiny_data, tmp_path):
-    x = torch.randn(256, 2, 64)
-    trainer = Trainer(
-        TrainConfig(model=TINY_MODEL, p=4, augment_flip=0.25, augment_permute=0.5),
-        tiny_data,
-        tmp_path,
-    )
-    out = trainer.augment(x)
-    # every output channel is one input channel, whole, possibly inverted
-    same = (out.unsqueeze(2) == x.unsqueeze(1)).all(-1)  # (B, C_out, C_in)
-    inverted = (out.unsqueeze(2) == -x.unsqueeze(1)).all(-1)
-    assert ((same | inverted).sum(-1) == 1).all()
-    assert 0.15 < inverted.any(-1).float().mean() < 0.35
-    reordered = (same | inverted)[:, 0, 1]
-    assert 0.15 < reordered.float().mean() < 0.35  # half shuffled, half of those swap 2 channels
-
-
-def test_a_stretch_moves_the_waves_and_their_keypoints_together():
-    """A spike at each keypoint: after the stretch the spikes sit where the keypoints moved."""
-    length, marks = 101, torch.tensor([[20, 50, 90], [10, 50, 70]])  # centre 50
-    signals = torch.zeros(2, 2, length)
-    for i, row in enumerate(marks):
-        signals[i, :, row] = 1.0
-    out, moved = stretch(signals, marks, torch.tensor([1.3, 0.8]))
-    assert moved.tolist() == [[11, 50, -1], [18, 50, 66]]  # 50 + 1.3 * 40 = 102: past the end
-    for i in range(2):
-        for k in moved[i][moved[i] >= 0]:
-            assert out[i, 0, k - 1 : k + 2].max() > 0.5  # the spike, spread by interpolation
-    assert out[0, :, 60:].abs().max() == 0  # the third spike went past the end with its mark
-    same, kept = stretch(signals, torch.where(marks > 80, -1, marks), torch.ones(2))
-    assert torch.allclose(same, signals, atol=1e-5)
-    assert kept[0].tolist() == [20, 50, -1]  # an absent keypoint stays absent
-
-
-def test_stretch_augmentation_draws_factors_within_its_bound(tiny_data, tmp_path):
-    signals, marks = torch.randn(64, 1, 64), torch.full((64, 1), 10)
-    plain = Trainer(TrainConfig(model=TINY_MODEL, p=4), tiny_data, tmp_path / "a")
-    assert plain.stretch(signals, marks) == (signals, marks)
-    config = TrainConfig(model=TINY_MODEL, p=4, augment_stretch=0.2)
-    _, moved = Trainer(config, tiny_data, tmp_path / "b").stretch(signals, marks)
-    factors = (31.5 - moved.float()) / (31.5 - 10)  # the centre is at 31.5
-    assert factors.min() >= 0.8 - 0.03 and factors.max() <= 1.2 + 0.03
-    assert factors.std() > 0.05  # a factor per signal, not one per batch
-    with pytest.raises(ValueError, match=r"augment_stretch must be in \[0, 0.5\), got 0.5"):
-        Trainer(TrainConfig(model=TINY_MODEL, augment_stretch=0.5), tiny_data, tmp_path / "c")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -164,9 +103,8 @@ def test_an_unknown_reconstruction_keypoint_names_the_known_ones(tiny_data, tmp_
         ({"reconstruct_width": 0}, "reconstruct_width must be at least 1"),
         ({"lambda_reconstruct": -1.0}, "lambda_reconstruct must not be negative"),
     ):
-        config = TrainConfig(model=TINY_MODEL, p=4, reconstruct_keypoint="end", **bad)
-        with pytest.raises(ValueError, match=message):
-            Trainer(config, tiny_data, tmp_path)
+        with pytest.raises(ValueError, match=message):  # the config itself refuses them
+            TrainConfig(model=TINY_MODEL, p=4, reconstruct_keypoint="end", **bad)
 
 
 def test_a_checkpoint_from_before_a_model_option_resumes_and_another_model_does_not(
@@ -182,7 +120,7 @@ def test_a_checkpoint_from_before_a_model_option_resumes_and_another_model_does_
     torch.save(state, path)
     resumed = Trainer(TrainConfig(**{**vars(config), "epochs": 2}), tiny_data, tmp_path)
     resumed.load_checkpoint()
-    assert resumed.epoch == 1
+    assert resumed.state.epoch == 1
     fine = {**TINY_MODEL, "fine_keypoints": True}
     other = Trainer(TrainConfig(**{**vars(config), "model": fine}), tiny_data, tmp_path)
     with pytest.raises(ValueError, match="another model configuration"):
