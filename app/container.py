@@ -138,7 +138,7 @@ def build(settings: Settings, metrics: Metrics) -> Services:
     view = ReferenceView(store, index, runtime.version)
     return Services(
         embedding=embedding,
-        references=ReferenceService(embedding, store, sync, settings.max_npz_bytes),
+        references=ReferenceService(embedding, store, view, sync, settings.max_npz_bytes),
         search=SearchService(embedding, view, index, store, sync, calibrations, settings),
         verification=VerificationService(embedding, view, sync, calibrations, settings, metrics),
         drift=DriftService(embedding, view, calibrations, settings, metrics),

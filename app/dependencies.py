@@ -27,41 +27,22 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-async def get_embedding(request: Request) -> EmbeddingService:
-    return _services(request).embedding
+def _one(name: str):
+    """A dependency answering the composition root's service ``name``."""
+
+    async def service(request: Request):
+        return getattr(_services(request), name)
+
+    return Depends(service)
 
 
-async def get_references(request: Request) -> ReferenceService:
-    return _services(request).references
-
-
-async def get_search(request: Request) -> SearchService:
-    return _services(request).search
-
-
-async def get_verification(request: Request) -> VerificationService:
-    return _services(request).verification
-
-
-async def get_drift(request: Request) -> DriftService:
-    return _services(request).drift
-
-
-async def get_alignment(request: Request) -> AlignmentService:
-    return _services(request).alignment
-
-
-async def get_status(request: Request) -> StatusService:
-    return _services(request).status
-
-
-Embedding = Annotated[EmbeddingService, Depends(get_embedding)]
-References = Annotated[ReferenceService, Depends(get_references)]
-Search = Annotated[SearchService, Depends(get_search)]
-Verification = Annotated[VerificationService, Depends(get_verification)]
-Drift = Annotated[DriftService, Depends(get_drift)]
-Alignment = Annotated[AlignmentService, Depends(get_alignment)]
-Status = Annotated[StatusService, Depends(get_status)]
+Embedding = Annotated[EmbeddingService, _one("embedding")]
+References = Annotated[ReferenceService, _one("references")]
+Search = Annotated[SearchService, _one("search")]
+Verification = Annotated[VerificationService, _one("verification")]
+Drift = Annotated[DriftService, _one("drift")]
+Alignment = Annotated[AlignmentService, _one("alignment")]
+Status = Annotated[StatusService, _one("status")]
 
 
 def _check_key(request: Request, settings: Settings) -> None:

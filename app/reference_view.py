@@ -11,6 +11,7 @@ from app.drift import RecordedSession
 from app.errors import NotFound
 from app.index import VectorIndex
 from app.labels import Filters
+from app.schemas import ReferenceOut
 from app.store import ReferenceStore
 from app.verification import SAMPLE_ELEMENTS, ElementSample
 
@@ -21,7 +22,14 @@ class ReferenceView:
     def __init__(self, store: ReferenceStore, index: VectorIndex, version: str) -> None:
         self.store, self.index, self.version = store, index, version
 
-    # -- elements ----------------------------------------------------------------------------
+    # -- references and elements -------------------------------------------------------------
+    def reference(self, ref_id: str, field: str = "ref_id") -> ReferenceOut:
+        """The stored reference ``ref_id``; NotFound naming ``field`` when there is none."""
+        ref = self.store.get(ref_id)
+        if ref is None:
+            raise NotFound(field, f"no reference with id {ref_id!r}")
+        return ref
+
     def require_element(self, element_id: str, field: str = "element_id") -> None:
         """NotFound naming ``field`` when no reference of ``element_id`` is held."""
         if not self.index.has_element(element_id):

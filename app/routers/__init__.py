@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from fastapi import APIRouter, Depends
 from starlette.convertors import Convertor, register_url_convertor
+
+from app.dependencies import require_read_key
+from app.schemas import error_responses
 
 
 class IdConvertor(Convertor[str]):
@@ -20,3 +24,13 @@ class IdConvertor(Convertor[str]):
 
 
 register_url_convertor("id", IdConvertor())
+
+
+def reading_router(tag: str, *errors: int) -> APIRouter:
+    """A router of routes that read (the read key where reads are guarded), documenting the
+    statuses ``errors`` besides 401."""
+    return APIRouter(
+        dependencies=[Depends(require_read_key)],
+        tags=[tag],
+        responses=error_responses(401, *errors),
+    )

@@ -3,19 +3,16 @@ as query parameters."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Request
 
 from app.bodies import read_signals
-from app.dependencies import Alignment, require_read_key
+from app.dependencies import Alignment
 from app.openapi import signals_body
 from app.responses import respond
-from app.schemas import AlignOptions, AlignRequest, AlignResponse, error_responses
+from app.routers import reading_router
+from app.schemas import AlignOptions, AlignRequest, AlignResponse
 
-router = APIRouter(
-    dependencies=[Depends(require_read_key)],
-    tags=["applications"],
-    responses=error_responses(400, 401, 404, 409, 413, 422),
-)
+router = reading_router("applications", 400, 404, 409, 413, 422)
 
 
 @router.post(

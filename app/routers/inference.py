@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Request
 
 from app.bodies import read_signals
-from app.dependencies import Embedding, require_read_key
+from app.dependencies import Embedding
 from app.openapi import signals_body
 from app.responses import respond
+from app.routers import reading_router
 from app.schemas import (
     EmbedResponse,
     KeypointsResponse,
     NoOptions,
     SignalsRequest,
-    error_responses,
 )
 
-router = APIRouter(
-    dependencies=[Depends(require_read_key)],
-    tags=["inference"],
-    responses=error_responses(400, 401, 413, 422),
-)
+router = reading_router("inference", 400, 413, 422)
 
 
 @router.post(

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Request
 
 from app.bodies import read_signals
-from app.dependencies import Search, require_read_key
+from app.dependencies import Search
 from app.openapi import signals_body
 from app.responses import respond
-from app.schemas import SearchOptions, SearchRequest, SearchResponse, error_responses
+from app.routers import reading_router
+from app.schemas import SearchOptions, SearchRequest, SearchResponse
 
-router = APIRouter(
-    dependencies=[Depends(require_read_key)],
-    tags=["inference"],
-    responses=error_responses(400, 401, 404, 413, 422),
-)
+router = reading_router("inference", 400, 404, 413, 422)
 
 
 @router.post(

@@ -7,7 +7,6 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.alignment import align, check_keypoints, check_target, keypoint_errors, median_target
-from app.errors import NotFound
 from app.reference_view import ReferenceView
 from app.schemas import AlignAverage, AlignOptions, AlignResponse
 from app.services.embedding import EmbeddingService
@@ -76,9 +75,9 @@ class AlignmentService:
         """The median confident keypoints of a stored reference, or of (up to
         HSN_ALIGN_TARGET_REFERENCES of) an element's references, by this model."""
         if reference_id is not None:
-            stored = await run_in_threadpool(self.store.get, reference_id)
-            if stored is None:
-                raise NotFound("target.reference_id", f"no reference with id {reference_id!r}")
+            stored = await run_in_threadpool(
+                self.view.reference, reference_id, "target.reference_id"
+            )
             signals = [stored.signal]  # (C, L)
         else:
             self.view.require_element(element_id, "target.element_id")

@@ -11,6 +11,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import NotFound
+from app.reference_view import ReferenceView
 from app.schemas import ElementList, ReferenceList, ReferenceOut, ReferencesCreated
 from app.services.embedding import EmbeddingService
 from app.store import NewReference, ReferenceStore, timestamp
@@ -34,10 +35,11 @@ class ReferenceService:
         self,
         embedding: EmbeddingService,
         store: ReferenceStore,
+        view: ReferenceView,
         sync: IndexSync,
         max_npz_bytes: int,
     ) -> None:
-        self.embedding, self.store, self.sync = embedding, store, sync
+        self.embedding, self.store, self.view, self.sync = embedding, store, view, sync
         self.max_npz_bytes = max_npz_bytes  # an NPZ body's arrays, inflated
 
     async def upsert(self, refs: list[ReferenceInput]) -> ReferencesCreated:
@@ -70,10 +72,7 @@ class ReferenceService:
         await self.sync.after_commit(committed.seq)
 
     async def get(self, ref_id: str) -> ReferenceOut:
-        ref = await run_in_threadpool(self.store.get, ref_id)
-        if ref is None:
-            raise NotFound("ref_id", f"no reference with id {ref_id!r}")
-        return ref
+        return await run_in_threadpool(self.view.reference, ref_id)
 
     async def list(self, element_id: str | None, limit: int, offset: int) -> ReferenceList:
         items, total = await run_in_threadpool(self.store.list, element_id, limit, offset)
