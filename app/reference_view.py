@@ -41,10 +41,6 @@ class ReferenceView:
         counts = self.index.session_counts()
         return seeded_sample([e for e, n in counts.items() if n >= min_sessions], SAMPLE_ELEMENTS)
 
-    def most_sessions(self) -> int:
-        """The most sessions any element has."""
-        return max(self.index.session_counts().values(), default=0)
-
     def keys_of_element(self, element_id: str) -> np.ndarray:
         return self.index.keys_of_element(element_id)
 

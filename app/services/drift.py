@@ -75,9 +75,11 @@ class DriftService:
     def _batch_drift(
         self, element_id: str, embeddings: np.ndarray, baseline_sessions: int | None
     ) -> BatchDriftResponse:
-        n = baseline_sessions or self.settings.drift_baseline_sessions
-        try:  # all the element has, when it has fewer
-            baseline = Baseline.of(self.view.recorded_sessions(element_id)[:n])
+        sessions = self.view.recorded_sessions(element_id)
+        # all the element has, when it has fewer: calibrated for the baseline it is
+        n = min(baseline_sessions or self.settings.drift_baseline_sessions, len(sessions))
+        try:
+            baseline = Baseline.of(sessions[:n])
         except NothingToCompare as exc:
             raise Conflict("element_id", str(exc)) from exc
         calibration = self._calibration(n)
@@ -106,11 +108,10 @@ class DriftService:
         )
 
     def _calibration(self, baseline_sessions: int) -> DriftCalibration:
-        """The fit for baselines of this many sessions. Baselines of one session are calibrated
-        on pairs (the least to leave out); sizes past the most sessions any element has give
-        the same baselines, so they share that size's fit: fits are bounded by what elements
-        can have, not by the values asked for."""
-        n = max(2, min(baseline_sessions, self.view.most_sessions()))
+        """The fit for baselines of this many sessions (the caller's baseline has them all, so
+        there are never more fits than the most sessions an element has). Baselines of one
+        session are calibrated on pairs (the least to leave out)."""
+        n = max(2, baseline_sessions)
         return self.calibrations.get(("drift", n), lambda: self._fit(n))
 
     def _fit(self, n: int) -> DriftCalibration:

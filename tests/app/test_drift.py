@@ -169,6 +169,27 @@ def test_drift_of_a_batch_not_stored(client, drift_set):
     assert as_npy["score"] == answer["score"] and as_npy["p_value"] == answer["p_value"]
 
 
+def test_drift_fits_are_bounded_by_the_sessions_elements_have(client, drift_set):
+    """Asking for ever larger baselines costs no new fits: a baseline holds at most what its
+    element has (5 sessions here), and POST /drift is calibrated for the baseline it uses."""
+    client.post(
+        "/references/npz", content=npz_body(drift_set, recorded_at=drift_set.extras["recorded_at"])
+    ).raise_for_status()
+    element = str(drift_set.element_ids[0])
+    signals = drift_set.signals[:2, 0].tolist()
+    answers = [
+        client.post(
+            "/drift", json={"element_id": element, "signals": signals, "baseline_sessions": n}
+        )
+        for n in (5, 6, 50, 9999)
+    ]
+    assert all(a.status_code == 200 for a in answers)
+    assert len({a.json()["score"] for a in answers}) == 1  # one baseline, one calibration
+    assert all(len(a.json()["baseline"]["sessions"]) == 5 for a in answers)
+    fits = client.app.state.services.calibrations
+    assert [k for k in fits._entries if k[0] == "drift"] == [("drift", 5)]
+
+
 def test_drift_errors_name_the_field(client, drift_set):
     client.post(
         "/references/npz", content=npz_body(drift_set, recorded_at=drift_set.extras["recorded_at"])
