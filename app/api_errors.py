@@ -18,10 +18,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
 from app.database import StoreUnavailable
-from app.errors import Conflict, DomainError, NotFound, TooLarge
+from app.errors import Conflict, DomainError, NotFound
 from app.responses import FastJSONResponse
 
-STATUS = {NotFound: 404, Conflict: 409, TooLarge: 413}  # any other DomainError: 422
+STATUS = {NotFound: 404, Conflict: 409}  # any other DomainError: 422
 BODYLESS = ("GET", "HEAD", "DELETE")
 
 
@@ -39,6 +39,17 @@ class InputError(Exception):
         name = field if isinstance(field, str) else ".".join(str(part) for part in field)
         super().__init__(f"{name}: {message}")
         self.field, self.message, self.status, self.kind = field, message, status, kind
+        self.others: list[dict] = []  # further errors of the same request, in the same shape
+
+    @staticmethod
+    def of_validation(errors: list[dict], where: str) -> InputError:
+        """Every error pydantic found, each located under ``where``."""
+        first, *rest = errors
+        error = InputError((where, *first["loc"]), first["msg"], kind=first["type"])
+        error.others = [
+            {"loc": [where, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in rest
+        ]
+        return error
 
 
 def error_body(field: str | tuple[str | int, ...], message: str, kind: str) -> dict:
@@ -54,7 +65,9 @@ def locate(request: Request, field: str) -> str:
 
 
 async def _input_error(_: Request, exc: InputError) -> FastJSONResponse:
-    return FastJSONResponse(error_body(exc.field, exc.message, exc.kind), status_code=exc.status)
+    body = error_body(exc.field, exc.message, exc.kind)
+    body["detail"] += exc.others
+    return FastJSONResponse(body, status_code=exc.status)
 
 
 async def _domain_error(request: Request, exc: DomainError) -> FastJSONResponse:

@@ -28,6 +28,7 @@ from app.signals import (
     SignalBatch,
     SignalLimits,
     batch_size,
+    check_shape,
     parse_json_body,
     parse_npy_body,
     parse_signals,
@@ -45,12 +46,11 @@ def is_npy(request: Request) -> bool:
 
 
 def validate(model: type[Model], values: dict) -> Model:
-    """A request's fields validated by their model, the first error named under ``body``."""
+    """A request's fields validated by their model; every error named under ``body``."""
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise InputError(("body", *error["loc"]), error["msg"], kind=error["type"]) from exc
+        raise InputError.of_validation(exc.errors(), "body") from exc
 
 
 async def read_signals(
@@ -107,20 +107,7 @@ def _load_npz(body: bytes, limits: SignalLimits, max_bytes: int) -> SignalData:
         signals = members.get("signals")
         if signals is not None and len(signals.shape) in (2, 3):
             channels = 1 if len(signals.shape) == 2 else signals.shape[1]
-            length = signals.shape[-1]
-            if channels != limits.in_channels:
-                raise InputError(
-                    "body.signals",
-                    f"{channels} channel(s), the model expects {limits.in_channels}",
-                    kind="channels",
-                )
-            if not limits.min_length <= length <= limits.max_length:
-                raise InputError(
-                    "body.signals",
-                    f"{length} samples, outside the model's {limits.min_length} to"
-                    f" {limits.max_length}",
-                    kind="too_long" if length > limits.max_length else "too_short",
-                )
+            check_shape(channels, signals.shape[-1], limits, "body.signals")
         return load_npz(io.BytesIO(body), source="body", max_bytes=max_bytes)
     except NpzTooLarge as exc:
         raise InputError(

@@ -13,7 +13,10 @@ fit keeps answering while one background thread refits it (single flight per key
 than REFIT_COOLDOWN times the last fit's duration after it), so no request waits for a refit:
 with 1,700 references and one client writing 13 a second, refits made searches queue behind
 them (415 searches/s fell to 15, p99 80 ms to 1.37 s; BENCHMARKS.md, "Searches while writing").
-Only a key never fitted makes its callers wait, for one fit between them.
+A key makes its callers wait, for one fit between them, only when it has no fit to serve: never
+fitted, dropped after a refit failed (other than on an unreachable database), or fitted on a
+set OUTGROWN times smaller or larger than the one stored now (a threshold fitted on two
+elements is not served after a bulk load of two hundred).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ CALIBRATION_SAMPLE = 2000  # references whose leave-one-out distances calibrate 
 REFIT_SHARE = 0.01  # a fit over sampled references goes stale once this share changed
 REFIT_COOLDOWN = 4.0  # a key refits no sooner than this many of its last fit's durations after
 # it: background refits take at most about a fifth of a core per key in use
+RETRY_AFTER_S = 1.0  # at least this long between refits that could not reach the database
+OUTGROWN = 2.0  # a fit of a set this many times smaller or larger is not served: it is refitted
 TAIL_SHARE = 0.1  # the largest tenth of a sample sets the scale of an EmpiricalCDF's tail
 
 T = TypeVar("T")
@@ -86,6 +91,7 @@ class _Entry:
     writes: int = 0  # since the key last went stale
     refitting: bool = False
     next_refit_at: float = 0.0
+    total: int = 0  # references held when the value's fit began
 
     @property
     def fresh(self) -> bool:
@@ -112,13 +118,14 @@ class FittedCache:
         self._lock = threading.Lock()
         self._entries: dict[Hashable, _Entry] = {}
         self._first_fits: dict[Hashable, threading.Lock] = {}
+        self._total = 0  # references held, as last told
         self._refits = ThreadPoolExecutor(1, thread_name_prefix="refit")
         self._closed = False
 
     def get(self, key: Hashable, fit: Callable[[], T]) -> T:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry.fitted:
+            if entry is not None and self._servable(entry):
                 if not entry.fresh:
                     self._refit_soon(key, entry, fit)
                 return entry.value
@@ -126,14 +133,23 @@ class FittedCache:
         with first:  # concurrent misses wait for one fit
             with self._lock:
                 entry = self._entries.setdefault(key, _Entry())
-                if entry.fitted:
+                if self._servable(entry):
                     return entry.value
-                epoch = entry.epoch
-            return self._fit(key, epoch, fit)
+                epoch, total = entry.epoch, self._total
+            return self._fit(key, epoch, total, fit)
+
+    def _servable(self, entry: _Entry) -> bool:
+        """Under the lock: a fit to answer with, fresh or stale but of a set of about this
+        size."""
+        if not entry.fitted:
+            return False
+        small, large = sorted((max(entry.total, 1), max(self._total, 1)))
+        return entry.fresh or large < OUTGROWN * small
 
     def changed(self, writes: int, total: int) -> None:
         """``writes`` changes were applied; ``total`` references are stored now."""
         with self._lock:
+            self._total = total
             for entry in self._entries.values():
                 entry.writes += writes
                 if total <= self.small or entry.writes > REFIT_SHARE * total:
@@ -143,6 +159,7 @@ class FittedCache:
     def rebuilt(self, total: int) -> None:
         """The index was rebuilt from the store: every fit is stale."""
         with self._lock:
+            self._total = total
             for entry in self._entries.values():
                 entry.epoch += 1
                 entry.writes = 0
@@ -157,7 +174,7 @@ class FittedCache:
             self._closed = True
         self._refits.shutdown(wait=True, cancel_futures=True)
 
-    def _fit(self, key: Hashable, epoch: int, fit: Callable[[], T]) -> T:
+    def _fit(self, key: Hashable, epoch: int, total: int, fit: Callable[[], T]) -> T:
         started = time.perf_counter()
         value = fit()
         finished = time.perf_counter()
@@ -165,6 +182,7 @@ class FittedCache:
             entry = self._entries.setdefault(key, _Entry())
             if epoch >= entry.fitted_epoch:  # never over a fit that began later
                 entry.value, entry.fitted, entry.fitted_epoch = value, True, epoch
+                entry.total = total
             entry.next_refit_at = finished + self.cooldown * (finished - started)
         return value
 
@@ -173,13 +191,17 @@ class FittedCache:
         if entry.refitting or self._closed or time.perf_counter() < entry.next_refit_at:
             return
         entry.refitting = True
-        self._refits.submit(self._refit, key, entry.epoch, fit)
+        self._refits.submit(self._refit, key, entry.epoch, self._total, fit)
 
-    def _refit(self, key: Hashable, epoch: int, fit: Callable[[], Any]) -> None:
+    def _refit(self, key: Hashable, epoch: int, total: int, fit: Callable[[], Any]) -> None:
         try:
-            self._fit(key, epoch, fit)
+            self._fit(key, epoch, total, fit)
         except self.keep_on as exc:
             log.info("refitting %s failed (%s): the last fit answers meanwhile", key, exc)
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.next_refit_at = time.perf_counter() + RETRY_AFTER_S
         except Exception as exc:
             log.info("refitting %s failed (%s): it is fitted on its next use", key, exc)
             with self._lock:

@@ -17,6 +17,8 @@ import gc
 import logging
 from dataclasses import dataclass
 
+from starlette.concurrency import run_in_threadpool
+
 from app.calibration import FittedCache
 from app.database import StoreUnavailable, open_database
 from app.index import VectorIndex
@@ -38,12 +40,17 @@ from app.sync import IndexSync
 log = logging.getLogger(__name__)
 
 
-def open_store(settings: Settings) -> ReferenceStore:
-    """The database the settings name, connected (retried up to its timeout) and with its
-    schema created or migrated."""
+def connect(settings: Settings) -> ReferenceStore:
+    """The database the settings name, connected (retried up to its timeout)."""
     url = settings.database_url.get_secret_value() if settings.database_url else None
     database = open_database(url, settings.data_dir, settings.database_connect_timeout_s)
-    store = ReferenceStore(database, settings.change_log_keep)
+    return ReferenceStore(database, settings.change_log_keep)
+
+
+def open_store(settings: Settings) -> ReferenceStore:
+    """The database connected, with its schema created or migrated (``python -m app`` checks
+    this once before it starts several workers)."""
+    store = connect(settings)
     try:
         store.prepare()
     except BaseException:
@@ -71,7 +78,7 @@ class Services:
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.embedding.batcher.start()
+        self.embedding.start()
         await self.sync.start()
         # Everything loaded so far (torch, ONNX Runtime, the app) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise took ~100 ms each under
@@ -83,22 +90,27 @@ class Services:
     async def stop(self) -> None:
         self.status.ready = False
         await self.sync.stop()
-        await self.embedding.batcher.stop()
-        self.calibrations.close()
+        await self.embedding.stop()
+        await run_in_threadpool(self.calibrations.close)  # waits for a refit under way
         self.store.close()
 
 
 def build(settings: Settings, metrics: Metrics) -> Services:
     """Loads the model and opens the database now, so that a bad model or an unreachable
     database fails at once; :meth:`Services.start` then loads or rebuilds the index."""
-    store = open_store(settings)  # first: a bad database URL is the first thing said
+    store = connect(settings)  # first: a bad database URL is the first thing said
     try:
-        runtime = ModelRuntime(
-            settings.model_dir, settings.max_batch, settings.threads, settings.engine
-        )
+        return _build(settings, metrics, store)
     except BaseException:
         store.close()
         raise
+
+
+def _build(settings: Settings, metrics: Metrics, store: ReferenceStore) -> Services:
+    runtime = ModelRuntime(
+        settings.model_dir, settings.max_batch, settings.threads, settings.engine
+    )
+    store.prepare()  # after the model: a model that cannot be served migrates nothing
     workers = settings.inference_worker_count
     batcher = DynamicBatcher(
         runtime,
@@ -138,7 +150,7 @@ def build(settings: Settings, metrics: Metrics) -> Services:
     view = ReferenceView(store, index, runtime.version)
     return Services(
         embedding=embedding,
-        references=ReferenceService(embedding, store, view, sync, settings.max_npz_bytes),
+        references=ReferenceService(embedding, store, view, sync),
         search=SearchService(embedding, view, index, store, sync, calibrations, settings),
         verification=VerificationService(embedding, view, sync, calibrations, settings, metrics),
         drift=DriftService(embedding, view, calibrations, settings, metrics),

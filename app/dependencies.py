@@ -18,6 +18,7 @@ from app.services.search import SearchService
 from app.services.status import StatusService
 from app.services.verification import VerificationService
 from app.settings import Settings
+from app.signals import SignalLimits
 
 # The dependencies below are ``async def`` although they never await: FastAPI runs a plain
 # ``def`` dependency in the thread pool, and those hand-offs were most of a small request's cost.
@@ -36,13 +37,25 @@ def _one(name: str):
     return Depends(service)
 
 
-Embedding = Annotated[EmbeddingService, _one("embedding")]
-References = Annotated[ReferenceService, _one("references")]
-Search = Annotated[SearchService, _one("search")]
-Verification = Annotated[VerificationService, _one("verification")]
-Drift = Annotated[DriftService, _one("drift")]
-Alignment = Annotated[AlignmentService, _one("alignment")]
-Status = Annotated[StatusService, _one("status")]
+EmbeddingDep = Annotated[EmbeddingService, _one("embedding")]
+ReferencesDep = Annotated[ReferenceService, _one("references")]
+SearchDep = Annotated[SearchService, _one("search")]
+VerificationDep = Annotated[VerificationService, _one("verification")]
+DriftDep = Annotated[DriftService, _one("drift")]
+AlignmentDep = Annotated[AlignmentService, _one("alignment")]
+StatusDep = Annotated[StatusService, _one("status")]
+
+
+async def _limits(request: Request) -> SignalLimits:
+    return _services(request).embedding.limits
+
+
+async def _settings(request: Request) -> Settings:
+    return _services(request).settings
+
+
+LimitsDep = Annotated[SignalLimits, Depends(_limits)]  # what the served model takes
+SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 def _check_key(request: Request, settings: Settings) -> None:

@@ -35,9 +35,3 @@ class Conflict(DomainError):
 
 class Invalid(DomainError):
     """The value itself is wrong (an unknown keypoint, a ``k`` over the limit)."""
-
-
-class TooLarge(DomainError):
-    """The value is over a configured size limit."""
-
-    kind = "too_long"

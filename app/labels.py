@@ -122,10 +122,6 @@ class LabelTable:
         self.session_of = np.delete(self.session_of, at)
         return gone
 
-    def elements_of(self, keys: np.ndarray) -> set[str]:
-        at, found = self.positions(np.asarray(keys, dtype=np.int64))
-        return {self.elements.names[code] for code in self.element_of[at[found]].tolist()}
-
     def describe(self, keys: np.ndarray) -> dict[int, tuple[str, str, str]]:
         """key -> (id, element_id, session_id) for the keys that are there."""
         at, found = self.positions(np.asarray(keys, dtype=np.int64))

@@ -13,7 +13,16 @@ from app import api_errors, container, explorer, openapi
 from app.bodies import BodyLimitMiddleware
 from app.observability import SERVED_BY, Metrics, RequestContextMiddleware
 from app.responses import FastJSONResponse
-from app.routers import alignment, drift, inference, ops, references, search, verification
+from app.routers import (
+    alignment,
+    drift,
+    elements,
+    inference,
+    ops,
+    references,
+    search,
+    verification,
+)
 from app.settings import Settings
 
 DESCRIPTION = """Embeddings, keypoints and similarity search for hierarchical signals
@@ -49,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=FastJSONResponse,
     )
     app.state.services, app.state.metrics = services, metrics
-    for router in (inference, search, references, alignment, verification, drift, ops):
+    for router in (inference, search, references, elements, alignment, verification, drift, ops):
         app.include_router(router.router)
     explorer.install(app)
     api_errors.install(app)

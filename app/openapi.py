@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from app.settings import Settings
 from app.signals import NPY_MEDIA_TYPE, SignalLimits
@@ -48,12 +50,20 @@ def _inline(schema: dict) -> dict:
     return resolve(schema)
 
 
-def json_body(model: type) -> dict:
-    """OpenAPI for a JSON body read by hand (any content type is read as JSON)."""
+COMPONENTS = "#/components/schemas/{model}"
+BODY_MODELS: list[type[BaseModel]] = []  # JSON bodies read by hand: their schemas are components
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    """OpenAPI for a JSON body read by hand (any content type is read as JSON): a reference to
+    the model's schema, which :func:`install` adds to the components as FastAPI would."""
+    BODY_MODELS.append(model)
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _inline(model.model_json_schema())}},
+            "content": {
+                "application/json": {"schema": {"$ref": COMPONENTS.format(model=model.__name__)}}
+            },
         }
     }
 
@@ -112,10 +122,13 @@ def install(
             spec["paths"]["/align"]["post"]["requestBody"]["content"]["application/json"]["schema"],
             keypoint_names,
         )
-        write = spec["paths"]["/references"]["post"]["requestBody"]["content"]["application/json"]
-        references = write["schema"]["properties"]["references"]
-        references["items"]["properties"]["signal"] = signal
-        references["maxItems"] = limits.max_batch
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in BODY_MODELS], ref_template=COMPONENTS
+        )
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(definitions.get("$defs", {}))
+        schemas["ReferenceIn"]["properties"]["signal"] = signal
+        schemas["ReferencesRequest"]["properties"]["references"]["maxItems"] = limits.max_batch
         app.openapi_schema = spec
         return spec
 

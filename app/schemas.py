@@ -30,9 +30,11 @@ _NUMBERS = {"type": "array", "items": {"type": "number"}}
 
 
 def _signal_form(value: Any) -> Any:
-    """A (C, L) array in the API's signal form: one channel as its list of numbers."""
-    if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[0] == 1:
-        return value[0]
+    """A (C, L) array in the API's signal form: one channel as its list of numbers, each value
+    written as the float64 it is exactly (as the API always has), not float32's shortest form."""
+    if isinstance(value, np.ndarray):
+        value = value.astype(np.float64)
+        return value[0] if value.ndim == 2 and value.shape[0] == 1 else value
     return value
 
 

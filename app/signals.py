@@ -45,11 +45,6 @@ def signals_of(batch: SignalBatch) -> list[np.ndarray]:
     return [signal for chunk in batch for signal in chunk]
 
 
-def as_json_signal(signal: np.ndarray) -> list:
-    """(C, L) -> the API's form: a list of numbers for one channel, else a list of lists."""
-    return signal[0].tolist() if signal.shape[0] == 1 else signal.tolist()
-
-
 def parse_json_body(body: bytes) -> dict:
     try:
         payload = orjson.loads(body)
@@ -151,7 +146,7 @@ def parse_one(raw: object, limits: SignalLimits, field: str) -> np.ndarray:
         signal = signal[None]
     if signal.ndim != 2:
         raise InputError(field, f"must be (L,) or (C, L), got shape {signal.shape}")
-    _check_shape(signal.shape[0], signal.shape[1], limits, field)
+    check_shape(signal.shape[0], signal.shape[1], limits, field)
     _check_finite(signal[None], field)
     return signal
 
@@ -187,14 +182,14 @@ def check_array(array: np.ndarray, limits: SignalLimits, field: str) -> np.ndarr
     b, c, length = array.shape
     if b == 0:
         raise InputError(field, "is empty: send at least one signal", kind="too_short")
-    _check_shape(c, length, limits, field)
+    check_shape(c, length, limits, field)
     with np.errstate(over="ignore"):
         array = np.ascontiguousarray(array, dtype=np.float32)
     _check_finite(array, field)
     return array
 
 
-def _check_shape(channels: int, length: int, limits: SignalLimits, field: str) -> None:
+def check_shape(channels: int, length: int, limits: SignalLimits, field: str) -> None:
     if channels != limits.in_channels:
         raise InputError(
             field,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.bodies import read_signals
-from app.dependencies import Drift, require_read_key
+from app.dependencies import DriftDep, LimitsDep, require_read_key
 from app.openapi import signals_body
 from app.responses import respond
 from app.schemas import (
@@ -34,7 +34,7 @@ router = APIRouter(
 )
 async def element_drift(
     element_id: str,
-    service: Drift,
+    service: DriftDep,
     baseline_sessions: Annotated[
         int | None,
         Query(
@@ -59,9 +59,9 @@ async def element_drift(
     responses=error_responses(400, 413),
     summary="Score a new session's drift",
 )
-async def drift(request: Request, service: Drift):
+async def drift(request: Request, service: DriftDep, limits: LimitsDep):
     """How far a session not stored (two or more signals) has moved from the element's baseline:
     the calibrated score of GET /elements/{element_id}/drift, and a kernel two-sample test (MMD,
     permutation p-value) of its embeddings against the baseline's."""
-    batch, options = await read_signals(request, service.embedding.limits, DriftOptions)
+    batch, options = await read_signals(request, limits, DriftOptions)
     return respond(await service.batch_drift(options.element_id, batch, options.baseline_sessions))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from app.bodies import read_signals
-from app.dependencies import Embedding
+from app.dependencies import EmbeddingDep
 from app.openapi import signals_body
 from app.responses import respond
 from app.routers import reading_router
@@ -25,7 +25,7 @@ router = reading_router("inference", 400, 413, 422)
     openapi_extra=signals_body(SignalsRequest),
     summary="Embed signals",
 )
-async def embed(request: Request, embedding: Embedding):
+async def embed(request: Request, embedding: EmbeddingDep):
     """One L2-normalised embedding per signal, in request order."""
     batch, _ = await read_signals(request, embedding.limits, NoOptions)
     return respond(await embedding.embed(batch))
@@ -37,7 +37,7 @@ async def embed(request: Request, embedding: Embedding):
     openapi_extra=signals_body(SignalsRequest),
     summary="Locate keypoints",
 )
-async def keypoints(request: Request, embedding: Embedding):
+async def keypoints(request: Request, embedding: EmbeddingDep):
     """Per signal, one entry per keypoint type in manifest order: position in that signal's own
     samples (fractional) and a confidence in [0, 1]."""
     batch, _ = await read_signals(request, embedding.limits, NoOptions)

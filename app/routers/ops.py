@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.dependencies import Status, require_read_key
+from app.dependencies import StatusDep, require_read_key
 from app.responses import FastJSONResponse, respond
 from app.schemas import Health, Ready, error_responses
 
@@ -23,7 +23,7 @@ async def health():
     summary="Model and index are loaded",
     responses={503: {"model": Ready}},
 )
-async def ready(service: Status):
+async def ready(service: StatusDep):
     """200 once the model and the index are loaded, also while the database is unreachable
     (``degraded``: searches answer from memory, writes get 503)."""
     status = await service.status()
@@ -31,7 +31,7 @@ async def ready(service: Status):
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(service: Status):
+async def metrics(service: StatusDep):
     """This process's metrics (with several workers on one port, one process answers a scrape)."""
     return Response(service.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
@@ -42,5 +42,5 @@ async def metrics(service: Status):
     dependencies=[Depends(require_read_key)],
     responses=error_responses(401),
 )
-async def model(service: Status):
+async def model(service: StatusDep):
     return FastJSONResponse(service.manifest())

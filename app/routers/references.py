@@ -11,11 +11,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.api_errors import InputError
 from app.bodies import read_json, read_npz
-from app.dependencies import References, require_read_key, require_write_key
+from app.dependencies import (
+    LimitsDep,
+    ReferencesDep,
+    SettingsDep,
+    require_read_key,
+    require_write_key,
+)
 from app.openapi import json_body
 from app.responses import respond
 from app.schemas import (
-    ElementList,
     ReferenceList,
     ReferenceOut,
     ReferencesCreated,
@@ -36,11 +41,10 @@ router = APIRouter(tags=["references"], responses=error_responses(401, 404, 413,
     openapi_extra=json_body(ReferencesRequest),
     summary="Add or replace references",
 )
-async def upsert_references(request: Request, service: References):
+async def upsert_references(request: Request, service: ReferencesDep, limits: LimitsDep):
     """Embeds and stores each reference; answers once they are committed. An existing id is
     replaced (upsert); a missing id gets a new one."""
     body = await read_json(request, ReferencesRequest)
-    limits = service.embedding.limits
     check_batch_size(len(body.references), limits, "body.references", what="references")
     refs = [
         ReferenceInput(
@@ -71,14 +75,15 @@ async def upsert_references(request: Request, service: References):
         }
     },
 )
-async def bulk_load_npz(request: Request, service: References):
+async def bulk_load_npz(
+    request: Request, service: ReferencesDep, limits: LimitsDep, settings: SettingsDep
+):
     """The body is an NPZ file in the training format (``signals``, ``element_ids``,
     ``session_ids``; optional ``ids`` (N,) str to make reloads idempotent and ``recorded_at``
     (N,) ISO 8601 strings). Its arrays' declared shapes are checked against the model's limits
     and HSN_MAX_NPZ_BYTES (inflated) before any is inflated. Stored in batches of
     HSN_MAX_BATCH, each committed before the next."""
-    limits = service.embedding.limits
-    data = await read_npz(request, limits, service.max_npz_bytes)
+    data = await read_npz(request, limits, settings.max_npz_bytes)
     ids = data.extras.get("ids")
     if ids is not None and (ids.shape != (len(data),) or ids.dtype.kind not in "US"):
         raise InputError("body.ids", f"must be ({len(data)},) strings like 'signals'")
@@ -122,7 +127,7 @@ def _recorded_at(raw: np.ndarray | None, n: int) -> list[datetime | None]:
     summary="List references",
 )
 async def list_references(
-    service: References,
+    service: ReferencesDep,
     element_id: Annotated[str | None, Query(description="only this element's references")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
@@ -137,7 +142,7 @@ async def list_references(
     dependencies=[Depends(require_read_key)],
     summary="Read one reference",
 )
-async def get_reference(ref_id: str, service: References):
+async def get_reference(ref_id: str, service: ReferencesDep):
     return respond(await service.get(ref_id))
 
 
@@ -147,26 +152,6 @@ async def get_reference(ref_id: str, service: References):
     dependencies=[Depends(require_write_key)],
     summary="Delete one reference",
 )
-async def delete_reference(ref_id: str, service: References):
+async def delete_reference(ref_id: str, service: ReferencesDep):
     await service.delete(ref_id)
     return Response(status_code=204)
-
-
-@router.get(
-    "/elements",
-    response_model=ElementList,
-    dependencies=[Depends(require_read_key)],
-    tags=["elements"],
-    responses=error_responses(409),
-    summary="List elements",
-)
-async def list_elements(
-    service: References,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
-    contains: Annotated[
-        str | None, Query(max_length=256, description="only ids containing this (any case)")
-    ] = None,
-):
-    """Elements in id order, each with its references, sessions and recording span."""
-    return respond(await service.elements(limit, offset, contains))

@@ -24,7 +24,7 @@ class AlignmentService:
         settings: Settings,
     ) -> None:
         self.embedding, self.view, self.store, self.settings = embedding, view, store, settings
-        self.keypoint_errors = keypoint_errors(embedding.runtime.manifest)  # for the anchors
+        self.keypoint_errors = keypoint_errors(embedding.manifest)  # for the anchors
 
     async def align(self, batch: SignalBatch, options: AlignOptions) -> AlignResponse:
         names = self.embedding.keypoint_names

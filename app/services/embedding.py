@@ -26,6 +26,26 @@ class EmbeddingService:
     def limits(self) -> SignalLimits:
         return self.runtime.limits
 
+    @property
+    def manifest(self) -> dict:
+        return self.runtime.manifest
+
+    @property
+    def engine(self) -> str:
+        """What runs the model: onnx or torchscript."""
+        return self.runtime.engine
+
+    @property
+    def workers(self) -> int:
+        """Model calls that may run at once."""
+        return self.batcher.workers
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
     async def infer(self, batch: SignalBatch) -> Inference:
         return await self.batcher.infer(batch)
 

@@ -37,10 +37,8 @@ class ReferenceService:
         store: ReferenceStore,
         view: ReferenceView,
         sync: IndexSync,
-        max_npz_bytes: int,
     ) -> None:
         self.embedding, self.store, self.view, self.sync = embedding, store, view, sync
-        self.max_npz_bytes = max_npz_bytes  # an NPZ body's arrays, inflated
 
     async def upsert(self, refs: list[ReferenceInput]) -> ReferencesCreated:
         """Stores references, in order: an id given twice ends as its last version. Answers

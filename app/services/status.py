@@ -41,9 +41,9 @@ class StatusService:
             references=len(self.index),
             stored=stored,
             model_version=self.embedding.version,
-            engine=self.embedding.runtime.engine,
+            engine=self.embedding.engine,
             index=self.index.current_kind,
-            inference_workers=self.embedding.batcher.workers,
+            inference_workers=self.embedding.workers,
             database="ok" if stored is not None else "unreachable",
             degraded=stored is None,
             sync=sync,
@@ -51,7 +51,7 @@ class StatusService:
         )
 
     def manifest(self) -> dict:
-        return self.embedding.runtime.manifest
+        return self.embedding.manifest
 
     def metrics_text(self) -> bytes:
         """This process's metrics in Prometheus' text format, the change-log lag as of now."""

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from app.calibration import EmpiricalCDF, FittedCache, seeded_sample
+from app.calibration import RETRY_AFTER_S, EmpiricalCDF, FittedCache, seeded_sample
 from app.database import StoreUnavailable
 
 
@@ -37,11 +37,13 @@ def wait_until(condition, timeout: float = 5.0) -> None:
 @pytest.fixture
 def cache():
     cache = FittedCache(small=100, cooldown=0.0, keep_on=(StoreUnavailable,))
+    cache.changed(0, 10)  # ten references held: what fits below see
     yield cache
     cache.close()
 
 
 def test_a_fit_goes_stale_once_one_percent_of_the_references_changed(cache):
+    cache.changed(0, 3000)
     fit = Fits()
     assert cache.get("k", fit) == 1 and cache.is_fresh("k")
     cache.changed(20, 3000)
@@ -51,11 +53,14 @@ def test_a_fit_goes_stale_once_one_percent_of_the_references_changed(cache):
     cache.get("k", fit)  # stale: answered, and refitted in the background
     wait_until(lambda: cache.is_fresh("k"))
     assert cache.get("k", fit) == 2
+    cache.changed(0, 100)  # now 100 references: a fit of 3,000 is not served, it is redone
+    assert cache.get("k", fit) == 3 and cache.is_fresh("k")
     cache.changed(1, 100)  # at most `small` references: every write counts
     assert not cache.is_fresh("k")
 
 
 def test_each_key_counts_the_writes_since_its_own_fit(cache):
+    cache.changed(0, 3000)
     cache.get("early", Fits())
     cache.changed(20, 3000)
     cache.get("late", Fits())
@@ -96,37 +101,70 @@ def test_a_fit_that_began_before_an_invalidation_is_never_taken_for_fresh(cache)
 
 
 def test_an_older_fit_never_replaces_a_newer_one(cache):
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     def old_fit():
+        started.set()
         release.wait(5)
         return "old"
 
     with ThreadPoolExecutor(1) as pool:
         old = pool.submit(cache.get, "k", old_fit)  # a first fit, begun at epoch 0
-        time.sleep(0.05)
+        assert started.wait(5)
         cache.changed(1, 10)  # epoch 1
-        cache._fit("k", 1, lambda: "new")  # a fit begun after the write lands first
+        cache._fit("k", 1, 10, lambda: "new")  # a fit begun after the write lands first
         release.set()
         assert old.result() == "old"  # its caller gets what it fitted...
     assert cache.is_fresh("k") and cache.get("k", Fits()) == "new"  # ...but it is not kept
 
 
+def test_a_key_refits_no_sooner_than_its_cooldown():
+    cache = FittedCache(small=100, cooldown=50.0)  # 50 x a fit of ~20 ms: about a second
+    cache.changed(0, 10)
+    try:
+        cache.get("k", Fits(seconds=0.02))
+        cache.changed(1, 10)
+        second = Fits()
+        assert cache.get("k", second) == 1  # stale, but the cooldown has not passed
+        time.sleep(0.3)
+        cache.get("k", second)
+        assert second.calls == 0
+        wait_until(lambda: cache.get("k", second) == 1 and second.calls == 1, timeout=5)
+    finally:
+        cache.close()
+
+
+def test_a_fit_of_a_set_twice_as_large_or_small_is_not_served(cache):
+    cache.changed(0, 100)
+    cache.get("k", Fits())
+    cache.changed(150, 250)  # 2.5 x the references the fit saw: refitted before answering
+    assert cache.get("k", Fits()) == 1  # the new fit function's first answer, waited for
+    assert cache.is_fresh("k")
+    cache.changed(1, 260)  # stale, but of about this size: served while it refits
+    slow = Fits(seconds=0.3)
+    started = time.perf_counter()
+    assert cache.get("k", slow) == 1 and time.perf_counter() - started < 0.2
+
+
 def test_a_failed_refit_drops_the_fit_unless_the_database_was_unreachable(cache):
     cache.get("k", Fits())
     cache.changed(1, 10)
+    tries = []
 
     def unreachable():
+        tries.append(1)
         raise StoreUnavailable("down")
 
     cache.get("k", unreachable)
-    wait_until(lambda: not cache._entries["k"].refitting)
-    assert cache.get("k", unreachable) == 1  # the last fit keeps answering
+    wait_until(lambda: tries and not cache._entries["k"].refitting)
+    for _ in range(20):  # retried no sooner than RETRY_AFTER_S: not once per request
+        assert cache.get("k", unreachable) == 1  # the last fit keeps answering
+    assert len(tries) == 1
 
     def cannot():
         raise ValueError("fewer than two elements")
 
-    wait_until(lambda: not cache._entries["k"].refitting)
+    time.sleep(RETRY_AFTER_S + 0.1)
     cache.get("k", cannot)
     wait_until(lambda: "k" not in cache._entries)
     with pytest.raises(ValueError, match="two elements"):

@@ -34,6 +34,7 @@ if CHROMIUM is None or CHROMEDRIVER is None:
         allow_module_level=True,
     )
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e '.[dev]' (selenium)")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -120,7 +121,11 @@ def screenshot(driver, folder: Path, name: str, publish: bool = False) -> None:
 
 
 def wait(driver, condition, timeout: float = 30):
-    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+    """Until ``condition`` holds; an element the page replaced while it was looked at (a view
+    re-rendering, seen on a loaded machine) counts as not yet."""
+    return WebDriverWait(
+        driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: condition(d))
 
 
 def severe(driver) -> list[str]:

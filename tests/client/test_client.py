@@ -263,8 +263,11 @@ def test_elements_and_their_drift(client, raw, stored_data):
     answer = raw.post(
         "/drift", json={"element_id": element, "signals": session.tolist(), "baseline_sessions": 3}
     ).json()
-    assert drift.signals == 4 and 0 <= drift.p_value <= 1
-    assert drift.score == pytest.approx(answer["score"]) and drift.mmd >= 0
+    assert drift.signals == 4 and 0 <= drift.p_value <= 1 and drift.mmd >= 0
+    # what depends on the request alone (a refit of the calibration may land between the two)
+    assert drift.centroid_distance == pytest.approx(answer["centroid_distance"])
+    assert drift.mmd == pytest.approx(answer["mmd"])
+    assert drift.baseline.sessions == answer["baseline"]["sessions"]
 
 
 def test_errors_carry_the_services_detail(service, client, stored_data):
