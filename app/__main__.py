@@ -42,10 +42,20 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        from app.keys_cli import main as keys
+
+        try:
+            return keys(argv[1:])
+        except STARTUP_ERRORS as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(
         prog="python -m app",
         description="Serve embeddings, keypoints and search. Every option also comes from the "
-        "environment (HSN_HOST, HSN_PORT, HSN_MODEL_DIR, HSN_DATA_DIR, ...).",
+        "environment (HSN_HOST, HSN_PORT, HSN_MODEL_DIR, HSN_DATA_DIR, ...). "
+        "'python -m app keys --help': API keys.",
     )
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)

@@ -23,6 +23,7 @@ from app.calibration import FittedCache
 from app.database import StoreUnavailable, open_database
 from app.index import VectorIndex
 from app.index_policy import IndexPolicy
+from app.keys import KeyRing, KeyTable
 from app.observability import Metrics
 from app.reference_view import ReferenceView
 from app.runtime import DynamicBatcher, ModelRuntime
@@ -75,10 +76,12 @@ class Services:
     store: ReferenceStore
     sync: IndexSync
     calibrations: FittedCache
+    keys: KeyRing
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.embedding.start()
+        await self.keys.start()
         await self.sync.start()
         # Everything loaded so far (torch, ONNX Runtime, the app) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise took ~100 ms each under
@@ -90,6 +93,7 @@ class Services:
     async def stop(self) -> None:
         self.status.ready = False
         await self.sync.stop()
+        await self.keys.stop()
         await self.embedding.stop()
         await run_in_threadpool(self.calibrations.close)  # waits for a refit under way
         self.store.close()
@@ -161,4 +165,9 @@ def _build(settings: Settings, metrics: Metrics, store: ReferenceStore) -> Servi
         store=store,
         sync=sync,
         calibrations=calibrations,
+        keys=KeyRing(
+            KeyTable(store.db),
+            settings.api_key.get_secret_value() if settings.api_key else None,
+            settings.sync_interval_ms / 1000,
+        ),
     )

@@ -66,6 +66,16 @@ CREATE TABLE IF NOT EXISTS changes (
     committed_at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,  -- read, write or admin
+    collections TEXT NOT NULL,  -- JSON list, empty: every collection
+    hash TEXT NOT NULL,  -- argon2id of the secret (the secret itself is never stored)
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
 """
 
 

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# what the access log line adds about a request (the API key's id), filled in as it is served
+access: contextvars.ContextVar[dict] = contextvars.ContextVar("access")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -165,6 +167,8 @@ class RequestContextMiddleware:
         headers = dict(scope["headers"])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         token = request_id.set(rid)
+        noted: dict = {}
+        access_token = access.set(noted)
         started = time.perf_counter()
         status = 500
 
@@ -190,6 +194,14 @@ class RequestContextMiddleware:
                 scope["method"],
                 scope["path"],
                 status,
-                extra={"fields": {"status": status, "ms": round(seconds * 1000, 2), "route": path}},
+                extra={
+                    "fields": {
+                        "status": status,
+                        "ms": round(seconds * 1000, 2),
+                        "route": path,
+                        **noted,
+                    }
+                },
             )
             request_id.reset(token)
+            access.reset(access_token)

@@ -515,6 +515,7 @@ def error_responses(*codes: int) -> dict:
     reasons = {
         400: "malformed JSON",
         401: "missing or wrong API key",
+        403: "the API key's scope or collections do not cover this",
         404: "unknown id",
         409: "nothing stored to calibrate against",
         413: "body or batch over its limit",

@@ -29,7 +29,7 @@ from app.schemas import ElementSummary, ReferenceOut, ReferenceSummary
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: api_keys (created by the schema text; nothing to convert)
 KEYS_PER_QUERY = 256  # keys looked up by one SELECT ... IN (...)
 PRUNE_EVERY = 1000  # writes between two prunings of the change log
 

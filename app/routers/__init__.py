@@ -28,9 +28,9 @@ register_url_convertor("id", IdConvertor())
 
 def reading_router(tag: str, *errors: int) -> APIRouter:
     """A router of routes that read (the read key where reads are guarded), documenting the
-    statuses ``errors`` besides 401."""
+    statuses ``errors`` besides 401 and 403."""
     return APIRouter(
         dependencies=[Depends(require_read_key)],
         tags=[tag],
-        responses=error_responses(401, *errors),
+        responses=error_responses(401, 403, *errors),
     )

@@ -21,7 +21,7 @@ from app.schemas import (
 
 router = APIRouter(
     dependencies=[Depends(require_read_key)],
-    responses=error_responses(401, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422),
 )
 
 

@@ -40,7 +40,7 @@ async def metrics(service: StatusDep):
     "/model",
     summary="The served model's manifest",
     dependencies=[Depends(require_read_key)],
-    responses=error_responses(401),
+    responses=error_responses(401, 403),
 )
 async def model(service: StatusDep):
     return FastJSONResponse(service.manifest())

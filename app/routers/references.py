@@ -30,7 +30,7 @@ from app.schemas import (
 from app.services.references import ReferenceInput
 from app.signals import check_array, check_batch_size, parse_one
 
-router = APIRouter(tags=["references"], responses=error_responses(401, 404, 413, 422))
+router = APIRouter(tags=["references"], responses=error_responses(401, 403, 404, 413, 422))
 
 
 @router.post(

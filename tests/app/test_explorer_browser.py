@@ -14,6 +14,9 @@ import io
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote, urlparse
@@ -422,3 +425,26 @@ def test_the_page_asks_for_the_api_key_and_says_when_it_is_wrong(locked_server, 
     alert = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "main [role=alert]"))
     assert alert[0].text == "No API key given: this service needs one to read."
     assert all(" 401 " in e for e in severe(browser))
+
+
+def test_the_page_says_when_a_key_may_not_read_here(locked_server, browser):
+    """A key of another collection gets 403: the page asks for another key, saying why."""
+    env = {k: v for k, v in locked_server.env.items() if k.startswith("HSN_")}
+    made = subprocess.run(
+        [sys.executable, "-m", "app", "keys", "create", "--scope", "read", "--collection", "ecg"],
+        env={**os.environ, **env, "HSN_API_KEY": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    secret = re.search(r"secret: (\S+)", made.stdout).group(1)
+    time.sleep(0.5)  # the server reloads its keys within HSN_SYNC_INTERVAL_MS (200 ms)
+    browser.get(f"{locked_server.url}/ui/#/elements")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    wait(browser, lambda d: key_dialog_says(d, "needs an API key"))
+    browser.find_element(By.ID, "key-input").send_keys(secret, Keys.ENTER)
+    wait(browser, lambda d: key_dialog_says(d, "This API key may not do that"))
+    assert "collections ecg" in browser.find_element(By.ID, "key-message").text
+    browser.find_element(By.ID, "key-input").send_keys(KEY, Keys.ENTER)
+    wait(browser, lambda d: d.execute_script(ELEMENT_ROWS))

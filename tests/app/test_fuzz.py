@@ -13,9 +13,14 @@ EXAMPLES_PER_OPERATION = 30
 BINARY_BODIES = {"POST /references/npz"}
 
 
+KEY = "fuzz-admin-key"
+HEADERS = {"Authorization": f"Bearer {KEY}"}  # every operation is fuzzed with a key
+
+
 @pytest.fixture(scope="module")
 def live_server(model_dir, tmp_path_factory):
-    server = Server(model_dir, tmp_path_factory.mktemp("fuzz") / "data").start()
+    data = tmp_path_factory.mktemp("fuzz") / "data"
+    server = Server(model_dir, data, HSN_API_KEY=KEY, HSN_AUTH_READS="true").start()
     yield server
     server.stop()
 
@@ -36,7 +41,9 @@ def test_every_operation_conforms_to_the_schema(live_server):
         @given(case=operation.as_strategy())
         def check(case):
             excluded = [positive_data_acceptance] if case.operation.label in BINARY_BODIES else []
-            case.call_and_validate(base_url=live_server.url, timeout=30, excluded_checks=excluded)
+            case.call_and_validate(
+                base_url=live_server.url, headers=HEADERS, timeout=30, excluded_checks=excluded
+            )
 
         try:
             check()

@@ -66,17 +66,24 @@ export async function api(path, body) {
     });
     const decoded = await response.json().catch(() => null);
     if (response.ok) return decoded;
-    if (response.status !== 401) {
+    // 401: no key, or one not accepted; 403: a key whose scope or collections fall short
+    if (response.status !== 401 && response.status !== 403) {
       throw new ApiError(response.status, errorMessage(response.status, decoded));
     }
     if (sessionStorage.getItem(KEY_STORAGE) !== key) continue; // a new key came meanwhile
     sessionStorage.removeItem(KEY_STORAGE);
+    const reason = errorMessage(response.status, decoded);
     const entered = await askForKey(
-      key
-        ? `The API key was not accepted (${errorMessage(401, decoded)}). Enter it again.`
-        : "This service needs an API key to read.",
+      response.status === 403
+        ? `This API key may not do that (${reason}). Enter another.`
+        : key
+          ? `The API key was not accepted (${reason}). Enter it again.`
+          : "This service needs an API key to read.",
     );
-    if (!entered) throw new ApiError(401, "No API key given: this service needs one to read.");
+    if (!entered) {
+      const why = response.status === 403 ? reason : "this service needs one to read";
+      throw new ApiError(response.status, `No API key given: ${why}.`);
+    }
     sessionStorage.setItem(KEY_STORAGE, entered);
   }
 }
