@@ -44,12 +44,16 @@ class InputError(Exception):
     @staticmethod
     def of_validation(errors: list[dict], where: str) -> InputError:
         """Every error pydantic found, each located under ``where``."""
-        first, *rest = errors
-        error = InputError((where, *first["loc"]), first["msg"], kind=first["type"])
-        error.others = [
-            {"loc": [where, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in rest
-        ]
+        first, *rest = details(errors, where)
+        error = InputError(tuple(first["loc"]), first["msg"], kind=first["type"])
+        error.others = rest
         return error
+
+
+def details(errors: list[dict], *where: str) -> list[dict]:
+    """pydantic's errors in the API's shape (located under ``where``), without the input each
+    carries (a request's input is never echoed back: it may be huge)."""
+    return [{"loc": [*where, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
 
 
 def error_body(field: str | tuple[str | int, ...], message: str, kind: str) -> dict:
@@ -88,8 +92,7 @@ async def _store_unavailable(_: Request, exc: Exception) -> FastJSONResponse:
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> FastJSONResponse:
     """FastAPI's 422 shape, without echoing the (possibly huge) input back."""
-    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return FastJSONResponse({"detail": errors}, status_code=422)
+    return FastJSONResponse({"detail": details(exc.errors())}, status_code=422)
 
 
 def install(app: FastAPI) -> None:

@@ -13,7 +13,6 @@ query parameters but are the same fields as the JSON body's, so they are named `
 
 from __future__ import annotations
 
-import io
 from typing import TypeVar
 
 from fastapi import Request
@@ -23,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api_errors import InputError, error_body
 from app.responses import FastJSONResponse
+from app.schemas import Options
 from app.signals import (
     NPY_MEDIA_TYPE,
     SignalBatch,
@@ -33,9 +33,10 @@ from app.signals import (
     parse_npy_body,
     parse_signals,
 )
-from model.data_format import DataFormatError, NpzTooLarge, SignalData, load_npz, npz_members
+from model.data_format import DataFormatError, MemberHeader, NpzTooLarge, SignalData, load_npz
 
 Model = TypeVar("Model", bound=BaseModel)
+OptionsModel = TypeVar("OptionsModel", bound=Options)
 
 INLINE_PARSE_BYTES = 256 * 1024  # smaller bodies parse faster than a thread hand-off
 
@@ -54,12 +55,12 @@ def validate(model: type[Model], values: dict) -> Model:
 
 
 async def read_signals(
-    request: Request, limits: SignalLimits, options: type[Model]
-) -> tuple[SignalBatch, Model]:
+    request: Request, limits: SignalLimits, options: type[OptionsModel]
+) -> tuple[SignalBatch, OptionsModel]:
     """A JSON body ``{"signals": [...], ...}``, or a .npy body with the options in the query:
-    the signals as a batch and the other fields validated by ``options`` (whose
-    ``from_query``, when it has one, turns query parameters into its fields). The batch's
-    size is counted in the metrics, per route."""
+    the signals as a batch and the other fields validated by ``options`` (its ``from_query``
+    reads them from query parameters). The batch's size is counted in the metrics, per
+    route."""
     body = await request.body()
     npy = is_npy(request)
     if len(body) > INLINE_PARSE_BYTES:  # big bodies are parsed off the event loop
@@ -67,8 +68,7 @@ async def read_signals(
     else:
         batch, values = _parse_signals(body, npy, limits)
     if npy:
-        query = dict(request.query_params)
-        values = options.from_query(query) if hasattr(options, "from_query") else query
+        values = options.from_query(dict(request.query_params))
     route = request.scope["route"].path
     request.app.state.metrics.request_signals.labels(route).observe(batch_size(batch))
     return batch, validate(options, values)
@@ -102,13 +102,14 @@ async def read_npz(request: Request, limits: SignalLimits, max_bytes: int) -> Si
 
 
 def _load_npz(body: bytes, limits: SignalLimits, max_bytes: int) -> SignalData:
-    try:
-        members = npz_members(io.BytesIO(body))
+    def fits_the_model(members: dict[str, MemberHeader]) -> None:
         signals = members.get("signals")
         if signals is not None and len(signals.shape) in (2, 3):
             channels = 1 if len(signals.shape) == 2 else signals.shape[1]
             check_shape(channels, signals.shape[-1], limits, "body.signals")
-        return load_npz(io.BytesIO(body), source="body", max_bytes=max_bytes)
+
+    try:
+        return load_npz(body, source="body", max_bytes=max_bytes, check=fits_the_model)
     except NpzTooLarge as exc:
         raise InputError(
             f"body.{exc.member}", str(exc).removeprefix("body: "), status=413, kind="too_long"

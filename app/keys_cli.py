@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
             keys = table.list()
             if args.json:
                 print(json.dumps([asdict(k) for k in keys]))
-            for k in [] if args.json else keys:
+                return 0
+            for k in keys:
                 where = ",".join(k.collections) or "*"
                 print(
                     f"{k.id}  {k.scope:<5}  {where:<20}  created {k.created_at}"

@@ -170,22 +170,19 @@ class LabelTable:
 
     def selection(self, filters: Filters) -> Selection:
         """The keys a search filtered this way may return."""
-        element_id, session_id = filters.element_id, filters.session_id
-        exclude_session_id, exclude_element_id = (
-            filters.exclude_session_id,
-            filters.exclude_element_id,
-        )
         allowed: np.ndarray | None = None
-        if element_id is not None:
-            allowed = self._keys_where(self.elements, self.element_of, element_id)
-        if session_id is not None:
-            in_session = self._keys_where(self.sessions, self.session_of, session_id)
+        if filters.element_id is not None:
+            allowed = self._keys_where(self.elements, self.element_of, filters.element_id)
+        if filters.session_id is not None:
+            in_session = self._keys_where(self.sessions, self.session_of, filters.session_id)
             allowed = in_session if allowed is None else np.intersect1d(allowed, in_session)
         excluded: np.ndarray | None = None
-        if exclude_session_id is not None:
-            excluded = self._keys_where(self.sessions, self.session_of, exclude_session_id)
-        if exclude_element_id is not None:
-            of_element = self._keys_where(self.elements, self.element_of, exclude_element_id)
+        if filters.exclude_session_id is not None:
+            excluded = self._keys_where(self.sessions, self.session_of, filters.exclude_session_id)
+        if filters.exclude_element_id is not None:
+            of_element = self._keys_where(
+                self.elements, self.element_of, filters.exclude_element_id
+            )
             excluded = of_element if excluded is None else np.union1d(excluded, of_element)
         if excluded is not None:
             if allowed is not None:

@@ -33,7 +33,7 @@ class ReferenceView:
     def require_element(self, element_id: str, field: str = "element_id") -> None:
         """NotFound naming ``field`` when no reference of ``element_id`` is held."""
         if not self.index.has_element(element_id):
-            raise NotFound(field, f"no references of element {element_id!r}")
+            raise _no_element(element_id, field)
 
     def sample_elements(self, min_sessions: int) -> list[str]:
         """Up to SAMPLE_ELEMENTS elements with at least ``min_sessions`` sessions (the same
@@ -51,7 +51,7 @@ class ReferenceView:
         embeddings."""
         refs = self.store.element_references(element_id)
         if not refs:
-            raise NotFound(field, f"no references of element {element_id!r}")
+            raise _no_element(element_id, field)
         keys, vectors = self.store.embeddings(np.array([r.key for r in refs]), self.version)
         vector_of = dict(zip(keys.tolist(), vectors, strict=True))
         grouped: dict[str, list[np.ndarray]] = {}
@@ -103,3 +103,7 @@ class ReferenceView:
                     by_element.setdefault(described[h.key][1], []).append(h.similarity)
             found.append(by_element)
         return found
+
+
+def _no_element(element_id: str, field: str) -> NotFound:
+    return NotFound(field, f"no references of element {element_id!r}")

@@ -49,10 +49,21 @@ Vectors = Annotated[Any, WithJsonSchema({"type": "array", "items": _NUMBERS})]
 EXAMPLE_SIGNAL = [0.0, 0.1, 0.4, 1.0, 0.4, 0.1, 0.0, -0.2] * 8
 
 
-class NoOptions(BaseModel):
-    """The non-signal fields of /embed and /keypoints: none (others are ignored)."""
+class Options(BaseModel):
+    """The non-signal fields of a request with signals: from its JSON body, or from the query
+    with a .npy body (fields they do not know are ignored)."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def from_query(cls, query: dict) -> dict:
+        """A .npy request's query parameters as these fields (as they are, unless a request
+        type's fields need more than one string each)."""
+        return dict(query)
+
+
+class NoOptions(Options):
+    """The non-signal fields of /embed and /keypoints: none."""
 
 
 class SignalsRequest(NoOptions):
@@ -60,10 +71,9 @@ class SignalsRequest(NoOptions):
     signals: list[Signal] = Field(min_length=1, description="a batch of signals")
 
 
-class SearchOptions(BaseModel):
+class SearchOptions(Options):
     """The non-signal fields of a search (JSON, or query parameters with a .npy body)."""
 
-    model_config = ConfigDict(extra="ignore")
     k: int = Field(5, ge=1, description="neighbours per signal (at most HSN_MAX_K)")
     element_id: str | None = Field(None, description="only neighbours of this element")
     session_id: str | None = Field(None, description="only neighbours of this session")
@@ -280,10 +290,9 @@ class DriftResponse(BaseModel):
     calibrated_on: DriftCalibratedOn
 
 
-class DriftOptions(BaseModel):
+class DriftOptions(Options):
     """The non-signal fields of POST /drift (JSON, or query parameters with a .npy body)."""
 
-    model_config = ConfigDict(extra="ignore")
     element_id: str = Field(min_length=1, max_length=256)
     baseline_sessions: int | None = Field(
         None, ge=1, le=10_000, description="default HSN_DRIFT_BASELINE_SESSIONS"
@@ -318,10 +327,9 @@ class BatchDriftResponse(BaseModel):
     calibrated_on: DriftCalibratedOn
 
 
-class VerifyOptions(BaseModel):
+class VerifyOptions(Options):
     """The non-signal fields of POST /verify (JSON, or query parameters with a .npy body)."""
 
-    model_config = ConfigDict(extra="ignore")
     element_id: str = Field(min_length=1, max_length=256, description="the claimed element")
 
 
@@ -399,12 +407,11 @@ class AlignTarget(BaseModel):
         return self
 
 
-class AlignOptions(BaseModel):
+class AlignOptions(Options):
     """The non-signal fields of POST /align (JSON; with a .npy body, query parameters:
     ``mode``, ``average``, ``length``, ``min_confidence``, ``keypoints`` comma-separated and a
     target as ``reference_id`` or ``element_id``)."""
 
-    model_config = ConfigDict(extra="ignore")
     target: AlignTarget | None = Field(
         None, description="absent: the median keypoints of the request's own signals"
     )

@@ -416,16 +416,13 @@ class ReferenceStore:
                 f" recorded_at FROM refs {where} ORDER BY key LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
+        # the columns are selected in the model's field order
         items = [
             ReferenceSummary(
-                id=r[0],
-                element_id=r[1],
-                session_id=r[2],
-                metadata=json.loads(r[3]),
-                length=r[4],
-                model_version=r[5],
-                updated_at=r[6],
-                recorded_at=r[7],
+                **{
+                    **dict(zip(ReferenceSummary.model_fields, r, strict=True)),
+                    "metadata": json.loads(r[3]),
+                }
             )
             for r in rows
         ]
@@ -450,8 +447,8 @@ class ReferenceStore:
                 " LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
-        names = ("element_id", "references", "sessions", "first_recorded_at", "last_recorded_at")
-        return [ElementSummary(**dict(zip(names, row, strict=True))) for row in rows], total
+        fields = ElementSummary.model_fields  # the columns are selected in this order
+        return [ElementSummary(**dict(zip(fields, row, strict=True))) for row in rows], total
 
     def element_references(self, element_id: str) -> list[ElementReference]:
         """The element's references in time order (none for an unknown element)."""

@@ -147,8 +147,7 @@ class IndexSync:
                 await self._apply_pending()
                 expected = await run_in_threadpool(self.store.count_embedded, self.version)
                 if len(self.index) == expected and self.index.suits_its_size():
-                    for observer in self.observers:
-                        observer.rebuilt(len(self.index))
+                    self._tell_rebuilt()
                     log.info(
                         "loaded index snapshot: %d references at change %d, replayed to %d "
                         "in %.2fs",
@@ -176,9 +175,12 @@ class IndexSync:
             self.store.iter_index_rows(self.version),
             lambda size: self.store.sample_vectors(self.version, size),
         )
+        self.applied_seq = self.store_seq = seq
+        self._tell_rebuilt()
+
+    def _tell_rebuilt(self) -> None:
         for observer in self.observers:
             observer.rebuilt(len(self.index))
-        self.applied_seq = self.store_seq = seq
 
     # -- following the log -------------------------------------------------------------------
     async def after_commit(self, seq: int) -> None:

@@ -39,6 +39,7 @@ import math
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -400,14 +401,25 @@ def _read_member(
     return flat.reshape(header.shape, order="F" if header.fortran_order else "C")
 
 
+HeaderCheck = Callable[[dict[str, MemberHeader]], None]
+
+
 def read_npz(
-    file: str | Path | BinaryIO | bytes, source: str | None = None, *, max_bytes: int | None = None
+    file: str | Path | BinaryIO | bytes,
+    source: str | None = None,
+    *,
+    max_bytes: int | None = None,
+    check: HeaderCheck | None = None,
 ) -> dict[str, np.ndarray]:
     """Every array of an NPZ archive by key, as ``np.load`` gives them (``allow_pickle=False``),
-    unvalidated; read within ``max_bytes`` of inflated data as the module docstring says."""
+    unvalidated; read within ``max_bytes`` of inflated data as the module docstring says.
+    ``check`` is given every member's header first, before anything is inflated (to refuse
+    an archive on its declared shapes, say)."""
     source = _source(file, source)
     with _open_archive(file, source) as archive:
         members = _member_headers(archive, source)
+        if check is not None:
+            check({header.name: header for _, header in members})
         if max_bytes is not None:
             _check_total([header for _, header in members], max_bytes, source)
         for _, header in members:  # a lying header is caught before anything is inflated
@@ -431,13 +443,19 @@ def _id_array(raw: np.ndarray, key: str, n: int) -> np.ndarray:
 
 
 def load_npz(
-    file: str | Path | BinaryIO | bytes, source: str | None = None, *, max_bytes: int | None = None
+    file: str | Path | BinaryIO | bytes,
+    source: str | None = None,
+    *,
+    max_bytes: int | None = None,
+    check: HeaderCheck | None = None,
 ) -> SignalData:
     """Read and validate one NPZ file (a path, or a file object or bytes such as a request body);
     raise DataFormatError naming the key and the problem. ``source`` names it in messages;
-    ``max_bytes`` bounds the members' inflated size (NpzTooLarge before anything is inflated)."""
+    ``max_bytes`` bounds the members' inflated size (NpzTooLarge before anything is inflated);
+    ``check`` sees the members' headers first (see :func:`read_npz`)."""
     source = _source(file, source)
-    return validate_arrays(read_npz(file, source, max_bytes=max_bytes), source=source)
+    arrays = read_npz(file, source, max_bytes=max_bytes, check=check)
+    return validate_arrays(arrays, source=source)
 
 
 def validate_arrays(arrays: dict[str, np.ndarray], source: str = "data") -> SignalData:

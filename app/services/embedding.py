@@ -13,32 +13,13 @@ from app.signals import SignalBatch, SignalLimits
 class EmbeddingService:
     def __init__(self, runtime: ModelRuntime, batcher: DynamicBatcher) -> None:
         self.runtime, self.batcher = runtime, batcher
-
-    @property
-    def version(self) -> str:
-        return self.runtime.version
-
-    @property
-    def keypoint_names(self) -> list[str]:
-        return self.runtime.keypoint_names
-
-    @property
-    def limits(self) -> SignalLimits:
-        return self.runtime.limits
-
-    @property
-    def manifest(self) -> dict:
-        return self.runtime.manifest
-
-    @property
-    def engine(self) -> str:
-        """What runs the model: onnx or torchscript."""
-        return self.runtime.engine
-
-    @property
-    def workers(self) -> int:
-        """Model calls that may run at once."""
-        return self.batcher.workers
+        # what the loaded model is: fixed for the process's life
+        self.version: str = runtime.version
+        self.keypoint_names: list[str] = runtime.keypoint_names
+        self.limits: SignalLimits = runtime.limits
+        self.manifest: dict = runtime.manifest
+        self.engine: str = runtime.engine  # what runs it: onnx or torchscript
+        self.workers: int = batcher.workers  # model calls that may run at once
 
     def start(self) -> None:
         self.batcher.start()

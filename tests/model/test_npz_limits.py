@@ -157,6 +157,21 @@ def test_an_archive_declaring_4gb_is_refused_before_anything_is_inflated(declare
     assert result["seconds"] < 5
 
 
+def test_a_callers_check_sees_every_header_before_anything_is_inflated(declares_4gb):
+    seen = {}
+
+    class Refused(Exception):
+        pass
+
+    def check(members):
+        seen.update({name: header.shape for name, header in members.items()})
+        raise Refused  # e.g. the signals' channels do not fit a model
+
+    with pytest.raises(Refused):
+        load_npz(declares_4gb, check=check)  # no size limit: only the check stands in the way
+    assert seen == {"signals": HUGE_SHAPE, "element_ids": (2,), "session_ids": (2,)}
+
+
 def test_without_a_limit_the_4gb_declaring_archive_is_refused_by_its_stored_size(declares_4gb):
     result = measure(declares_4gb, limit=None)
     assert result["error"] == "DataFormatError"
