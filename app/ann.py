@@ -81,8 +81,9 @@ class VectorBackend(ABC):
         return faiss.SearchParameters
 
     def memory_bytes(self) -> int:
-        """What the index holds in memory (its serialised size, which FAISS keeps resident)."""
-        return int(faiss.serialize_index(self.index).nbytes)
+        """What the index holds in memory, counted from its sizes (its float32 vectors and
+        int64 ids; subclasses add their structure) without copying it: probes ask often."""
+        return self.index.ntotal * (4 * self.index.d + 8)
 
     def serialize(self) -> np.ndarray:
         return faiss.serialize_index(self.index)
@@ -132,6 +133,10 @@ class HNSWBackend(VectorBackend):
     def remove(self, keys: np.ndarray) -> bool:
         return not len(keys)
 
+    def memory_bytes(self) -> int:
+        hnsw = faiss.downcast_index(self.index.index).hnsw
+        return super().memory_bytes() + 4 * hnsw.neighbors.size() + 8 * hnsw.offsets.size()
+
     def _params(self, selection: Selection, **breadth) -> faiss.SearchParameters | None:
         return super()._params(selection, efSearch=self.ef_search)
 
@@ -157,6 +162,9 @@ class IVFBackend(VectorBackend):
     @property
     def lists(self) -> int:
         return self.index.nlist
+
+    def memory_bytes(self) -> int:
+        return super().memory_bytes() + 4 * self.index.nlist * self.index.d  # + the centroids
 
     @staticmethod
     def lists_for(n: int) -> int:

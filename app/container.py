@@ -2,13 +2,16 @@
 ``create_app`` (app/main.py) and ``python -m app`` alike.
 
 Who owns which state:
-- the model runtime and its batcher: :class:`~app.services.embedding.EmbeddingService`;
+- the collections: :class:`~app.catalog.CollectionRegistry` (started, stopped and kept in step
+  with the database's ``collections`` table);
+- each model and its batcher: :class:`~app.models.ModelPool` (loaded once however many
+  collections use it), as an :class:`~app.services.embedding.EmbeddingService`;
 - the database: :class:`~app.store.ReferenceStore` (the schema is created or migrated once, in
-  :func:`open_store`);
-- the search index: :class:`~app.index.VectorIndex`, changed only by
+  :func:`open_store`); each collection reads and writes its own references through a view of it;
+- a collection's search index: :class:`~app.index.VectorIndex`, changed only by its
   :class:`~app.sync.IndexSync` (through the change log);
-- every fitted calibration: one :class:`~app.calibration.FittedCache`, told by the sync what
-  reached the index.
+- a collection's fitted calibrations: one :class:`~app.calibration.FittedCache`, told by its
+  sync what reached the index.
 """
 
 from __future__ import annotations
@@ -17,19 +20,18 @@ import gc
 import logging
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
-
 from app.calibration import FittedCache
+from app.catalog import DEFAULT_ID, Collection, CollectionRegistry, CollectionRow, CollectionTable
 from app.database import StoreUnavailable, open_database
 from app.index import VectorIndex
 from app.index_policy import IndexPolicy
 from app.keys import KeyRing, KeyTable
+from app.models import LoadedModel, ModelPool, ModelRepository
 from app.observability import Metrics
 from app.reference_view import ReferenceView
-from app.runtime import DynamicBatcher, ModelRuntime
 from app.services.alignment import AlignmentService
+from app.services.collections import CollectionService
 from app.services.drift import DriftService
-from app.services.embedding import EmbeddingService
 from app.services.references import ReferenceService
 from app.services.search import SearchService
 from app.services.status import StatusService
@@ -62,27 +64,22 @@ def open_store(settings: Settings) -> ReferenceStore:
 
 @dataclass
 class Services:
-    """The capabilities a router calls, and what they share (started and stopped here)."""
+    """What the routers call, and what they share (started and stopped here): the collections
+    (each with its own services, :class:`app.catalog.Collection`), readiness and metrics, keys."""
 
-    embedding: EmbeddingService
-    references: ReferenceService
-    search: SearchService
-    verification: VerificationService
-    drift: DriftService
-    alignment: AlignmentService
+    collections: CollectionRegistry
+    default: Collection  # the routes without /collections/{name}
+    catalog: CollectionService  # /collections
     status: StatusService
     settings: Settings
     metrics: Metrics
-    store: ReferenceStore
-    sync: IndexSync
-    calibrations: FittedCache
+    store: ReferenceStore  # the database (the collection default's references)
     keys: KeyRing
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.embedding.start()
         await self.keys.start()
-        await self.sync.start()
+        await self.collections.start(self.default)
         # Everything loaded so far (torch, ONNX Runtime, the app) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise took ~100 ms each under
         # load and stalled every request in flight.
@@ -92,16 +89,15 @@ class Services:
 
     async def stop(self) -> None:
         self.status.ready = False
-        await self.sync.stop()
+        await self.collections.stop()
         await self.keys.stop()
-        await self.embedding.stop()
-        await run_in_threadpool(self.calibrations.close)  # waits for a refit under way
         self.store.close()
 
 
 def build(settings: Settings, metrics: Metrics) -> Services:
-    """Loads the model and opens the database now, so that a bad model or an unreachable
-    database fails at once; :meth:`Services.start` then loads or rebuilds the index."""
+    """Loads the default collection's model and opens the database now, so that a bad model or
+    an unreachable database fails at once; :meth:`Services.start` then starts every collection
+    (loading or rebuilding its index)."""
     store = connect(settings)  # first: a bad database URL is the first thing said
     try:
         return _build(settings, metrics, store)
@@ -111,29 +107,63 @@ def build(settings: Settings, metrics: Metrics) -> Services:
 
 
 def _build(settings: Settings, metrics: Metrics, store: ReferenceStore) -> Services:
-    runtime = ModelRuntime(
-        settings.model_dir, settings.max_batch, settings.threads, settings.engine
-    )
+    repository = ModelRepository(settings.model_dir, settings.model_repository)
+    models = ModelPool(settings, metrics)
+    default_model = models.acquire(settings.model_dir)
     store.prepare()  # after the model: a model that cannot be served migrates nothing
-    workers = settings.inference_worker_count
-    batcher = DynamicBatcher(
-        runtime,
-        enabled=settings.dynamic_batching,
-        max_signals=settings.batch_max_signals,
-        max_wait_s=settings.batch_max_wait_ms / 1000,
-        observe=metrics.observe_inference,
-        workers=workers,
-    )
-    embedding = EmbeddingService(runtime, batcher)
+    embedding = default_model.embedding
     log.info(
-        "%d inference worker(s) x %d thread(s), dynamic batching %s, references in %s",
-        workers,
+        "%d inference worker(s) x %d thread(s), dynamic batching %s, references in %s%s",
+        embedding.workers,
         settings.threads,
         "on" if settings.dynamic_batching else "off",
         store.describe(),
+        f", model repository {settings.model_repository}" if settings.model_repository else "",
     )
+    table = CollectionTable(store.db)
+    default_row = next(row for row in table.list() if row.id == DEFAULT_ID)
+
+    def build_one(row: CollectionRow, loaded: LoadedModel) -> Collection:
+        return build_collection(row, loaded, store, settings, metrics)
+
+    registry = CollectionRegistry(
+        table,
+        repository,
+        models,
+        build_one,
+        settings.sync_interval_ms / 1000,
+        on_removed=metrics.forget_collection,
+    )
+    return Services(
+        collections=registry,
+        default=build_one(default_row, default_model),
+        catalog=CollectionService(registry),
+        status=StatusService(registry, store, metrics),
+        settings=settings,
+        metrics=metrics,
+        store=store,
+        keys=KeyRing(
+            KeyTable(store.db),
+            settings.api_key.get_secret_value() if settings.api_key else None,
+            settings.sync_interval_ms / 1000,
+        ),
+    )
+
+
+def build_collection(
+    row: CollectionRow,
+    loaded: LoadedModel,
+    database: ReferenceStore,
+    settings: Settings,
+    metrics: Metrics,
+) -> Collection:
+    """One collection's services on its (shared) model: its references, index, change-log
+    follower and calibrations."""
+    embedding = loaded.embedding
+    version = embedding.version
+    store = database.of_collection(row.id)
     index = VectorIndex(
-        runtime.dim,
+        embedding.runtime.dim,
         IndexPolicy(settings.index_type, settings.auto_approximate_above),
         ivf_nprobe=settings.ivf_nprobe,
         hnsw_m=settings.hnsw_m,
@@ -142,32 +172,32 @@ def _build(settings: Settings, metrics: Metrics, store: ReferenceStore) -> Servi
     )
     # a refit that cannot reach the database keeps the last fit answering
     calibrations = FittedCache(keep_on=(StoreUnavailable,))
+    # the default collection's snapshot keeps the name it had before collections
+    name = (
+        f"index-{version}.npz"
+        if row.id == DEFAULT_ID
+        else f"index-{row.name}-{row.id}-{version}.npz"
+    )
     sync = IndexSync(
         store,
         index,
-        runtime.version,
+        version,
         embedding.embed_signals,
-        settings.data_dir / f"index-{runtime.version}.npz",
+        settings.data_dir / name,
         settings.sync_interval_ms / 1000,
-        observers=[calibrations, metrics],
+        observers=[calibrations, metrics.index_observer(row.name)],
     )
-    view = ReferenceView(store, index, runtime.version)
-    return Services(
-        embedding=embedding,
+    view = ReferenceView(store, index, version)
+    return Collection(
+        row=row,
+        model=loaded,
         references=ReferenceService(embedding, store, view, sync),
         search=SearchService(embedding, view, index, store, sync, calibrations, settings),
         verification=VerificationService(embedding, view, sync, calibrations, settings, metrics),
         drift=DriftService(embedding, view, calibrations, settings, metrics),
         alignment=AlignmentService(embedding, view, store, settings),
-        status=StatusService(embedding, index, store, sync, metrics),
-        settings=settings,
-        metrics=metrics,
         store=store,
+        index=index,
         sync=sync,
         calibrations=calibrations,
-        keys=KeyRing(
-            KeyTable(store.db),
-            settings.api_key.get_secret_value() if settings.api_key else None,
-            settings.sync_interval_ms / 1000,
-        ),
     )

@@ -38,10 +38,11 @@ class DatabaseConfigError(ValueError):
     """A database URL the service cannot use."""
 
 
-TABLES = """
-CREATE TABLE IF NOT EXISTS refs (
+REFS = """
+CREATE TABLE IF NOT EXISTS {table} (
     key {key_type} PRIMARY KEY {autoincrement},
-    id TEXT NOT NULL UNIQUE,
+    collection BIGINT NOT NULL DEFAULT 0,  -- collections.id (0: the collection default)
+    id TEXT NOT NULL,
     element_id TEXT NOT NULL,
     session_id TEXT NOT NULL,
     metadata TEXT NOT NULL,
@@ -51,9 +52,13 @@ CREATE TABLE IF NOT EXISTS refs (
     model_version TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     revision BIGINT NOT NULL DEFAULT 0,
-    recorded_at TEXT NOT NULL  -- ISO 8601 in UTC, one format: text order is time order
-);
-CREATE INDEX IF NOT EXISTS refs_element ON refs (element_id, key);
+    recorded_at TEXT NOT NULL,  -- ISO 8601 in UTC, one format: text order is time order
+    UNIQUE (collection, id)
+)"""
+
+TABLES = (
+    REFS.replace("{table}", "refs")
+    + """;
 CREATE TABLE IF NOT EXISTS embeddings (
     model_version TEXT NOT NULL,
     key BIGINT NOT NULL,
@@ -63,7 +68,8 @@ CREATE TABLE IF NOT EXISTS embeddings (
 CREATE TABLE IF NOT EXISTS changes (
     seq {key_type} PRIMARY KEY {autoincrement},
     key BIGINT NOT NULL,
-    committed_at DOUBLE PRECISION NOT NULL
+    committed_at DOUBLE PRECISION NOT NULL,
+    collection BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -76,6 +82,20 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used_at TEXT,
     revoked_at TEXT
 );
+CREATE TABLE IF NOT EXISTS collections (
+    id {key_type} PRIMARY KEY {autoincrement},  -- never reused: a name made again is new
+    name TEXT NOT NULL UNIQUE,
+    model TEXT,  -- a folder of the model repository (NULL: HSN_MODEL_DIR)
+    created_at TEXT NOT NULL
+);
+"""
+)
+
+# Indexes on columns older schemas lack: created once those are migrated.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS refs_collection_element ON refs (collection, element_id, key);
+CREATE INDEX IF NOT EXISTS refs_collection ON refs (collection, key);
+CREATE INDEX IF NOT EXISTS changes_collection ON changes (collection, seq);
 """
 
 
@@ -115,6 +135,14 @@ class Database(ABC):
     def table_exists(self, session: Transaction, name: str) -> bool: ...
 
     @abstractmethod
+    def columns(self, session: Transaction, table: str) -> set[str]: ...
+
+    @abstractmethod
+    def scope_refs_by_collection(self, session: Transaction) -> None:
+        """Schema 4 -> 5: ``refs`` gains ``collection`` (0 for every row), and an id is unique
+        within its collection instead of everywhere."""
+
+    @abstractmethod
     def notify(self, session: Transaction) -> None:
         """Inside a write: wake the other processes once it commits (where the engine can)."""
 
@@ -140,6 +168,9 @@ class SqliteDatabase(Database):
 
     engine = "sqlite"
     schema = TABLES.format(key_type="INTEGER", autoincrement="AUTOINCREMENT", blob="BLOB")
+    refs_table = REFS.format(
+        table="{table}", key_type="INTEGER", autoincrement="AUTOINCREMENT", blob="BLOB"
+    )
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +209,29 @@ class SqliteDatabase(Database):
     def table_exists(self, session: Transaction, name: str) -> bool:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         return session.execute(sql, (name,)).fetchone() is not None
+
+    def columns(self, session: Transaction, table: str) -> set[str]:
+        return {row[1] for row in session.execute(f"PRAGMA table_info({table})").fetchall()}
+
+    def scope_refs_by_collection(self, session: Transaction) -> None:
+        # SQLite cannot drop a UNIQUE constraint: the table is copied into the new shape, its
+        # AUTOINCREMENT counter carried over (a key is never reused).
+        columns = (
+            "key, id, element_id, session_id, metadata, channels, length, signal,"
+            " model_version, updated_at, revision, recorded_at"
+        )
+        counter = session.execute("SELECT seq FROM sqlite_sequence WHERE name = 'refs'").fetchone()
+        session.execute(self.refs_table.format(table="refs_v5"))
+        session.execute(f"INSERT INTO refs_v5 ({columns}) SELECT {columns} FROM refs")
+        session.execute("DROP TABLE refs")
+        session.execute("ALTER TABLE refs_v5 RENAME TO refs")
+        if counter is not None:
+            session.execute("DELETE FROM sqlite_sequence WHERE name = 'refs'")  # copied: max key
+            session.execute(
+                "INSERT INTO sqlite_sequence (name, seq)"
+                " SELECT 'refs', MAX(?, COALESCE(MAX(key), 0)) FROM refs",
+                (counter[0],),
+            )
 
     def notify(self, session: Transaction) -> None:
         """SQLite cannot notify: the other processes on the box poll."""
@@ -281,6 +335,21 @@ class PostgresDatabase(Database):
 
     def table_exists(self, session: Transaction, name: str) -> bool:
         return session.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
+
+    def columns(self, session: Transaction, table: str) -> set[str]:
+        rows = session.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+            " AND table_schema = current_schema()",
+            (table,),
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def scope_refs_by_collection(self, session: Transaction) -> None:
+        session.execute("ALTER TABLE refs ADD COLUMN collection BIGINT NOT NULL DEFAULT 0")
+        session.execute("ALTER TABLE refs DROP CONSTRAINT refs_id_key")
+        session.execute(
+            "ALTER TABLE refs ADD CONSTRAINT refs_collection_id_key UNIQUE (collection, id)"
+        )
 
     def notify(self, session: Transaction) -> None:
         session.execute(f"NOTIFY {NOTIFY_CHANNEL}")

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from app.api_errors import InputError
+from app.catalog import Collection
 from app.container import Services
-from app.keys import DEFAULT_COLLECTION
+from app.keys import ApiKey
 from app.observability import access
+from app.schemas import NAME_PATTERN
 from app.services.alignment import AlignmentService
+from app.services.collections import CollectionService
 from app.services.drift import DriftService
 from app.services.embedding import EmbeddingService
 from app.services.references import ReferenceService
@@ -20,6 +23,7 @@ from app.services.status import StatusService
 from app.services.verification import VerificationService
 from app.settings import Settings
 from app.signals import SignalLimits
+from app.store import DEFAULT_COLLECTION
 
 # The dependencies below are ``async def`` although they never await: FastAPI runs a plain
 # ``def`` dependency in the thread pool, and those hand-offs were most of a small request's cost.
@@ -29,11 +33,20 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
+def collection_name(request: Request) -> str:
+    """The collection a request is for: ``/collections/{collection}/…``, else ``default``."""
+    return request.path_params.get("collection", DEFAULT_COLLECTION)
+
+
+def _collection(request: Request) -> Collection:
+    return _services(request).collections.get(collection_name(request))
+
+
 def _one(name: str):
-    """A dependency answering the composition root's service ``name``."""
+    """A dependency answering the request's collection's service ``name``."""
 
     async def service(request: Request):
-        return getattr(_services(request), name)
+        return getattr(_collection(request), name)
 
     return Depends(service)
 
@@ -44,24 +57,52 @@ SearchDep = Annotated[SearchService, _one("search")]
 VerificationDep = Annotated[VerificationService, _one("verification")]
 DriftDep = Annotated[DriftService, _one("drift")]
 AlignmentDep = Annotated[AlignmentService, _one("alignment")]
-StatusDep = Annotated[StatusService, _one("status")]
+
+
+async def _status(request: Request) -> StatusService:
+    return _services(request).status
+
+
+async def _catalog(request: Request) -> CollectionService:
+    return _services(request).catalog
+
+
+StatusDep = Annotated[StatusService, Depends(_status)]
+CollectionsDep = Annotated[CollectionService, Depends(_catalog)]
 
 
 async def _limits(request: Request) -> SignalLimits:
-    return _services(request).embedding.limits
+    return _collection(request).embedding.limits
 
 
 async def _settings(request: Request) -> Settings:
     return _services(request).settings
 
 
-LimitsDep = Annotated[SignalLimits, Depends(_limits)]  # what the served model takes
+LimitsDep = Annotated[SignalLimits, Depends(_limits)]  # what the collection's model takes
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-def _authorized(scope: str, needs: str):
-    """A dependency: the request's API key must allow ``scope`` (see app/keys.py). With no key
-    configured anywhere nothing is asked; reads are open unless HSN_AUTH_READS."""
+CollectionName = Annotated[
+    str,
+    Path(
+        pattern=NAME_PATTERN,
+        description="a collection's name; the routes without /collections/{collection} serve"
+        " default",
+    ),
+]
+
+
+async def in_collection(collection: CollectionName) -> None:
+    """The ``/collections/{collection}`` prefix of a data route: the name is checked here (a
+    422 naming path.collection), the collection looked up by the route's service."""
+
+
+def _authorized(scope: str, needs: str, per_collection: bool = True):
+    """A dependency: the request's API key must allow ``scope`` (see app/keys.py) and, on a
+    route ``per_collection``, cover the request's collection (the key is left in
+    ``request.state.key`` for the routes that check it themselves). With no key configured
+    anywhere nothing is asked; reads are open unless HSN_AUTH_READS."""
 
     async def check(request: Request) -> None:
         services = _services(request)
@@ -86,14 +127,15 @@ def _authorized(scope: str, needs: str):
                 status=403,
                 kind="forbidden",
             )
-        if not key.covers(DEFAULT_COLLECTION):
+        collection = collection_name(request) if per_collection else None
+        if collection is not None and not key.covers(collection):
             raise InputError(
                 "header.authorization",
-                f"this key is for the collections {', '.join(key.collections)}, not"
-                f" {DEFAULT_COLLECTION!r}",
+                f"this key is for the collections {', '.join(key.collections)}, not {collection!r}",
                 status=403,
                 kind="forbidden",
             )
+        request.state.key = key
         ring.used(key)
 
     return check
@@ -101,3 +143,11 @@ def _authorized(scope: str, needs: str):
 
 require_read_key = _authorized("read", "reading")
 require_write_key = _authorized("write", "writing references")
+require_any_read_key = _authorized("read", "reading", per_collection=False)
+require_admin_key = _authorized("admin", "managing collections", per_collection=False)
+require_collection_admin_key = _authorized("admin", "managing collections")
+
+
+def request_key(request: Request) -> ApiKey | None:
+    """The key the request was let in with (None: no key was asked)."""
+    return getattr(request.state, "key", None)

@@ -37,16 +37,16 @@ from starlette.concurrency import run_in_threadpool
 
 from app.database import Database, StoreUnavailable
 from app.errors import Invalid
+from app.schemas import NAME_PATTERN
 from app.store import timestamp
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("read", "write", "admin")  # each can do what the ones before it can
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a collection's name
+NAME = re.compile(NAME_PATTERN)  # a collection's name
 PREFIX = "hsn"
 TOUCH_EVERY_S = 60.0  # a key's last use is written at most this often per process
 ENV_KEY_ID = "env"  # HSN_API_KEY's id in logs
-DEFAULT_COLLECTION = "default"  # what the routes without /collections/{name} serve
 
 
 def check_collection_name(name: str, field: str = "collection") -> str:

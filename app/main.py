@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import api_errors, container, explorer, openapi
 from app.bodies import BodyLimitMiddleware
+from app.dependencies import in_collection
 from app.observability import SERVED_BY, Metrics, RequestContextMiddleware
 from app.responses import FastJSONResponse
 from app.routers import (
     alignment,
+    collections,
     drift,
     elements,
     inference,
@@ -23,13 +25,17 @@ from app.routers import (
     search,
     verification,
 )
+from app.schemas import error_responses
 from app.settings import Settings
 
 DESCRIPTION = """Embeddings, keypoints and similarity search for hierarchical signals
-(element → session → signal). Signals are lists of numbers (one channel) or lists of C lists
-(channels first). `/embed`, `/keypoints`, `/search`, `/align`, `/verify` and `/drift` also take
-a `.npy` body (`Content-Type: application/x-npy`, shape (B, L) or (B, C, L)) with the other
-fields as query parameters. Every other body is read as JSON, whatever its content type.
+(element → session → signal), in collections: each has its own model and references
+(`/collections`); every data route also lives under `/collections/{collection}/…`, and the
+routes without that prefix serve the collection `default`. Signals are lists of numbers (one
+channel) or lists of C lists (channels first). `/embed`, `/keypoints`, `/search`, `/align`,
+`/verify` and `/drift` also take a `.npy` body (`Content-Type: application/x-npy`, shape (B, L)
+or (B, C, L)) with the other fields as query parameters. Every other body is read as JSON,
+whatever its content type.
 """
 
 
@@ -58,8 +64,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=FastJSONResponse,
     )
     app.state.services, app.state.metrics = services, metrics
-    for router in (inference, search, references, elements, alignment, verification, drift, ops):
+    data = (inference, search, references, elements, alignment, verification, drift)
+    for router in data:  # the collection default's
         app.include_router(router.router)
+    for router in data:  # and every collection's
+        app.include_router(
+            router.router,
+            prefix="/collections/{collection}",
+            dependencies=[Depends(in_collection)],
+            responses=error_responses(404),
+        )
+    app.include_router(collections.router)
+    app.include_router(ops.router)
     explorer.install(app)
     api_errors.install(app)
     if settings.cors_origins:
@@ -71,7 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, served_by=SERVED_BY)
-    openapi.install(app, services.embedding.limits, settings, services.embedding.keypoint_names)
+    default = services.default.embedding
+    openapi.install(app, default.limits, settings, default.keypoint_names)
     return app
 
 

@@ -61,17 +61,37 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Per collection: one series each (bounded by the collections that exist; a deleted
+        # collection's series are removed)
         self.index_size = Gauge(
-            "hsn_index_references", "references in the search index", registry=self.registry
+            "hsn_index_references",
+            "references in the collection's search index",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.index_memory = Gauge(
+            "hsn_index_memory_bytes",
+            "memory held by the collection's search index (vectors and structure)",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.model_memory = Gauge(
+            "hsn_model_memory_bytes",
+            "resident memory the process grew by loading the collection's model (shared by the"
+            " collections of one model)",
+            ["collection"],
+            registry=self.registry,
         )
         self.sync_lag_entries = Gauge(
             "hsn_sync_lag_entries",
-            "change-log entries this process has not applied to its index yet",
+            "change-log entries this process has not applied to the collection's index yet",
+            ["collection"],
             registry=self.registry,
         )
         self.sync_lag_seconds = Gauge(
             "hsn_sync_lag_seconds",
-            "age of the oldest change-log entry this process has not applied (0: none)",
+            "age of the oldest change-log entry of the collection not applied here (0: none)",
+            ["collection"],
             registry=self.registry,
         )
         self.database_up = Gauge(
@@ -110,16 +130,40 @@ class Metrics:
                 self._drifting.discard(element_id)
             self.elements_drifting.set(len(self._drifting))
 
-    # told by app.sync.IndexSync what reached the index (an IndexObserver)
-    def changed(self, writes: int, total: int) -> None:
-        self.index_size.set(total)
+    def index_observer(self, collection: str) -> _IndexSize:
+        """What a collection's IndexSync tells of its index size (an IndexObserver)."""
+        return _IndexSize(self.index_size.labels(collection=collection))
 
-    def rebuilt(self, total: int) -> None:
-        self.index_size.set(total)
+    def forget_collection(self, collection: str) -> None:
+        """A deleted collection's series go."""
+        for gauge in (
+            self.index_size,
+            self.index_memory,
+            self.model_memory,
+            self.sync_lag_entries,
+            self.sync_lag_seconds,
+        ):
+            try:
+                gauge.remove(collection)
+            except KeyError:
+                pass
 
     def observe_inference(self, signals: int, seconds: float) -> None:
         self.batch_signals.observe(signals)
         self.inference_seconds.observe(seconds)
+
+
+class _IndexSize:
+    """Told by a collection's app.sync.IndexSync what reached its index (an IndexObserver)."""
+
+    def __init__(self, gauge) -> None:
+        self.gauge = gauge
+
+    def changed(self, writes: int, total: int) -> None:
+        self.gauge.set(total)
+
+    def rebuilt(self, total: int) -> None:
+        self.gauge.set(total)
 
 
 class JsonFormatter(logging.Formatter):

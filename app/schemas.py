@@ -508,6 +508,42 @@ class AlignResponse(BaseModel):
     model_version: str
 
 
+NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"  # a collection's name
+
+
+class CollectionIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "pump", "model": "pump"}]}
+    )
+
+    name: str = Field(
+        pattern=NAME_PATTERN, description="[a-z0-9][a-z0-9_-]{0,62}, unique in the deployment"
+    )
+    model: str | None = Field(
+        None,
+        description="a folder of the model repository (HSN_MODEL_REPOSITORY); null or absent:"
+        " the model of the collection default (HSN_MODEL_DIR)",
+    )
+
+
+class CollectionOut(BaseModel):
+    name: str
+    model: str | None = Field(
+        description="its folder in the model repository (null: HSN_MODEL_DIR)"
+    )
+    model_version: str
+    references: int = Field(description="references stored in it")
+    dim: int = Field(description="its embeddings' size")
+    in_channels: int = Field(description="channels a signal must have")
+    min_length: int = Field(description="the shortest signal its model takes")
+    max_length: int = Field(description="the longest signal its model takes")
+    created_at: str
+
+
+class CollectionList(BaseModel):
+    items: list[CollectionOut]
+
+
 class ErrorItem(BaseModel):
     loc: list[str | int] = Field(description="where: body, a field, an index")
     msg: str = Field(description="what is wrong")
@@ -543,7 +579,23 @@ class SyncStatus(BaseModel):
     database: str = Field(description="ok, or unreachable")
 
 
+class CollectionStatus(BaseModel):
+    name: str
+    model_version: str
+    references: int = Field(description="vectors in this process's index of the collection")
+    index: str = Field(description="the index type in use: flat (exact), ivf or hnsw")
+    index_memory_bytes: int = Field(description="memory its index holds")
+    model_memory_bytes: int = Field(
+        description="resident memory the process grew by loading its model (shared by the"
+        " collections of one model)"
+    )
+    sync: SyncStatus
+
+
 class Ready(BaseModel):
+    """The process, and the collection default in the top-level fields (as before
+    collections); every collection in ``collections``."""
+
     ready: bool
     references: int = Field(description="vectors in this process's search index")
     stored: int | None = Field(
@@ -557,3 +609,7 @@ class Ready(BaseModel):
     index: str = Field(description="the search index type in use: flat (exact), ivf or hnsw")
     inference_workers: int = Field(description="model calls that may run at once")
     model_version: str | None
+    collections: list[CollectionStatus] = Field(description="every collection served here")
+    unavailable: dict[str, str] = Field(
+        {}, description="collections this process cannot serve, with the reason (their model)"
+    )

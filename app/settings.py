@@ -16,7 +16,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    model_dir: Path = Path("models/default")
+    model_dir: Path = Path("models/default")  # the model of the collection default
+    # a folder of exported models, one per subfolder: what a collection's "model" names
+    model_repository: Path | None = None
     data_dir: Path = Path("data")
 
     # Storage and processes
@@ -92,7 +94,7 @@ class Settings(BaseSettings):
         server processes) less one for the event loop."""
         return self.inference_workers or max(1, usable_cores() // self.processes - 1)
 
-    @field_validator("api_key", "database_url", mode="before")
+    @field_validator("api_key", "database_url", "model_repository", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # HSN_API_KEY= (empty) leaves auth off

@@ -23,13 +23,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from app.database import Database, Transaction
+from app.database import INDEXES, Database, Transaction
 from app.labels import IndexRows
 from app.schemas import ElementSummary, ReferenceOut, ReferenceSummary
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 4: api_keys (created by the schema text; nothing to convert)
+SCHEMA_VERSION = 5  # 4: api_keys; 5: collections (refs and changes name theirs)
+DEFAULT_COLLECTION = "default"  # what the routes without /collections/{name} serve; id 0
 KEYS_PER_QUERY = 256  # keys looked up by one SELECT ... IN (...)
 PRUNE_EVERY = 1000  # writes between two prunings of the change log
 
@@ -66,6 +67,7 @@ class Change:
 class ChangePage:
     entries: list[Change]
     pruned_through: int  # entries up to this sequence number are gone from the log
+    through: int  # the log's end when read (every collection's)
 
 
 @dataclass
@@ -99,9 +101,20 @@ def timestamp(moment: datetime | None = None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
+class CollectionGone(Exception):
+    """The collection written to was deleted (nothing was written)."""
+
+
 class ReferenceStore:
-    def __init__(self, db: Database, change_log_keep: int = 100_000) -> None:
-        self.db, self.change_log_keep = db, change_log_keep
+    """The references of one collection (``collection``: its id; 0 is ``default``); the schema,
+    the change log's end and the start-up lock are the database's, shared by every collection."""
+
+    def __init__(self, db: Database, change_log_keep: int = 100_000, collection: int = 0) -> None:
+        self.db, self.change_log_keep, self.collection = db, change_log_keep, collection
+
+    def of_collection(self, collection: int) -> ReferenceStore:
+        """The same database's references of another collection."""
+        return ReferenceStore(self.db, self.change_log_keep, collection)
 
     def close(self) -> None:
         self.db.close()
@@ -143,6 +156,16 @@ class ReferenceStore:
                 self._migrate_from_1(s)
             if found in (1, 2):
                 self._migrate_from_2(s)
+            if 0 < found < 5:
+                self._migrate_from_4(s)
+            for statement in INDEXES.split(";"):
+                if statement.strip():
+                    s.execute(statement)
+            s.execute(
+                "INSERT INTO collections (id, name, model, created_at) VALUES (0, ?, NULL, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (DEFAULT_COLLECTION, timestamp()),
+            )
             s.execute(
                 "INSERT INTO meta (name, value) VALUES ('schema_version', ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -176,12 +199,28 @@ class ReferenceStore:
         s.execute("ALTER TABLE refs ADD COLUMN recorded_at TEXT")
         s.execute("UPDATE refs SET recorded_at = updated_at")
 
+    def _migrate_from_4(self, s: Transaction) -> None:
+        """Version 4 held one reference set: it becomes the collection ``default`` (id 0).
+        (A table the schema text has just made has the column already: version 1 had no
+        change log.)"""
+        if "collection" not in self.db.columns(s, "refs"):
+            self.db.scope_refs_by_collection(s)
+        s.execute("DROP INDEX IF EXISTS refs_element")
+        if "collection" not in self.db.columns(s, "changes"):
+            s.execute("ALTER TABLE changes ADD COLUMN collection BIGINT NOT NULL DEFAULT 0")
+
     # -- writes ------------------------------------------------------------------------------
     def _log(self, s: Transaction, key: int) -> int:
         return s.execute(
-            "INSERT INTO changes (key, committed_at) VALUES (?, ?) RETURNING seq",
-            (key, time.time()),
+            "INSERT INTO changes (key, committed_at, collection) VALUES (?, ?, ?) RETURNING seq",
+            (key, time.time(), self.collection),
         ).fetchone()[0]
+
+    def _check_collection(self, s: Transaction) -> None:
+        """Inside a write (writers exclude each other): the collection still exists."""
+        found = s.execute("SELECT 1 FROM collections WHERE id = ?", (self.collection,)).fetchone()
+        if found is None:
+            raise CollectionGone(self.collection)
 
     def upsert(self, refs: list[NewReference], model_version: str) -> Committed:
         """Insert or replace by id, all or nothing. A replaced signal drops every model's
@@ -190,18 +229,20 @@ class ReferenceStore:
         keys: list[int] = []
         seq = 0
         with self.db.write() as s:
+            self._check_collection(s)
             for r in refs:
                 key = s.execute(
-                    "INSERT INTO refs (id, element_id, session_id, metadata, channels, length,"
-                    " signal, model_version, updated_at, recorded_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET element_id=excluded.element_id,"
+                    "INSERT INTO refs (collection, id, element_id, session_id, metadata, channels,"
+                    " length, signal, model_version, updated_at, recorded_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (collection, id) DO UPDATE SET element_id=excluded.element_id,"
                     " session_id=excluded.session_id, metadata=excluded.metadata,"
                     " channels=excluded.channels, length=excluded.length,"
                     " signal=excluded.signal, model_version=excluded.model_version,"
                     " updated_at=excluded.updated_at, recorded_at=excluded.recorded_at"
                     " RETURNING key",
                     (
+                        self.collection,
                         r.id,
                         r.element_id,
                         r.session_id,
@@ -228,7 +269,10 @@ class ReferenceStore:
     def delete(self, ref_id: str) -> Committed | None:
         """Delete by id; None when there was no such id."""
         with self.db.write() as s:
-            row = s.execute("DELETE FROM refs WHERE id = ? RETURNING key", (ref_id,)).fetchone()
+            row = s.execute(
+                "DELETE FROM refs WHERE collection = ? AND id = ? RETURNING key",
+                (self.collection, ref_id),
+            ).fetchone()
             if row is None:
                 return None
             s.execute("DELETE FROM embeddings WHERE key = ?", (row[0],))
@@ -263,22 +307,30 @@ class ReferenceStore:
 
     # -- the change log ----------------------------------------------------------------------
     def changes_after(self, seq: int, limit: int = 10_000) -> ChangePage:
+        """This collection's entries after ``seq``, up to ``limit``, of those committed when
+        this is read (``through``: every entry up to it was committed then, writers committing
+        in sequence order: a reader with fewer than ``limit`` entries has seen all of its
+        collection's up to ``through``)."""
         with self.db.read() as s:
+            through = self._last_seq(s)
             pruned = s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()
             rows = s.execute(
-                "SELECT seq, key, committed_at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
+                "SELECT seq, key, committed_at FROM changes WHERE seq > ? AND seq <= ?"
+                " AND collection = ? ORDER BY seq LIMIT ?",
+                (seq, through, self.collection, limit),
             ).fetchall()
-        return ChangePage([Change(*row) for row in rows], int(pruned[0]) if pruned else 0)
+        return ChangePage([Change(*row) for row in rows], int(pruned[0]) if pruned else 0, through)
 
     def last_seq(self) -> int:
+        """The change log's last sequence number (every collection's)."""
         with self.db.read() as s:
-            row = s.execute("SELECT MAX(seq) FROM changes").fetchone()
-            if row[0] is not None:
-                return int(row[0])
-            return int(
-                s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()[0]
-            )
+            return self._last_seq(s)
+
+    def _last_seq(self, s: Transaction) -> int:
+        row = s.execute("SELECT MAX(seq) FROM changes").fetchone()
+        if row[0] is not None:
+            return int(row[0])
+        return int(s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()[0])
 
     # -- what the index is built from --------------------------------------------------------
     def index_rows(
@@ -310,8 +362,8 @@ class ReferenceStore:
                 rows = s.execute(
                     "SELECT r.key, r.id, r.element_id, r.session_id, e.vector FROM refs r"
                     " JOIN embeddings e ON e.key = r.key AND e.model_version = ?"
-                    " WHERE r.key > ? ORDER BY r.key LIMIT ?",
-                    (version, last, batch),
+                    " WHERE r.collection = ? AND r.key > ? ORDER BY r.key LIMIT ?",
+                    (version, self.collection, last, batch),
                 ).fetchall()
             if not rows:
                 return
@@ -322,8 +374,9 @@ class ReferenceStore:
         """Up to ``n`` embeddings of ``version``, drawn at random (to train an IVF index)."""
         with self.db.read() as s:
             rows = s.execute(
-                "SELECT vector FROM embeddings WHERE model_version = ? ORDER BY random() LIMIT ?",
-                (version, n),
+                "SELECT e.vector FROM embeddings e JOIN refs r ON r.key = e.key"
+                " WHERE e.model_version = ? AND r.collection = ? ORDER BY random() LIMIT ?",
+                (version, self.collection, n),
             ).fetchall()
         return np.stack([_f32(r[0]) for r in rows]) if rows else np.zeros((0, 0), np.float32)
 
@@ -332,18 +385,18 @@ class ReferenceStore:
         with self.db.read() as s:
             rows = s.execute(
                 "SELECT r.key, r.revision, r.channels, r.length, r.signal FROM refs r"
-                " WHERE NOT EXISTS (SELECT 1 FROM embeddings e"
+                " WHERE r.collection = ? AND NOT EXISTS (SELECT 1 FROM embeddings e"
                 " WHERE e.key = r.key AND e.model_version = ?) ORDER BY r.key LIMIT ?",
-                (version, batch),
+                (self.collection, version, batch),
             ).fetchall()
         return [Unembedded(k, rev, _f32(sig).reshape(c, n)) for k, rev, c, n, sig in rows]
 
     def count_unembedded(self, version: str) -> int:
         with self.db.read() as s:
             return s.execute(
-                "SELECT COUNT(*) FROM refs r WHERE NOT EXISTS (SELECT 1 FROM embeddings e"
-                " WHERE e.key = r.key AND e.model_version = ?)",
-                (version,),
+                "SELECT COUNT(*) FROM refs r WHERE r.collection = ? AND NOT EXISTS"
+                " (SELECT 1 FROM embeddings e WHERE e.key = r.key AND e.model_version = ?)",
+                (self.collection, version),
             ).fetchone()[0]
 
     def embeddings(self, keys: np.ndarray, version: str) -> tuple[np.ndarray, np.ndarray]:
@@ -377,20 +430,24 @@ class ReferenceStore:
     # -- reads for the API -------------------------------------------------------------------
     def count(self) -> int:
         with self.db.read() as s:
-            return s.execute("SELECT COUNT(*) FROM refs").fetchone()[0]
+            return s.execute(
+                "SELECT COUNT(*) FROM refs WHERE collection = ?", (self.collection,)
+            ).fetchone()[0]
 
     def count_embedded(self, version: str) -> int:
         with self.db.read() as s:
             return s.execute(
-                "SELECT COUNT(*) FROM embeddings WHERE model_version = ?", (version,)
+                "SELECT COUNT(*) FROM embeddings e JOIN refs r ON r.key = e.key"
+                " WHERE e.model_version = ? AND r.collection = ?",
+                (version, self.collection),
             ).fetchone()[0]
 
     def get(self, ref_id: str) -> ReferenceOut | None:
         with self.db.read() as s:
             row = s.execute(
                 "SELECT id, element_id, session_id, metadata, channels, length, signal,"
-                " model_version, updated_at, recorded_at FROM refs WHERE id = ?",
-                (ref_id,),
+                " model_version, updated_at, recorded_at FROM refs WHERE collection = ? AND id = ?",
+                (self.collection, ref_id),
             ).fetchone()
         if row is None:
             return None
@@ -408,7 +465,9 @@ class ReferenceStore:
     def list(
         self, element_id: str | None, limit: int, offset: int
     ) -> tuple[list[ReferenceSummary], int]:
-        where, args = ("WHERE element_id = ?", (element_id,)) if element_id else ("", ())
+        where, args = "WHERE collection = ?", (self.collection,)
+        if element_id:
+            where, args = f"{where} AND element_id = ?", (*args, element_id)
         with self.db.read() as s:
             total = s.execute(f"SELECT COUNT(*) FROM refs {where}", args).fetchone()[0]
             rows = s.execute(
@@ -433,10 +492,11 @@ class ReferenceStore:
     ) -> tuple[list[ElementSummary], int]:
         """A page of elements in id order, each with its counts and recording span; with
         ``contains``, only those whose id contains it (ignoring case)."""
-        where, args = "", ()
+        where, args = "WHERE collection = ?", (self.collection,)
         if contains:
             escaped = contains.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where, args = "WHERE LOWER(element_id) LIKE ? ESCAPE '\\'", (f"%{escaped}%",)
+            where = f"{where} AND LOWER(element_id) LIKE ? ESCAPE '\\'"
+            args = (*args, f"%{escaped}%")
         with self.db.read() as s:
             total = s.execute(
                 f"SELECT COUNT(DISTINCT element_id) FROM refs {where}", args
@@ -454,9 +514,9 @@ class ReferenceStore:
         """The element's references in time order (none for an unknown element)."""
         with self.db.read() as s:
             rows = s.execute(
-                "SELECT key, session_id, recorded_at FROM refs WHERE element_id = ?"
-                " ORDER BY recorded_at, key",
-                (element_id,),
+                "SELECT key, session_id, recorded_at FROM refs WHERE collection = ?"
+                " AND element_id = ? ORDER BY recorded_at, key",
+                (self.collection, element_id),
             ).fetchall()
         return [ElementReference(*row) for row in rows]
 

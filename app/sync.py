@@ -78,7 +78,6 @@ class IndexSync:
         self._wake = asyncio.Event()
         self._stop = threading.Event()
         self._task: asyncio.Task | None = None
-        self._listener: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -92,32 +91,28 @@ class IndexSync:
         finally:
             await run_in_threadpool(lock.__exit__, None, None, None)
         await self._load_or_rebuild()
-        loop = asyncio.get_running_loop()
-
-        def wake() -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(self._wake.set)
-
-        self._listener = threading.Thread(
-            target=self.store.listen,
-            args=(wake, self._stop),
-            name="change-listener",
-            daemon=True,
-        )
-        self._listener.start()
         self._task = asyncio.create_task(self._follow())
 
-    async def stop(self) -> None:
+    def wake(self) -> None:
+        """Look at the log now (on the event loop): another process committed."""
+        self._wake.set()
+
+    async def stop(self, save: bool = True) -> None:
+        """Stops following the log; saves the index's snapshot (``save``), or removes it (its
+        collection was deleted)."""
         # A flag, not cancellation: asyncio.wait_for in 3.11 can swallow a cancel that races its
         # timeout, which left the loop running and shutdown waiting for it forever.
         self._stop.set()
         self._wake.set()
         if self._task is not None:
             await self._task
-        if self._listener is not None:  # it checks the stop flag twice a second
-            await run_in_threadpool(self._listener.join, 5.0)
         async with self._lock:
-            await run_in_threadpool(self.index.save, self.snapshot, self.applied_seq, self.version)
+            if save:
+                await run_in_threadpool(
+                    self.index.save, self.snapshot, self.applied_seq, self.version
+                )
+            else:
+                self.snapshot.unlink(missing_ok=True)
 
     async def _embed_missing(self) -> None:
         """References without this model's embedding (stored by another model) get one."""
@@ -226,12 +221,12 @@ class IndexSync:
                 )
                 await run_in_threadpool(self._rebuild)
                 continue
-            if not page.entries:
+            self.store_seq = max(self.store_seq, page.through)
+            if not page.entries:  # none of this collection's up to the log's end
                 self._oldest_pending = None
-                self.store_seq = max(self.store_seq, self.applied_seq)
+                self.applied_seq = max(self.applied_seq, page.through)
                 return
             self._oldest_pending = page.entries[0].committed_at
-            self.store_seq = max(self.store_seq, page.entries[-1].seq)
             keys = sorted({c.key for c in page.entries})
             rows, removed = await self._rows_of(keys)
             if not await run_in_threadpool(self.index.apply, rows, removed):
@@ -240,10 +235,11 @@ class IndexSync:
                 continue
             for observer in self.observers:
                 observer.changed(len(keys), len(self.index))
-            self.applied_seq = page.entries[-1].seq
             if len(page.entries) < PAGE:  # the log's end when read: what came since waits
+                self.applied_seq = max(page.entries[-1].seq, page.through)
                 self._oldest_pending = None  # for the next poll or notification
                 return
+            self.applied_seq = page.entries[-1].seq
 
     async def _rows_of(self, keys: list[int]) -> tuple[IndexRows, np.ndarray]:
         """The index rows of ``keys`` and those no longer stored; references another model

@@ -1,4 +1,4 @@
-"""/embed and /keypoints: JSON bodies or .npy bodies."""
+"""/embed and /keypoints (JSON bodies or .npy bodies), and /model: the model's manifest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi import Request
 from app.bodies import read_signals
 from app.dependencies import EmbeddingDep
 from app.openapi import signals_body
-from app.responses import respond
+from app.responses import FastJSONResponse, respond
 from app.routers import reading_router
 from app.schemas import (
     EmbedResponse,
@@ -42,3 +42,9 @@ async def keypoints(request: Request, embedding: EmbeddingDep):
     samples (fractional) and a confidence in [0, 1]."""
     batch, _ = await read_signals(request, embedding.limits, NoOptions)
     return respond(await embedding.keypoints(batch))
+
+
+@router.get("/model", summary="The served model's manifest")
+async def model(embedding: EmbeddingDep):
+    """The manifest of the collection's model (the collection default's on the plain route)."""
+    return FastJSONResponse(embedding.manifest)

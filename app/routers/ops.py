@@ -1,13 +1,13 @@
-"""Liveness, readiness, Prometheus metrics and the model manifest."""
+"""Liveness, readiness and Prometheus metrics: the process, every collection."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.dependencies import StatusDep, require_read_key
-from app.responses import FastJSONResponse, respond
-from app.schemas import Health, Ready, error_responses
+from app.dependencies import StatusDep
+from app.responses import respond
+from app.schemas import Health, Ready
 
 router = APIRouter(tags=["operations"])
 
@@ -34,13 +34,3 @@ async def ready(service: StatusDep):
 async def metrics(service: StatusDep):
     """This process's metrics (with several workers on one port, one process answers a scrape)."""
     return Response(service.metrics_text(), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get(
-    "/model",
-    summary="The served model's manifest",
-    dependencies=[Depends(require_read_key)],
-    responses=error_responses(401, 403),
-)
-async def model(service: StatusDep):
-    return FastJSONResponse(service.manifest())

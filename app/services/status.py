@@ -1,62 +1,73 @@
-"""Operations: whether this process is ready (model, index, database, change-log lag), its
-Prometheus metrics and the served model's manifest."""
+"""Operations: whether this process is ready (models, indexes, database, change-log lag, for
+every collection) and its Prometheus metrics."""
 
 from __future__ import annotations
 
 from prometheus_client import generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from app.catalog import Collection, CollectionRegistry
 from app.database import StoreUnavailable
-from app.index import VectorIndex
 from app.observability import SERVED_BY, Metrics
-from app.schemas import Ready
-from app.services.embedding import EmbeddingService
-from app.store import ReferenceStore
-from app.sync import IndexSync
+from app.schemas import CollectionStatus, Ready
+from app.store import DEFAULT_COLLECTION, ReferenceStore
 
 
 class StatusService:
     def __init__(
-        self,
-        embedding: EmbeddingService,
-        index: VectorIndex,
-        store: ReferenceStore,
-        sync: IndexSync,
-        metrics: Metrics,
+        self, collections: CollectionRegistry, store: ReferenceStore, metrics: Metrics
     ) -> None:
-        self.embedding, self.index, self.store, self.sync = embedding, index, store, sync
-        self.metrics = metrics
+        self.collections, self.store, self.metrics = collections, store, metrics
         self.ready = False  # set by the composition root once started
 
     async def status(self) -> Ready:
-        sync = self.sync.status()
+        every = [self._collection(c) for c in self.collections.items()]
+        default = self.collections.get(DEFAULT_COLLECTION)
+        sync = default.sync.status()
         stored = None  # not asked while the database is known to be down: a probe must not wait
         if sync.database == "ok":
             try:
-                stored = await run_in_threadpool(self.store.count)
+                stored = await run_in_threadpool(default.store.count)
             except StoreUnavailable:
                 pass
         return Ready(
             ready=self.ready,
-            references=len(self.index),
+            references=len(default.index),
             stored=stored,
-            model_version=self.embedding.version,
-            engine=self.embedding.engine,
-            index=self.index.current_kind,
-            inference_workers=self.embedding.workers,
+            model_version=default.embedding.version,
+            engine=default.embedding.engine,
+            index=default.index.current_kind,
+            inference_workers=default.embedding.workers,
             database="ok" if stored is not None else "unreachable",
             degraded=stored is None,
             sync=sync,
             served_by=SERVED_BY,
+            collections=every,
+            unavailable=self.collections.broken(),
         )
 
-    def manifest(self) -> dict:
-        return self.embedding.manifest
+    @staticmethod
+    def _collection(collection: Collection) -> CollectionStatus:
+        return CollectionStatus(
+            name=collection.name,
+            model_version=collection.embedding.version,
+            references=len(collection.index),
+            index=collection.index.current_kind,
+            index_memory_bytes=collection.index.memory_bytes(),
+            model_memory_bytes=collection.model.memory_bytes,
+            sync=collection.sync.status(),
+        )
 
     def metrics_text(self) -> bytes:
-        """This process's metrics in Prometheus' text format, the change-log lag as of now."""
-        sync = self.sync.status()
-        self.metrics.sync_lag_entries.set(sync.lag_entries)
-        self.metrics.sync_lag_seconds.set(sync.lag_seconds)
-        self.metrics.database_up.set(sync.database == "ok")
+        """This process's metrics in Prometheus' text format, lags and memory as of now."""
+        database_ok = True
+        for collection in self.collections.items():
+            name = collection.name
+            sync = collection.sync.status()
+            self.metrics.sync_lag_entries.labels(name).set(sync.lag_entries)
+            self.metrics.sync_lag_seconds.labels(name).set(sync.lag_seconds)
+            self.metrics.index_memory.labels(name).set(collection.index.memory_bytes())
+            self.metrics.model_memory.labels(name).set(collection.model.memory_bytes)
+            database_ok = database_ok and sync.database == "ok"
+        self.metrics.database_up.set(database_ok)
         return generate_latest(self.metrics.registry)

@@ -19,6 +19,7 @@ from hsn_client.operations import Call, Operation, Operations
 from hsn_client.results import (
     Alignment,
     BatchDrift,
+    Collection,
     ElementDrift,
     ElementSummary,
     Keypoints,
@@ -49,10 +50,11 @@ class AsyncClient:
         backoff: float = 0.25,
         max_batch: int | None = None,
         npy: bool = True,
+        collection: str | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(**http_options(base_url, api_key, timeout))
         self._retry = RetryPolicy(retries, backoff)
-        self._ops = Operations(max_batch, npy)
+        self._ops = Operations(max_batch, npy, collection)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -178,12 +180,28 @@ class AsyncClient:
         """See ``Client.model``."""
         return await self._run(self._ops.model())
 
+    async def collections(self) -> list[Collection]:
+        """See ``Client.collections``."""
+        return await self._run(self._ops.collections())
+
+    async def collection(self, name: str) -> Collection:
+        """See ``Client.collection``."""
+        return await self._run(self._ops.collection(name))
+
+    async def create_collection(self, name: str, model: str | None = None) -> Collection:
+        """See ``Client.create_collection``."""
+        return await self._run(self._ops.create_collection(name, model))
+
+    async def delete_collection(self, name: str) -> None:
+        """See ``Client.delete_collection``."""
+        await self._run(self._ops.delete_collection(name))
+
     async def _run(self, operation: Operation[T]) -> T:
         try:
             call = next(operation)
             while True:
                 try:
-                    answer = await self._send(call)
+                    answer = await self._send(self._ops.located(call))
                 except HsnError as exc:
                     call = operation.throw(exc)
                 else:

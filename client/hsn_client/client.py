@@ -18,6 +18,7 @@ from hsn_client.operations import Call, Operation, Operations
 from hsn_client.results import (
     Alignment,
     BatchDrift,
+    Collection,
     ElementDrift,
     ElementSummary,
     Keypoints,
@@ -42,7 +43,9 @@ def http_options(base_url: str, api_key: str | None, timeout: float) -> dict[str
 class Client:
     """The service at ``base_url`` (e.g. ``http://127.0.0.1:8000``).
 
-    ``api_key`` is sent as ``Authorization: Bearer`` (the service's HSN_API_KEY). Signals go as
+    ``api_key`` is sent as ``Authorization: Bearer`` (HSN_API_KEY, or a key of ``python -m app
+    keys create``). ``collection``: the collection the data calls (embed, search, references,
+    ...) are for; None: the routes without one, which serve ``default``. Signals go as
     ``.npy`` bodies unless ``npy`` is False. Batches larger than the service takes are sent in
     several requests (its limit is read from ``/openapi.json`` once, unless ``max_batch`` is
     given). A call is sent again, ``backoff`` seconds doubling, at most ``retries`` times: when
@@ -61,10 +64,11 @@ class Client:
         backoff: float = 0.25,
         max_batch: int | None = None,
         npy: bool = True,
+        collection: str | None = None,
     ) -> None:
         self._http = httpx.Client(**http_options(base_url, api_key, timeout))
         self._retry = RetryPolicy(retries, backoff)
-        self._ops = Operations(max_batch, npy)
+        self._ops = Operations(max_batch, npy, collection)
 
     def __enter__(self) -> Client:
         return self
@@ -196,15 +200,32 @@ class Client:
         return self._run(self._ops.element_drift(element_id, baseline_sessions))
 
     def model(self) -> dict[str, Any]:
-        """The served model's manifest."""
+        """The manifest of the collection's model."""
         return self._run(self._ops.model())
+
+    def collections(self) -> list[Collection]:
+        """Every collection (those the API key covers), oldest first."""
+        return self._run(self._ops.collections())
+
+    def collection(self, name: str) -> Collection:
+        """HsnError with status 404 for an unknown name."""
+        return self._run(self._ops.collection(name))
+
+    def create_collection(self, name: str, model: str | None = None) -> Collection:
+        """A new, empty collection on ``model``, a folder of the service's model repository
+        (None: the default collection's model). Needs an admin key; 409 if it exists."""
+        return self._run(self._ops.create_collection(name, model))
+
+    def delete_collection(self, name: str) -> None:
+        """Deletes the collection and every reference in it (admin key; 409 for default)."""
+        self._run(self._ops.delete_collection(name))
 
     def _run(self, operation: Operation[T]) -> T:
         try:
             call = next(operation)
             while True:
                 try:
-                    answer = self._send(call)
+                    answer = self._send(self._ops.located(call))
                 except HsnError as exc:
                     call = operation.throw(exc)
                 else:

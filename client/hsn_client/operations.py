@@ -10,7 +10,7 @@ I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from hsn_client.progress import ProgressLine
 from hsn_client.results import (
     Alignment,
     BatchDrift,
+    Collection,
     ElementDrift,
     ElementSummary,
     Keypoints,
@@ -48,6 +49,7 @@ class Call:
     path: str
     request: dict[str, Any] = field(default_factory=dict)
     idempotent: bool = True
+    of_collection: bool = True  # a data route: under /collections/{name} for a collection
 
 
 Operation = Generator[Call, Any, T]
@@ -56,16 +58,24 @@ Operation = Generator[Call, Any, T]
 class Operations:
     """The API's calls. ``max_batch``: signals a request may carry (None: read from the
     service's OpenAPI document on first need, with the largest body it takes);
-    ``npy``: send signals as ``.npy`` bodies."""
+    ``npy``: send signals as ``.npy`` bodies; ``collection``: the collection the data calls
+    are for (None: the routes without a collection, which serve ``default``)."""
 
-    def __init__(self, max_batch: int | None, npy: bool) -> None:
+    def __init__(self, max_batch: int | None, npy: bool, collection: str | None = None) -> None:
         self.max_batch = max_batch
         self.max_body_bytes: int | None = None  # unknown: pieces are cut by count alone
         self.npy = npy
+        self.prefix = "" if collection is None else f"/collections/{_segment(collection)}"
+
+    def located(self, call: Call) -> Call:
+        """``call`` with its path where the service serves it for this client's collection."""
+        if not call.of_collection or not self.prefix:
+            return call
+        return replace(call, path=self.prefix + call.path)
 
     def batch_limit(self) -> Operation[int]:
         if self.max_batch is None:
-            spec = yield Call("GET", "/openapi.json")
+            spec = yield Call("GET", "/openapi.json", of_collection=False)
             self.max_batch, self.max_body_bytes = batch_limit_of(spec), body_limit_of(spec)
         return self.max_batch
 
@@ -277,6 +287,23 @@ class Operations:
 
     def model(self) -> Operation[dict[str, Any]]:
         return (yield Call("GET", "/model"))
+
+    def collections(self) -> Operation[list[Collection]]:
+        answer = yield Call("GET", "/collections", of_collection=False)
+        return [Collection.from_json(item) for item in answer["items"]]
+
+    def collection(self, name: str) -> Operation[Collection]:
+        path = f"/collections/{_segment(name)}"
+        return Collection.from_json((yield Call("GET", path, of_collection=False)))
+
+    def create_collection(self, name: str, model: str | None) -> Operation[Collection]:
+        body = {"json": {"name": name, "model": model}}
+        # not repeated after a broken connection: a second try would answer 409
+        call = Call("POST", "/collections", body, idempotent=False, of_collection=False)
+        return Collection.from_json((yield call))
+
+    def delete_collection(self, name: str) -> Operation[None]:
+        yield Call("DELETE", f"/collections/{_segment(name)}", of_collection=False)
 
 
 def body_limit_of(spec: dict[str, Any]) -> int | None:

@@ -146,6 +146,21 @@ class ElementSummary(_Record):
 
 
 @dataclass(frozen=True)
+class Collection(_Record):
+    """A collection: its model, and what a signal sent to it must be."""
+
+    name: str
+    model: str | None  # its folder in the service's model repository (None: the default model)
+    model_version: str
+    references: int
+    dim: int
+    in_channels: int
+    min_length: int
+    max_length: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a listing: ``items`` from ``offset``, of ``total`` in all."""
 

@@ -186,7 +186,7 @@ def test_drift_fits_are_bounded_by_the_sessions_elements_have(client, drift_set)
     assert all(a.status_code == 200 for a in answers)
     assert len({a.json()["score"] for a in answers}) == 1  # one baseline, one calibration
     assert all(len(a.json()["baseline"]["sessions"]) == 5 for a in answers)
-    fits = client.app.state.services.calibrations
+    fits = client.app.state.services.default.calibrations
     assert [k for k in fits._entries if k[0] == "drift"] == [("drift", 5)]
 
 

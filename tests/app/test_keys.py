@@ -16,7 +16,16 @@ from app.errors import Invalid
 from app.keys import KeyTable
 
 OPEN = {"/health", "/ready", "/metrics"}  # probes: never asked for a key
-WRITES = {("post", "/references"), ("post", "/references/npz"), ("delete", "/references/{ref_id}")}
+PLAIN_WRITES = {
+    ("post", "/references"),
+    ("post", "/references/npz"),
+    ("delete", "/references/{ref_id}"),
+}
+IN_COLLECTION = "/collections/{collection}"
+WRITES = PLAIN_WRITES | {(method, IN_COLLECTION + path) for method, path in PLAIN_WRITES}
+ADMIN = {("post", "/collections"), ("delete", IN_COLLECTION)}
+# not one collection's: a key limited to some collections may call them (and sees its own)
+ANY_COLLECTION = {("get", "/collections"), ("post", "/collections")}
 
 
 def routes(app) -> list[tuple[str, str]]:
@@ -29,8 +38,11 @@ def routes(app) -> list[tuple[str, str]]:
     )
 
 
-def call(client, method: str, path: str, secret: str | None) -> httpx.Response:
+def call(
+    client, method: str, path: str, secret: str | None, collection: str = "default"
+) -> httpx.Response:
     url = path.replace("{ref_id}", "x").replace("{element_id}", "x")
+    url = url.replace("{collection}", collection)
     headers = {"authorization": f"Bearer {secret}"} if secret else {}
     if method == "get":
         return client.get(url, headers=headers)
@@ -50,7 +62,8 @@ def make_key(client, scope: str, collections=()) -> str:
 def test_every_route_answers_each_scope_as_it_should(make_client):
     client = make_client(auth_reads=True)
     served = routes(client.app)
-    assert len(served) >= 17 and set(WRITES) <= set(served)
+    assert len(served) >= 35 and WRITES | ADMIN <= set(served)
+    client.post("/collections", json={"name": "ecg"}, headers={})  # no key made yet: open
     read, write, admin = (make_key(client, s) for s in ("read", "write", "admin"))
     elsewhere = make_key(client, "admin", ["ecg"])
     revoked = make_key(client, "write")
@@ -58,25 +71,57 @@ def test_every_route_answers_each_scope_as_it_should(make_client):
     keys.table.revoke(revoked.split("_")[1])
     keys.refresh()
     for method, path in served:
-        needs = None if path in OPEN else "write" if (method, path) in WRITES else "read"
-
-        def status(secret, method=method, path=path):
-            return call(client, method, path, secret).status_code
-
         where = (method, path)
+        needs = (
+            None
+            if path in OPEN
+            else "admin"
+            if where in ADMIN
+            else "write"
+            if where in WRITES
+            else "read"
+        )
+
+        def status(secret, collection="default", method=method, path=path):
+            return call(client, method, path, secret, collection).status_code
+
         if needs is None:
             assert status(None) not in (401, 403), where
             continue
         for secret in (None, "hsn_000000000000_unknown", "not-even-a-key", revoked):
             assert status(secret) == 401, (where, secret)
-        assert (status(read) == 403) == (needs == "write"), where
-        assert status(write) not in (401, 403) and status(admin) not in (401, 403), where
+        assert (status(read) == 403) == (needs != "read"), where
+        assert (status(write) == 403) == (needs == "admin"), where
+        assert status(admin) not in (401, 403), where
+        if where in ANY_COLLECTION:
+            assert status(elsewhere) not in (401, 403), where
+            continue
         refused = call(client, method, path, elsewhere)
         assert refused.status_code == 403, where
         assert "ecg" in refused.json()["detail"][0]["msg"], where
+        if IN_COLLECTION in path:  # in its collection, the same key is let in
+            assert status(elsewhere, "ecg") not in (401, 403), where
     refused = call(client, "post", "/references", read).json()["detail"][0]
     assert refused["loc"] == ["header", "authorization"]
     assert refused["msg"] == "this key's scope is read: writing references needs write"
+
+
+def test_a_collection_key_sees_and_makes_only_its_collections(make_client):
+    client = make_client(auth_reads=True)
+    ecg = make_key(client, "admin", ["ecg", "eeg"])
+    made = client.post("/collections", json={"name": "ecg"}, headers=bearer(ecg))
+    assert made.status_code == 201
+    other = client.post("/collections", json={"name": "pump"}, headers=bearer(ecg))
+    assert other.status_code == 403 and "pump" in other.json()["detail"][0]["msg"]
+    client.post("/collections", json={"name": "pump"}, headers=bearer(make_key(client, "admin")))
+    listed = client.get("/collections", headers=bearer(ecg)).json()["items"]
+    assert [c["name"] for c in listed] == ["ecg"]  # not default, not pump
+    assert client.delete("/collections/pump", headers=bearer(ecg)).status_code == 403
+    assert client.delete("/collections/ecg", headers=bearer(ecg)).status_code == 204
+
+
+def bearer(secret: str) -> dict:
+    return {"authorization": f"Bearer {secret}"}
 
 
 def test_reads_stay_open_unless_auth_reads_and_the_env_key_is_an_admin(make_client):

@@ -21,7 +21,8 @@ def test_metrics_count_requests_batches_and_index_size(client, service_data):
     assert 'hsn_requests_total{method="POST",route="/embed",status="200"} 1.0' in text
     assert 'hsn_request_signals_sum{route="/embed"} 3.0' in text
     assert "hsn_model_batch_signals_count" in text and "hsn_inference_seconds_bucket" in text
-    assert "hsn_index_references 4.0" in text
+    assert 'hsn_index_references{collection="default"} 4.0' in text
+    assert 'hsn_model_memory_bytes{collection="default"}' in text
 
 
 def test_request_ids_are_echoed_or_made(client):
@@ -55,7 +56,8 @@ def test_openapi_documents_every_route_with_examples(client):
         for o in ops.values()
         if "application/x-npy" in o.get("requestBody", {}).get("content", {})
     }
-    assert npy_routes == {"/embed", "/keypoints", "/search", "/align", "/verify", "/drift"}
+    plain = {"/embed", "/keypoints", "/search", "/align", "/verify", "/drift"}
+    assert npy_routes == plain | {f"/collections/{{collection}}{p}" for p in plain}
     assert client.get("/docs").status_code == 200
 
 

@@ -1,6 +1,15 @@
 // The service's JSON API, with the API key asked for on a 401 and kept for this tab only.
+// The collection shown is the page's ?collection= (default: "default"): every data request
+// goes to /collections/<name>/... for it.
 
 const KEY_STORAGE = "hsn-api-key";
+export const COLLECTION = new URLSearchParams(location.search).get("collection") || "default";
+
+// Where the service answers `path` for the collection shown.
+function located(path) {
+  if (COLLECTION === "default" || path.startsWith("/collections")) return path;
+  return `/collections/${encodeURIComponent(COLLECTION)}${path}`;
+}
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -59,7 +68,7 @@ export async function api(path, body) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (key) headers.Authorization = `Bearer ${key}`;
-    const response = await fetch(path, {
+    const response = await fetch(located(path), {
       method: body === undefined ? "GET" : "POST",
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
