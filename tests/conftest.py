@@ -92,3 +92,29 @@ def postgres():
     server = PostgresServer(binaries)
     yield server
     server.close()
+
+
+PUMP = {"channels": 2, "length": 96}  # the second collection's signals: unlike the default's
+
+
+@pytest.fixture(scope="session")
+def pump_data():
+    return generate(SynthConfig(elements=6, sessions=2, signals=4, seed=21, **PUMP))
+
+
+@pytest.fixture(scope="session")
+def pump_model_dir(tmp_path_factory, pump_data) -> Path:
+    """A model of other channels, lengths and embedding size than the default one."""
+    out = tmp_path_factory.mktemp("pump_model")
+    model = {"conv_channels": (8, 8, 8), "gru_hidden": 8, "embedding_dim": 24}
+    Trainer(TrainConfig(epochs=1, p=4, k=4, model=model), pump_data, out).fit()
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory, model_dir, pump_model_dir) -> Path:
+    """A model repository: ``ecg`` (the default collection's model) and ``pump``."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "ecg").symlink_to(model_dir)
+    (root / "pump").symlink_to(pump_model_dir)
+    return root

@@ -448,3 +448,39 @@ def test_the_page_says_when_a_key_may_not_read_here(locked_server, browser):
     assert "collections ecg" in browser.find_element(By.ID, "key-message").text
     browser.find_element(By.ID, "key-input").send_keys(KEY, Keys.ENTER)
     wait(browser, lambda d: d.execute_script(ELEMENT_ROWS))
+
+
+def test_the_collection_picker_shows_another_collection_and_keeps_it_in_the_url(
+    server, browser, data
+):
+    made = httpx.post(f"{server.url}/collections", json={"name": "other"}, timeout=60)
+    assert made.status_code == 201, made.text
+    two = data.subset(np.flatnonzero(np.isin(data.element_ids, sorted(set(data.element_ids))[:2])))
+    response = httpx.post(
+        f"{server.url}/collections/other/references/npz",
+        content=npz_body(two, recorded_at=two.extras["recorded_at"]),
+        timeout=120,
+    )
+    assert response.status_code == 201, response.text
+    picker = (
+        "return [...document.querySelectorAll('#collection-picker option')]"
+        ".map(o => [o.value, o.selected])"
+    )
+
+    browser.get(f"{server.url}/ui/?collection=other#/elements")
+    rows = wait(browser, lambda d: (r := d.execute_script(ELEMENT_ROWS)) and r)
+    stored = api(server, "GET", "/collections/other/elements")["items"]
+    assert [r[0] for r in rows] == [e["element_id"] for e in stored] and len(rows) == 2
+    options = wait(browser, lambda d: len(o := d.execute_script(picker)) == 2 and o)
+    assert options == [["default", False], ["other", True]]
+
+    browser.execute_script(
+        "const p = document.getElementById('collection-picker');"
+        " p.value = 'default'; p.dispatchEvent(new Event('change'));"
+    )
+    wait(browser, lambda d: "collection=" not in d.current_url)
+    rows = wait(browser, lambda d: len(r := d.execute_script(ELEMENT_ROWS)) > 2 and r)
+    assert [r[0] for r in rows] == [
+        e["element_id"] for e in api(server, "GET", "/elements")["items"]
+    ]
+    assert urlparse(browser.current_url).fragment == "/elements"

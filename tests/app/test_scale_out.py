@@ -51,6 +51,59 @@ def replicas(model_dir, tmp_path, postgres):
             server.stop(signal.SIGKILL)
 
 
+def test_a_collection_made_on_one_replica_is_served_by_the_other(
+    model_dir, model_repository, tmp_path, postgres, service_data, pump_data
+):
+    """Two models side by side on two replicas: a collection made, written and deleted through
+    one is served (and then no longer) by the other within the sync interval."""
+    url = postgres.new_database()
+    a, b = (
+        Server(
+            model_dir,
+            tmp_path / f"replica-{name}",
+            HSN_DATABASE_URL=url,
+            HSN_MODEL_REPOSITORY=str(model_repository),
+        ).start()
+        for name in "ab"
+    )
+    try:
+        pump_refs = [
+            {
+                "id": f"p{i}",
+                "element_id": str(pump_data.element_ids[i]),
+                "session_id": "s",
+                "signal": pump_data.signals[i].tolist(),
+            }
+            for i in range(6)
+        ]
+        query = {"signals": [pump_refs[2]["signal"]], "k": 1}
+        with httpx.Client(timeout=30) as http:
+            made = http.post(f"{a.url}/collections", json={"name": "pump", "model": "pump"})
+            assert made.status_code == 201, made.text
+            wait_until(lambda: http.get(f"{b.url}/collections/pump").status_code == 200)
+            stored = http.post(
+                f"{a.url}/collections/pump/references", json={"references": pump_refs}
+            )
+            assert stored.status_code == 201
+
+            def b_finds_it() -> bool:
+                answer = http.post(f"{b.url}/collections/pump/search", json=query).json()
+                neighbors = answer["results"][0]["neighbors"]
+                return bool(neighbors) and neighbors[0]["id"] == "p2"
+
+            wait_until(b_finds_it)
+            ecg = references(service_data, range(4))
+            http.post(f"{b.url}/references", json={"references": ecg}).raise_for_status()
+            wait_until(lambda: found_by(a, ecg[1], http))  # default: its own model, its own set
+            assert http.get(f"{a.url}/collections/pump").json()["references"] == 6
+            assert http.delete(f"{a.url}/collections/pump").status_code == 204
+            wait_until(lambda: http.get(f"{b.url}/collections/pump").status_code == 404)
+            assert found_by(b, ecg[1], http)
+    finally:
+        for server in (a, b):
+            server.stop(signal.SIGKILL)
+
+
 def test_replicas_see_each_others_writes_and_deletes(replicas, service_data):
     a, b = (server.start() for server in replicas)
     refs = references(service_data, range(10))

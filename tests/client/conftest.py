@@ -44,7 +44,7 @@ def stored_npz(stored_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service(model_dir, stored_npz, tmp_path_factory):
+def service(model_dir, model_repository, stored_npz, tmp_path_factory):
     """One server for the client's tests: batches of at most MAX_BATCH signals and an API key
     on reads and writes, so every call below is split and authorised. The references of
     ``stored_npz`` are loaded whole, without the client."""
@@ -54,6 +54,7 @@ def service(model_dir, stored_npz, tmp_path_factory):
         HSN_MAX_BATCH=str(MAX_BATCH),
         HSN_API_KEY=KEY,
         HSN_AUTH_READS="true",
+        HSN_MODEL_REPOSITORY=str(model_repository),
     ).start()
     loaded = httpx.post(
         f"{server.url}/references/npz", content=stored_npz.read_bytes(), headers=AUTH, timeout=60

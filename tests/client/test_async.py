@@ -67,3 +67,17 @@ def test_the_async_client_answers_as_the_sync_one(service, client, stored_data, 
     assert manifest == client.model()
     assert loaded == [f"async-{i}" for i in range(6)] and listed.total == 8
     assert missing.status == 404
+
+
+def test_the_async_client_speaks_to_a_collection(service, pump_data):
+    async def run():
+        async with AsyncClient(service.url, api_key=KEY) as admin:
+            await admin.create_collection("pump-async", "pump")
+            async with AsyncClient(service.url, api_key=KEY, collection="pump-async") as pump:
+                embedded = await pump.embed(pump_data.signals[:3])
+                names = [c.name for c in await admin.collections()]
+            await admin.delete_collection("pump-async")
+            return embedded, names
+
+    embedded, names = asyncio.run(run())
+    assert embedded.shape == (3, 24) and "pump-async" in names

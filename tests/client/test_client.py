@@ -318,3 +318,31 @@ def test_the_api_key_is_sent_and_its_absence_refused(service, stored_data):
                 assert refused.value.detail[0]["loc"] == ["header", "authorization"]
     with Client(service.url, api_key=KEY) as client:
         assert client.embed(x).shape == (2, 32)
+
+
+def test_a_client_of_a_collection_calls_its_routes(service, pump_data):
+    """Collections made, used through ``collection=`` (batches split as anywhere) and deleted;
+    the plain client meanwhile still speaks to default."""
+    with Client(service.url, api_key=KEY) as admin:
+        made = admin.create_collection("pump-client", "pump")
+        assert (made.name, made.model, made.in_channels, made.dim) == ("pump-client", "pump", 2, 24)
+        assert "pump-client" in [c.name for c in admin.collections()]
+        with pytest.raises(HsnError) as exists:
+            admin.create_collection("pump-client", "pump")
+        assert exists.value.status == 409
+        signals = pump_data.signals[:6]  # 6 > MAX_BATCH: sent in two requests
+        with Client(service.url, api_key=KEY, collection="pump-client") as pump:
+            ids = pump.add_references(
+                signals, pump_data.element_ids[:6].tolist(), pump_data.session_ids[:6].tolist()
+            )
+            assert pump.embed(signals).shape == (6, 24)
+            nearest = pump.search(signals[:2], k=1)
+            assert [r.neighbors[0].id for r in nearest] == ids[:2]
+            assert pump.model()["in_channels"] == 2
+            assert pump.list_references().total == 6
+        assert admin.collection("pump-client").references == 6
+        assert admin.model()["in_channels"] == 1  # the plain client: default
+        admin.delete_collection("pump-client")
+        with pytest.raises(HsnError) as gone:
+            admin.collection("pump-client")
+        assert gone.value.status == 404
