@@ -36,6 +36,7 @@ from app.services.embedding import EmbeddingService
 from app.services.references import ReferenceService
 from app.services.search import SearchService
 from app.services.verification import VerificationService
+from app.signals import SignalLimits
 from app.store import DEFAULT_COLLECTION, ReferenceStore, timestamp
 from app.sync import IndexSync
 
@@ -127,6 +128,7 @@ class Collection:
     index: VectorIndex
     sync: IndexSync
     calibrations: FittedCache
+    limits: SignalLimits  # what its model takes, named by the collection in refusals
 
     @property
     def name(self) -> str:

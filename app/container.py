@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.calibration import FittedCache
 from app.catalog import DEFAULT_ID, Collection, CollectionRegistry, CollectionRow, CollectionTable
@@ -200,4 +200,7 @@ def build_collection(
         index=index,
         sync=sync,
         calibrations=calibrations,
+        limits=embedding.limits
+        if row.id == DEFAULT_ID
+        else replace(embedding.limits, collection=row.name),
     )

@@ -72,7 +72,7 @@ CollectionsDep = Annotated[CollectionService, Depends(_catalog)]
 
 
 async def _limits(request: Request) -> SignalLimits:
-    return _collection(request).embedding.limits
+    return _collection(request).limits
 
 
 async def _settings(request: Request) -> Settings:

@@ -30,6 +30,10 @@ class SignalLimits:
     min_length: int
     max_length: int
     max_batch: int
+    collection: str | None = None  # whose model's limits these are, when not default's
+
+    def __str__(self) -> str:
+        return f"{self.in_channels} channel(s) of {self.min_length} to {self.max_length} samples"
 
 
 # A parsed batch: chunks of shape (b, C, L), one length per chunk, in request order.
@@ -190,22 +194,24 @@ def check_array(array: np.ndarray, limits: SignalLimits, field: str) -> np.ndarr
 
 
 def check_shape(channels: int, length: int, limits: SignalLimits, field: str) -> None:
+    # a collection's refusal names what its model takes: it may not be what default takes
+    whose = "" if limits.collection is None else f" (collection {limits.collection}: {limits})"
     if channels != limits.in_channels:
         raise InputError(
             field,
-            f"{channels} channel(s), the model expects {limits.in_channels}",
+            f"{channels} channel(s), the model expects {limits.in_channels}{whose}",
             kind="channels",
         )
     if length < limits.min_length:
         raise InputError(
             field,
-            f"{length} samples, shorter than the minimum {limits.min_length}",
+            f"{length} samples, shorter than the minimum {limits.min_length}{whose}",
             kind="too_short",
         )
     if length > limits.max_length:
         raise InputError(
             field,
-            f"{length} samples, longer than the maximum {limits.max_length}",
+            f"{length} samples, longer than the maximum {limits.max_length}{whose}",
             kind="too_long",
         )
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from app.database import INDEXES, Database, Transaction
+from app.errors import NotFound
 from app.labels import IndexRows
 from app.schemas import ElementSummary, ReferenceOut, ReferenceSummary
 
@@ -101,8 +102,11 @@ def timestamp(moment: datetime | None = None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-class CollectionGone(Exception):
-    """The collection written to was deleted (nothing was written)."""
+class CollectionGone(NotFound):
+    """The collection written to was deleted meanwhile (nothing was written)."""
+
+    def __init__(self) -> None:
+        super().__init__("collection", "the collection was deleted")
 
 
 class ReferenceStore:
@@ -220,7 +224,7 @@ class ReferenceStore:
         """Inside a write (writers exclude each other): the collection still exists."""
         found = s.execute("SELECT 1 FROM collections WHERE id = ?", (self.collection,)).fetchone()
         if found is None:
-            raise CollectionGone(self.collection)
+            raise CollectionGone()
 
     def upsert(self, refs: list[NewReference], model_version: str) -> Committed:
         """Insert or replace by id, all or nothing. A replaced signal drops every model's

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from app.bodies import read_signals
-from app.dependencies import EmbeddingDep
+from app.dependencies import EmbeddingDep, LimitsDep
 from app.openapi import signals_body
 from app.responses import FastJSONResponse, respond
 from app.routers import reading_router
@@ -25,9 +25,9 @@ router = reading_router("inference", 400, 413, 422)
     openapi_extra=signals_body(SignalsRequest),
     summary="Embed signals",
 )
-async def embed(request: Request, embedding: EmbeddingDep):
+async def embed(request: Request, embedding: EmbeddingDep, limits: LimitsDep):
     """One L2-normalised embedding per signal, in request order."""
-    batch, _ = await read_signals(request, embedding.limits, NoOptions)
+    batch, _ = await read_signals(request, limits, NoOptions)
     return respond(await embedding.embed(batch))
 
 
@@ -37,10 +37,10 @@ async def embed(request: Request, embedding: EmbeddingDep):
     openapi_extra=signals_body(SignalsRequest),
     summary="Locate keypoints",
 )
-async def keypoints(request: Request, embedding: EmbeddingDep):
+async def keypoints(request: Request, embedding: EmbeddingDep, limits: LimitsDep):
     """Per signal, one entry per keypoint type in manifest order: position in that signal's own
     samples (fractional) and a confidence in [0, 1]."""
-    batch, _ = await read_signals(request, embedding.limits, NoOptions)
+    batch, _ = await read_signals(request, limits, NoOptions)
     return respond(await embedding.keypoints(batch))
 
 

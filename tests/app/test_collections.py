@@ -102,7 +102,10 @@ def test_two_models_serve_side_by_side_in_one_process(repo_client, service_data,
     assert plain == same and plain["embeddings"] == ecg["embeddings"]  # one model, loaded once
 
     wrong = client.post("/collections/pump/embed", json={"signals": ecg_signals})
-    assert wrong.status_code == 422 and "2" in detail(wrong)["msg"], wrong.text
+    assert wrong.status_code == 422, wrong.text
+    assert detail(wrong)["msg"] == (
+        "1 channel(s), the model expects 2 (collection pump: 2 channel(s) of 32 to 8192 samples)"
+    )
     assert client.get("/collections/pump/model").json()["in_channels"] == 2
     assert client.get("/model").json()["in_channels"] == 1
 
@@ -230,6 +233,12 @@ def test_deleting_a_collection_under_load_loses_nothing_of_the_others(server_fac
                 statuses.append(answer.status_code)
                 if answer.status_code == 201:
                     acknowledged.append(ref["id"])
+                ref["id"] = f"g{n}-{i}"  # and one to the collection being deleted
+                statuses.append(
+                    http.post(
+                        f"{url}/collections/gone/references", json={"references": [ref]}
+                    ).status_code
+                )
                 for target in ("keep", "gone"):
                     query = {"signals": [ref["signal"]], "k": 3}
                     statuses.append(
