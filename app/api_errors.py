@@ -18,10 +18,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
 from app.database import StoreUnavailable
-from app.errors import Conflict, DomainError, NotFound
+from app.errors import Conflict, DomainError, NotFound, Unavailable
 from app.responses import FastJSONResponse
 
-STATUS = {NotFound: 404, Conflict: 409}  # any other DomainError: 422
+STATUS = {NotFound: 404, Conflict: 409, Unavailable: 503}  # any other DomainError: 422
 BODYLESS = ("GET", "HEAD", "DELETE")
 
 

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.calibration import FittedCache
 from app.database import Database, StoreUnavailable
-from app.errors import Conflict, DomainError, Invalid, NotFound
+from app.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from app.index import VectorIndex
 from app.keys import check_collection_name
 from app.models import LoadedModel, ModelPool, ModelRepository
@@ -43,12 +43,6 @@ from app.sync import IndexSync
 log = logging.getLogger(__name__)
 
 DEFAULT_ID = 0
-
-
-class Unavailable(DomainError):
-    """The collection exists but cannot be served by this process (its model failed to load)."""
-
-    kind = "unavailable"
 
 
 @dataclass(frozen=True)

@@ -33,5 +33,12 @@ class Conflict(DomainError):
     kind = "conflict"
 
 
+class Unavailable(DomainError):
+    """It exists but cannot be served now (a collection whose model this process could not
+    load)."""
+
+    kind = "unavailable"
+
+
 class Invalid(DomainError):
     """The value itself is wrong (an unknown keypoint, a ``k`` over the limit)."""

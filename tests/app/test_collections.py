@@ -319,3 +319,24 @@ def test_a_schema_4_database_becomes_the_collection_default(tmp_path, database_u
     committed = other.upsert([new], "m")  # the same id in another collection: its own row
     assert committed.keys[0] > 3 and store.count() == 2 and other.count() == 1
     db.close()
+
+
+def test_a_collection_whose_model_went_missing_is_unavailable_not_fatal(
+    make_client, model_dir, tmp_path, service_data
+):
+    repository = tmp_path / "models"
+    repository.mkdir()
+    (repository / "extra").symlink_to(model_dir)
+    client = make_client(model_repository=repository)
+    assert client.post("/collections", json={"name": "x", "model": "extra"}).status_code == 201
+    client.__exit__(None, None, None)
+    (repository / "extra").unlink()  # the operator removed the model folder
+
+    client = make_client(model_repository=repository)  # a restart on the same database
+    ready = client.get("/ready").json()
+    assert "no model 'extra'" in ready["unavailable"]["x"]
+    answer = client.post("/collections/x/embed", json={"signals": [[0.0] * 64]})
+    assert answer.status_code == 503 and detail(answer)["loc"] == ["path", "collection"]
+    assert client.post("/embed", json={"signals": [[0.0] * 64]}).status_code == 200
+    assert client.delete("/collections/x").status_code == 204  # it can still be deleted
+    assert "x" not in client.get("/ready").json()["unavailable"]
