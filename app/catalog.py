@@ -38,7 +38,7 @@ from app.services.search import SearchService
 from app.services.verification import VerificationService
 from app.signals import SignalLimits
 from app.store import DEFAULT_COLLECTION, ReferenceStore, timestamp
-from app.sync import IndexSync
+from app.sync import IndexSync, next_round
 
 log = logging.getLogger(__name__)
 
@@ -216,15 +216,7 @@ class CollectionRegistry:
             collection.sync.wake()
 
     async def _follow(self) -> None:
-        while not self._stop.is_set():
-            try:
-                async with asyncio.timeout(self.interval_s):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if self._stop.is_set():
-                return
+        while await next_round(self._wake, self._stop, self.interval_s):
             try:
                 await self.refresh()
             except StoreUnavailable:

@@ -127,14 +127,8 @@ def _authorized(scope: str, needs: str, per_collection: bool = True):
                 status=403,
                 kind="forbidden",
             )
-        collection = collection_name(request) if per_collection else None
-        if collection is not None and not key.covers(collection):
-            raise InputError(
-                "header.authorization",
-                f"this key is for the collections {', '.join(key.collections)}, not {collection!r}",
-                status=403,
-                kind="forbidden",
-            )
+        if per_collection:
+            check_covers(key, collection_name(request))
         request.state.key = key
         ring.used(key)
 
@@ -146,6 +140,18 @@ require_write_key = _authorized("write", "writing references")
 require_any_read_key = _authorized("read", "reading", per_collection=False)
 require_admin_key = _authorized("admin", "managing collections", per_collection=False)
 require_collection_admin_key = _authorized("admin", "managing collections")
+
+
+def check_covers(key: ApiKey | None, collection: str) -> None:
+    """403 naming the key's collections when ``key`` (None: no key was asked) does not cover
+    ``collection``."""
+    if key is not None and not key.covers(collection):
+        raise InputError(
+            "header.authorization",
+            f"this key is for the collections {', '.join(key.collections)}, not {collection!r}",
+            status=403,
+            kind="forbidden",
+        )
 
 
 def request_key(request: Request) -> ApiKey | None:

@@ -41,6 +41,18 @@ EMBED_BATCH = 256  # references re-embedded per model call at start-up
 Embedder = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
 
 
+async def next_round(wake: asyncio.Event, stop: threading.Event, interval_s: float) -> bool:
+    """Waits until woken or ``interval_s`` passed: whether to go on (False once stopped).
+    The loop of everything that follows the database: a sync, the collections' registry."""
+    try:
+        async with asyncio.timeout(interval_s):
+            await wake.wait()
+    except TimeoutError:
+        pass
+    wake.clear()
+    return not stop.is_set()
+
+
 class IndexObserver(Protocol):
     """Told what reached the index: ``changed`` after ``writes`` changes were applied,
     ``rebuilt`` after it was rebuilt from the store or loaded from a snapshot; ``total``
@@ -253,15 +265,7 @@ class IndexSync:
 
     async def _follow(self) -> None:
         """Polls the store's last sequence number (and wakes on NOTIFY); catches up when behind."""
-        while not self._stop.is_set():
-            try:
-                async with asyncio.timeout(self.interval_s):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if self._stop.is_set():
-                return
+        while await next_round(self._wake, self._stop, self.interval_s):
             was_ok = self.database_ok
             try:
                 self.store_seq = await run_in_threadpool(self.store.last_seq)

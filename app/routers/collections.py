@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.api_errors import InputError
 from app.bodies import read_json
 from app.dependencies import (
     CollectionName,
     CollectionsDep,
+    check_covers,
     request_key,
     require_admin_key,
     require_any_read_key,
@@ -48,14 +48,7 @@ async def create_collection(request: Request, service: CollectionsDep):
     """A new, empty collection on one of the model repository's models; searchable through
     this process when this answers, through every other within the sync interval."""
     body = await read_json(request, CollectionIn)
-    key = request_key(request)
-    if key is not None and not key.covers(body.name):
-        raise InputError(
-            "header.authorization",
-            f"this key is for the collections {', '.join(key.collections)}, not {body.name!r}",
-            status=403,
-            kind="forbidden",
-        )
+    check_covers(request_key(request), body.name)
     return respond(await service.create(body.name, body.model), status_code=201)
 
 
