@@ -43,11 +43,16 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["keys"]:
-        from app.keys_cli import main as keys
+    if argv[:1] in (["keys"], ["backup"], ["restore"]):
+        from app import backup_cli, keys_cli
 
+        command = {
+            "keys": keys_cli.main,
+            "backup": backup_cli.backup,
+            "restore": backup_cli.restore_main,
+        }[argv[0]]
         try:
-            return keys(argv[1:])
+            return command(argv[1:])
         except STARTUP_ERRORS as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m app",
         description="Serve embeddings, keypoints and search. Every option also comes from the "
         "environment (HSN_HOST, HSN_PORT, HSN_MODEL_DIR, HSN_DATA_DIR, ...). "
-        "'python -m app keys --help': API keys.",
+        "'python -m app keys --help': API keys; 'python -m app backup --help' and 'restore --help':"
+        " backups.",
     )
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)

@@ -30,6 +30,7 @@ from app.models import LoadedModel, ModelPool, ModelRepository
 from app.observability import Metrics
 from app.reference_view import ReferenceView
 from app.services.alignment import AlignmentService
+from app.services.backup import BackupService
 from app.services.collections import CollectionService
 from app.services.drift import DriftService
 from app.services.references import ReferenceService
@@ -70,6 +71,7 @@ class Services:
     collections: CollectionRegistry
     default: Collection  # the routes without /collections/{name}
     catalog: CollectionService  # /collections
+    backup: BackupService  # /admin/backup
     status: StatusService
     settings: Settings
     metrics: Metrics
@@ -138,6 +140,7 @@ def _build(settings: Settings, metrics: Metrics, store: ReferenceStore) -> Servi
         collections=registry,
         default=build_one(default_row, default_model),
         catalog=CollectionService(registry),
+        backup=BackupService(store.db),
         status=StatusService(registry, store, metrics),
         settings=settings,
         metrics=metrics,

@@ -132,10 +132,20 @@ class Database(ABC):
         """Context manager: the start-up lock, held by one process at a time."""
 
     @abstractmethod
+    def snapshot(self) -> Any:
+        """Context manager: a Transaction on a connection of its own that sees the database as
+        it was at its first read, however long it is read and whatever is written meanwhile
+        (a backup's consistent copy; the service's own connections stay free)."""
+
+    @abstractmethod
     def table_exists(self, session: Transaction, name: str) -> bool: ...
 
     @abstractmethod
     def columns(self, session: Transaction, table: str) -> set[str]: ...
+
+    @abstractmethod
+    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> None:
+        """The next value ``table``'s generated ``column`` gives is ``value + 1`` (a restore)."""
 
     @abstractmethod
     def scope_refs_by_collection(self, session: Transaction) -> None:
@@ -206,12 +216,28 @@ class SqliteDatabase(Database):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Transaction]:
+        # WAL: a read transaction keeps the state of its first read while writers go on
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            with _sqlite_unavailable():
+                connection.execute("BEGIN")
+                yield Transaction(connection, _same)
+                connection.execute("COMMIT")
+        finally:
+            connection.close()
+
     def table_exists(self, session: Transaction, name: str) -> bool:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         return session.execute(sql, (name,)).fetchone() is not None
 
     def columns(self, session: Transaction, table: str) -> set[str]:
         return {row[1] for row in session.execute(f"PRAGMA table_info({table})").fetchall()}
+
+    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> None:
+        session.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+        session.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, value))
 
     def scope_refs_by_collection(self, session: Transaction) -> None:
         # SQLite cannot drop a UNIQUE constraint: the table is copied into the new shape, its
@@ -333,6 +359,14 @@ class PostgresDatabase(Database):
             c.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK_ID,))
             yield
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Transaction]:
+        connect = self._psycopg.connect
+        with _unavailable_on(*self._errors), connect(self.url, autocommit=True) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield Transaction(conn.cursor(), _to_pyformat)
+            conn.execute("COMMIT")
+
     def table_exists(self, session: Transaction, name: str) -> bool:
         return session.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
 
@@ -343,6 +377,12 @@ class PostgresDatabase(Database):
             (table,),
         ).fetchall()
         return {row[0] for row in rows}
+
+    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> None:
+        session.execute(
+            "SELECT setval(pg_get_serial_sequence(?, ?), ?, ?)",
+            (table, column, max(value, 1), value > 0),
+        )
 
     def scope_refs_by_collection(self, session: Transaction) -> None:
         session.execute("ALTER TABLE refs ADD COLUMN collection BIGINT NOT NULL DEFAULT 0")

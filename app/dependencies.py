@@ -14,6 +14,7 @@ from app.keys import ApiKey
 from app.observability import access
 from app.schemas import NAME_PATTERN
 from app.services.alignment import AlignmentService
+from app.services.backup import BackupService
 from app.services.collections import CollectionService
 from app.services.drift import DriftService
 from app.services.embedding import EmbeddingService
@@ -67,7 +68,12 @@ async def _catalog(request: Request) -> CollectionService:
     return _services(request).catalog
 
 
+async def _backup(request: Request) -> BackupService:
+    return _services(request).backup
+
+
 StatusDep = Annotated[StatusService, Depends(_status)]
+BackupDep = Annotated[BackupService, Depends(_backup)]
 CollectionsDep = Annotated[CollectionService, Depends(_catalog)]
 
 

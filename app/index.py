@@ -163,9 +163,16 @@ class VectorIndex:
             return self.backend.memory_bytes()
 
     # -- snapshots ---------------------------------------------------------------------------
-    def save(self, path: Path, seq: int, model_version: str) -> None:
+    def save(self, path: Path, seq: int, model_version: str, epoch: int) -> None:
+        """Writes a snapshot of what the index holds: ``seq`` the change log's entry it
+        reflects, of the database ``epoch`` (app.store.ReferenceStore.epoch)."""
         with self.lock:
-            meta = {"format": SNAPSHOT_FORMAT, "seq": seq, "model_version": model_version}
+            meta = {
+                "format": SNAPSHOT_FORMAT,
+                "seq": seq,
+                "model_version": model_version,
+                "epoch": epoch,
+            }
             arrays = {
                 **self.labels.to_arrays(),
                 "faiss": self.backend.serialize(),
@@ -176,9 +183,10 @@ class VectorIndex:
             np.savez(f, **arrays)
         tmp.replace(path)
 
-    def load(self, path: Path, model_version: str) -> Snapshot | None:
-        """Loads a snapshot made by this model; None (and the index unchanged) when there is
-        none, or it is of another model or format, or broken."""
+    def load(self, path: Path, model_version: str, epoch: int) -> Snapshot | None:
+        """Loads a snapshot made by this model of this database (``epoch``); None (and the
+        index unchanged) when there is none, or it is of another model, database or format,
+        or broken."""
         if not path.is_file():
             return None
         try:
@@ -186,6 +194,9 @@ class VectorIndex:
                 meta = json.loads(arrays["meta"].tobytes())
                 if meta.get("format") != SNAPSHOT_FORMAT or meta["model_version"] != model_version:
                     log.info("index snapshot is of another model or format: rebuilding")
+                    return None
+                if meta.get("epoch") != epoch:
+                    log.info("index snapshot is of another database (a restore?): rebuilding")
                     return None
                 labels = LabelTable.from_arrays(arrays)
                 backend = VectorBackend.deserialize(

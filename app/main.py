@@ -15,6 +15,7 @@ from app.dependencies import in_collection
 from app.observability import SERVED_BY, Metrics, RequestContextMiddleware
 from app.responses import FastJSONResponse
 from app.routers import (
+    admin,
     alignment,
     collections,
     drift,
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             responses=error_responses(404),
         )
     app.include_router(collections.router)
+    app.include_router(admin.router)
     app.include_router(ops.router)
     explorer.install(app)
     api_errors.install(app)

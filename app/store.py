@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,6 +180,10 @@ class ReferenceStore:
                 "INSERT INTO meta (name, value) VALUES ('pruned_through', 0)"
                 " ON CONFLICT (name) DO NOTHING"
             )
+            s.execute(  # which database this is: a restore makes a new one
+                "INSERT INTO meta (name, value) VALUES ('epoch', ?) ON CONFLICT (name) DO NOTHING",
+                (secrets.randbits(62),),
+            )
         return found
 
     def _schema_version(self, s: Transaction) -> int:
@@ -324,6 +329,13 @@ class ReferenceStore:
                 (seq, through, self.collection, limit),
             ).fetchall()
         return ChangePage([Change(*row) for row in rows], int(pruned[0]) if pruned else 0, through)
+
+    def epoch(self) -> int:
+        """This database's identity: index snapshots of another (or of what it was before a
+        restore) are not loaded."""
+        with self.db.read() as s:
+            row = s.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()
+        return int(row[0]) if row else 0
 
     def last_seq(self) -> int:
         """The change log's last sequence number (every collection's)."""

@@ -83,6 +83,7 @@ class IndexSync:
         )
         self.applied_seq = 0
         self.store_seq = 0
+        self.epoch = 0  # the database's, read at start: its snapshots carry it
         self.stale = False  # a catch-up failed after a local commit
         self.database_ok = True
         self._oldest_pending: float | None = None  # committed_at of the first unapplied entry
@@ -121,7 +122,7 @@ class IndexSync:
         async with self._lock:
             if save:
                 await run_in_threadpool(
-                    self.index.save, self.snapshot, self.applied_seq, self.version
+                    self.index.save, self.snapshot, self.applied_seq, self.version, self.epoch
                 )
             else:
                 self.snapshot.unlink(missing_ok=True)
@@ -148,7 +149,10 @@ class IndexSync:
     async def _load_or_rebuild(self) -> None:
         async with self._lock:
             started = time.perf_counter()
-            loaded = await run_in_threadpool(self.index.load, self.snapshot, self.version)
+            self.epoch = await run_in_threadpool(self.store.epoch)
+            loaded = await run_in_threadpool(
+                self.index.load, self.snapshot, self.version, self.epoch
+            )
             if loaded is not None:
                 self.applied_seq = loaded.seq
                 await self._apply_pending()

@@ -52,7 +52,8 @@ def make_client(model_dir, tmp_path, database_url):
 
     def make(**overrides) -> TestClient:
         overrides.setdefault("database_url", database_url)
-        settings = Settings(model_dir=model_dir, data_dir=tmp_path / "data", **overrides)
+        overrides.setdefault("data_dir", tmp_path / "data")
+        settings = Settings(model_dir=model_dir, **overrides)
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)

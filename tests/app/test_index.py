@@ -182,19 +182,21 @@ def test_snapshot_round_trip(tmp_path, kind):
     harness = Harness(kind)
     harness.upsert(list(range(1500)), refs, vectors)
     path = tmp_path / "index.npz"
-    harness.index.save(path, seq=7, model_version="m1")
+    harness.index.save(path, seq=7, model_version="m1", epoch=42)
     expected = harness.index.search(vectors[:20], 5, Filters(element_id="e2"))
 
     fresh = VectorIndex(DIM, IndexPolicy(kind))
-    snapshot = fresh.load(path, model_version="m1")
+    snapshot = fresh.load(path, model_version="m1", epoch=42)
     assert snapshot.seq == 7 and snapshot.references == 1500
     assert fresh.current_kind == harness.index.current_kind
     assert fresh.search(vectors[:20], 5, Filters(element_id="e2")) == expected
     assert fresh.describe(np.array([3])) == {3: ("id3", "e0", "s0_1")}
-    # another model: rebuild instead; a truncated file: rebuild instead, the index unchanged
-    assert VectorIndex(DIM, IndexPolicy(kind)).load(path, model_version="m2") is None
+    # another model or database: rebuild instead; a truncated file: rebuild instead, the index
+    # unchanged
+    assert VectorIndex(DIM, IndexPolicy(kind)).load(path, model_version="m2", epoch=42) is None
+    assert VectorIndex(DIM, IndexPolicy(kind)).load(path, model_version="m1", epoch=43) is None
     path.write_bytes(path.read_bytes()[:1000])
-    assert fresh.load(path, model_version="m1") is None and len(fresh) == 1500
+    assert fresh.load(path, model_version="m1", epoch=42) is None and len(fresh) == 1500
 
 
 def test_within_element_distances_compare_each_reference_with_its_own_element():
