@@ -11,8 +11,9 @@ order:
 
 - ``hsn-backup.json``: ``{"format": "hsn-backup", "version", "created_at", "engine",
   "schema_version", "position"}``;
-- ``collections.json``, ``api_keys.json``: the tables' rows, as JSON objects (keys hashed, as
-  stored);
+- ``collections.json``, ``api_keys.json``, ``served_models.json``: the tables' rows, as JSON
+  objects (keys hashed, as stored; a model change under way is not kept: the restored
+  collection serves the model it served, its target's embeddings kept as far as they got);
 - ``refs/NNNNNN.npz``: up to BATCH references each: ``key``, ``collection``, ``revision``
   (int64), ``id``, ``element_id``, ``session_id``, ``metadata`` (JSON text), ``model_version``,
   ``updated_at``, ``recorded_at`` (unicode), ``channels``, ``length`` (int32) and the signals
@@ -73,6 +74,7 @@ TABLES = {
         "last_used_at",
         "revoked_at",
     ),
+    "served_models": ("collection", "model_version", "model", "served_from"),
 }
 
 
@@ -150,8 +152,11 @@ def write_backup(
             },
         )
         counts = {}
-        for table, columns in TABLES.items():
-            rows = s.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY id").fetchall()
+        for table, columns in TABLES.items():  # the small tables
+            order = ", ".join(columns[:2])
+            rows = s.execute(
+                f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}"
+            ).fetchall()
             writer.json(f"{table}.json", [dict(zip(columns, row, strict=True)) for row in rows])
             counts[table] = len(rows)
         total = s.execute("SELECT COUNT(*) FROM refs").fetchone()[0]
@@ -311,7 +316,15 @@ def restore(
                 raise BackupError(
                     "the database is not empty: restore into an empty one, or pass --replace"
                 )
-            for table in ("embeddings", "refs", "changes", "api_keys", "collections"):
+            for table in (
+                "embeddings",
+                "refs",
+                "changes",
+                "api_keys",
+                "collections",
+                "served_models",
+                "upgrades",
+            ):
                 s.execute(f"DELETE FROM {table}")
         else:
             s.execute("DELETE FROM collections")  # the default row made by the migration

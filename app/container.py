@@ -23,12 +23,14 @@ from dataclasses import dataclass, replace
 from app.calibration import FittedCache
 from app.catalog import DEFAULT_ID, Collection, CollectionRegistry, CollectionRow, CollectionTable
 from app.database import StoreUnavailable, open_database
+from app.errors import DomainError
 from app.index import VectorIndex
 from app.index_policy import IndexPolicy
 from app.keys import KeyRing, KeyTable
 from app.models import LoadedModel, ModelPool, ModelRepository
 from app.observability import Metrics
 from app.reference_view import ReferenceView
+from app.runtime import ModelLoadError
 from app.services.alignment import AlignmentService
 from app.services.backup import BackupService
 from app.services.collections import CollectionService
@@ -124,6 +126,14 @@ def _build(settings: Settings, metrics: Metrics, store: ReferenceStore) -> Servi
     )
     table = CollectionTable(store.db)
     default_row = next(row for row in table.list() if row.id == DEFAULT_ID)
+    if default_row.model is not None:  # changed while serving: stored with the collection
+        try:
+            folder = repository.path(default_row.model)
+        except DomainError as exc:
+            raise ModelLoadError(f"the collection default serves {exc.message}") from exc
+        changed = models.acquire(folder)
+        models.release(default_model)  # HSN_MODEL_DIR was checked; it is not served
+        default_model = changed
 
     def build_one(row: CollectionRow, loaded: LoadedModel) -> Collection:
         return build_collection(row, loaded, store, settings, metrics)
@@ -134,6 +144,8 @@ def _build(settings: Settings, metrics: Metrics, store: ReferenceStore) -> Servi
         models,
         build_one,
         settings.sync_interval_ms / 1000,
+        keep_versions=settings.model_versions_kept,
+        lease_s=settings.upgrade_lease_s,
         on_removed=metrics.forget_collection,
     )
     return Services(

@@ -88,6 +88,22 @@ CREATE TABLE IF NOT EXISTS collections (
     model TEXT,  -- a folder of the model repository (NULL: HSN_MODEL_DIR)
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS served_models (  -- each model version a collection has served
+    collection BIGINT NOT NULL,
+    model_version TEXT NOT NULL,
+    model TEXT,  -- its folder in the model repository (NULL: HSN_MODEL_DIR)
+    served_from TEXT NOT NULL,
+    PRIMARY KEY (collection, model_version)
+);
+CREATE TABLE IF NOT EXISTS upgrades (  -- a collection's model change under way
+    collection BIGINT PRIMARY KEY,
+    model TEXT,  -- the target's folder (NULL: HSN_MODEL_DIR)
+    model_version TEXT NOT NULL,  -- the target's version
+    started_at TEXT NOT NULL,
+    embedded_at_start BIGINT NOT NULL,  -- references that had its embedding then (its rate)
+    holder TEXT,  -- the process running the job, while lease_until is in the future
+    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0
+);
 """
 )
 

@@ -104,7 +104,7 @@ async def in_collection(collection: CollectionName) -> None:
     422 naming path.collection), the collection looked up by the route's service."""
 
 
-def _authorized(scope: str, needs: str, per_collection: bool = True):
+def _authorized(scope: str, needs: str, per_collection: bool = True, whole: bool = False):
     """A dependency: the request's API key must allow ``scope`` (see app/keys.py) and, on a
     route ``per_collection``, cover the request's collection (the key is left in
     ``request.state.key`` for the routes that check it themselves). With no key configured
@@ -135,6 +135,14 @@ def _authorized(scope: str, needs: str, per_collection: bool = True):
             )
         if per_collection:
             check_covers(key, collection_name(request))
+        if whole and key.collections:  # what holds every collection needs every collection
+            raise InputError(
+                "header.authorization",
+                f"this key is for the collections {', '.join(key.collections)}: {needs} needs"
+                " a key for every collection",
+                status=403,
+                kind="forbidden",
+            )
         request.state.key = key
         ring.used(key)
 
@@ -146,6 +154,7 @@ require_write_key = _authorized("write", "writing references")
 require_any_read_key = _authorized("read", "reading", per_collection=False)
 require_admin_key = _authorized("admin", "managing collections", per_collection=False)
 require_collection_admin_key = _authorized("admin", "managing collections")
+require_deployment_admin_key = _authorized("admin", "a backup", per_collection=False, whole=True)
 
 
 def check_covers(key: ApiKey | None, collection: str) -> None:

@@ -526,6 +526,28 @@ class CollectionIn(BaseModel):
     )
 
 
+class ModelChange(BaseModel):
+    model: str | None = Field(
+        description="a folder of the model repository; null: HSN_MODEL_DIR",
+    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model": "ecg-v2"}]})
+
+
+class UpgradeProgress(BaseModel):
+    target_version: str
+    model: str | None = Field(description="the target's folder in the model repository")
+    embedded: int = Field(description="references with the target's embedding")
+    total: int = Field(description="references in the collection")
+    started_at: str
+    eta_s: float | None = Field(description="seconds left at the rate so far (null: no rate yet)")
+
+
+class ServedVersion(BaseModel):
+    model_version: str
+    model: str | None
+    served_from: str = Field(description="when the collection switched to it (or was made)")
+
+
 class CollectionOut(BaseModel):
     name: str
     model: str | None = Field(
@@ -538,6 +560,12 @@ class CollectionOut(BaseModel):
     min_length: int = Field(description="the shortest signal its model takes")
     max_length: int = Field(description="the longest signal its model takes")
     created_at: str
+    upgrade: UpgradeProgress | None = Field(
+        None, description="a change of its model under way (PUT /collections/{name}/model)"
+    )
+    versions: list[ServedVersion] = Field(
+        [], description="the model versions it served whose embeddings are kept, latest first"
+    )
 
 
 class CollectionList(BaseModel):

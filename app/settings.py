@@ -19,6 +19,12 @@ class Settings(BaseSettings):
     model_dir: Path = Path("models/default")  # the model of the collection default
     # a folder of exported models, one per subfolder: what a collection's "model" names
     model_repository: Path | None = None
+    # model versions whose embeddings a collection keeps (the one served included): a change
+    # back to a kept one re-embeds only what was written since
+    model_versions_kept: int = Field(2, ge=1)
+    # a process running a model change renews its lease with every batch; one that died is
+    # replaced after this long
+    upgrade_lease_s: float = Field(15.0, gt=0)
     data_dir: Path = Path("data")
 
     # Storage and processes

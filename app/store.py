@@ -82,6 +82,27 @@ class Unembedded:
 
 
 @dataclass
+class StoredShape:
+    """The channels and lengths of a collection's stored signals."""
+
+    channels: tuple[int, int]  # fewest, most
+    lengths: tuple[int, int]  # shortest, longest
+
+    def fits(self, limits) -> bool:
+        """Whether a model of ``limits`` (app.signals.SignalLimits) takes every one of them."""
+        return (
+            self.channels == (limits.in_channels, limits.in_channels)
+            and self.lengths[0] >= limits.min_length
+            and self.lengths[1] <= limits.max_length
+        )
+
+    def __str__(self) -> str:
+        low, high = self.channels
+        channels = f"{low}" if low == high else f"{low} to {high}"
+        return f"{channels} channel(s) of {self.lengths[0]} to {self.lengths[1]} samples"
+
+
+@dataclass
 class ElementReference:
     """One of an element's references, as drift monitoring groups them."""
 
@@ -231,9 +252,16 @@ class ReferenceStore:
         if found is None:
             raise CollectionGone()
 
-    def upsert(self, refs: list[NewReference], model_version: str) -> Committed:
+    def upsert(
+        self,
+        refs: list[NewReference],
+        model_version: str,
+        also: dict[str, np.ndarray] | None = None,
+    ) -> Committed:
         """Insert or replace by id, all or nothing. A replaced signal drops every model's
-        embedding of it but the writer's."""
+        embedding of it but the writer's, and those of ``also`` (version -> (n, D) vectors in
+        the order of ``refs``: a model change under way)."""
+        also = also or {}
         now = timestamp()
         keys: list[int] = []
         seq = 0
@@ -271,6 +299,11 @@ class ReferenceStore:
                     "INSERT INTO embeddings (model_version, key, vector) VALUES (?, ?, ?)",
                     (model_version, key, r.embedding.astype(np.float32).tobytes()),
                 )
+                for version, vectors in also.items():
+                    s.execute(
+                        "INSERT INTO embeddings (model_version, key, vector) VALUES (?, ?, ?)",
+                        (version, key, vectors[len(keys)].astype(np.float32).tobytes()),
+                    )
                 keys.append(key)
             self._after_write(s, seq, len(refs))
         return Committed(keys, seq)
@@ -449,6 +482,16 @@ class ReferenceStore:
             return s.execute(
                 "SELECT COUNT(*) FROM refs WHERE collection = ?", (self.collection,)
             ).fetchone()[0]
+
+    def signal_shapes(self) -> StoredShape | None:
+        """What the stored signals are (None: none stored)."""
+        with self.db.read() as s:
+            row = s.execute(
+                "SELECT MIN(channels), MAX(channels), MIN(length), MAX(length) FROM refs"
+                " WHERE collection = ?",
+                (self.collection,),
+            ).fetchone()
+        return None if row[0] is None else StoredShape((row[0], row[1]), (row[2], row[3]))
 
     def count_embedded(self, version: str) -> int:
         with self.db.read() as s:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from app.dependencies import BackupDep, require_admin_key
+from app.dependencies import BackupDep, require_deployment_admin_key
 from app.schemas import error_responses
 from app.store import timestamp
 
 router = APIRouter(
     prefix="/admin",
     tags=["operations"],
-    dependencies=[Depends(require_admin_key)],
+    dependencies=[Depends(require_deployment_admin_key)],
     responses=error_responses(401, 403),
 )
 

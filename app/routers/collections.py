@@ -1,5 +1,6 @@
-"""/collections: list, make, read and delete collections (each with its own model and
-references; its data routes are under ``/collections/{collection}/…``, see app/main.py)."""
+"""/collections: list, make, read and delete collections, and change their model while serving
+(each with its own model and references; its data routes are under
+``/collections/{collection}/…``, see app/main.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from app.dependencies import (
 )
 from app.openapi import json_body
 from app.responses import respond
-from app.schemas import CollectionIn, CollectionList, CollectionOut, error_responses
+from app.schemas import (
+    CollectionIn,
+    CollectionList,
+    CollectionOut,
+    ModelChange,
+    error_responses,
+)
 
 router = APIRouter(tags=["collections"], responses=error_responses(401, 403))
 
@@ -73,4 +80,37 @@ async def get_collection(collection: CollectionName, service: CollectionsDep):
 async def delete_collection(collection: CollectionName, service: CollectionsDep):
     """Its references, embeddings and index go with it; default cannot be deleted (409)."""
     await service.delete(collection)
+    return Response(status_code=204)
+
+
+@router.put(
+    "/collections/{collection}/model",
+    status_code=202,
+    response_model=CollectionOut,
+    dependencies=[Depends(require_collection_admin_key)],
+    openapi_extra=json_body(ModelChange),
+    responses=error_responses(404, 409, 422),
+    summary="Change a collection's model while serving",
+)
+async def change_model(collection: CollectionName, request: Request, service: CollectionsDep):
+    """Starts re-embedding every reference with ``model`` in the background; the collection
+    keeps answering with its current model until the new one covers every reference, then every
+    process switches. ``upgrade`` in the answer (and in GET /collections/{name}) shows the
+    progress. 409: a change under way, the same version, or stored signals the model cannot
+    take (the message says what differs); 422: a model that cannot be served (its checksum)."""
+    body = await read_json(request, ModelChange)
+    return respond(await service.change_model(collection, body.model), status_code=202)
+
+
+@router.delete(
+    "/collections/{collection}/model/versions/{version}",
+    status_code=204,
+    dependencies=[Depends(require_collection_admin_key)],
+    responses=error_responses(404, 409, 422),
+    summary="Delete the embeddings of a model version served before",
+)
+async def forget_version(collection: CollectionName, version: str, service: CollectionsDep):
+    """A change back to it then re-embeds every reference; the version served, or one being
+    changed to, cannot be deleted (409)."""
+    await service.forget_version(collection, version)
     return Response(status_code=204)

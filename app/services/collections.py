@@ -1,12 +1,15 @@
-"""Collections as the API shows them: listed, made, read and deleted (app/catalog.py keeps
-them)."""
+"""Collections as the API shows them: listed, made, read, deleted, and their model changed
+(app/catalog.py keeps them; app/upgrade.py runs a change)."""
 
 from __future__ import annotations
+
+import time
+from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 
 from app.catalog import Collection, CollectionRegistry
-from app.schemas import CollectionList, CollectionOut
+from app.schemas import CollectionList, CollectionOut, ServedVersion, UpgradeProgress
 
 
 class CollectionService:
@@ -27,18 +30,41 @@ class CollectionService:
     async def delete(self, name: str) -> None:
         await self.registry.delete(name)
 
-    @staticmethod
-    async def _out(collection: Collection) -> CollectionOut:
+    async def change_model(self, name: str, model: str | None) -> CollectionOut:
+        return await self._out(await self.registry.change_model(name, model))
+
+    async def forget_version(self, name: str, version: str) -> None:
+        await self.registry.forget_version(name, version)
+
+    async def _out(self, collection: Collection) -> CollectionOut:
         embedding = collection.embedding
         limits = embedding.limits
+        store = collection.store
+        total = await run_in_threadpool(store.count)
+        served = await run_in_threadpool(self.registry.table.served, collection.row.id)
+        upgrade = None
+        if (job := self.registry.upgrade_of(collection.name)) is not None:
+            embedded = await run_in_threadpool(store.count_embedded, job.model_version)
+            elapsed = time.time() - datetime.fromisoformat(job.started_at).timestamp()
+            rate = (embedded - job.embedded_at_start) / max(elapsed, 1e-3)
+            upgrade = UpgradeProgress(
+                target_version=job.model_version,
+                model=job.model,
+                embedded=embedded,
+                total=total,
+                started_at=job.started_at,
+                eta_s=round(max(0, total - embedded) / rate, 1) if rate > 0 else None,
+            )
         return CollectionOut(
             name=collection.name,
             model=collection.row.model,
             model_version=embedding.version,
-            references=await run_in_threadpool(collection.store.count),
+            references=total,
             dim=embedding.runtime.dim,
             in_channels=limits.in_channels,
             min_length=limits.min_length,
             max_length=limits.max_length,
             created_at=collection.row.created_at,
+            upgrade=upgrade,
+            versions=[ServedVersion(**vars(v)) for v in served],
         )

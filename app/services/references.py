@@ -39,6 +39,8 @@ class ReferenceService:
         sync: IndexSync,
     ) -> None:
         self.embedding, self.store, self.view, self.sync = embedding, store, view, sync
+        # the target of a model change under way (app/upgrade.py): writes are embedded by both
+        self.upgrade: EmbeddingService | None = None
 
     async def upsert(self, refs: list[ReferenceInput]) -> ReferencesCreated:
         """Stores references, in order: an id given twice ends as its last version. Answers
@@ -46,7 +48,11 @@ class ReferenceService:
         ids = [r.id or uuid.uuid4().hex for r in refs]
         last = sorted({ref_id: n for n, ref_id in enumerate(ids)}.values())
         kept = [refs[n] for n in last]
-        embeddings = await self.embedding.embed_signals([r.signal for r in kept])
+        signals = [r.signal for r in kept]
+        embeddings = await self.embedding.embed_signals(signals)
+        also = {}
+        if (target := self.upgrade) is not None:
+            also[target.version] = await target.embed_signals(signals)
         rows = [
             NewReference(
                 ids[n],
@@ -59,7 +65,7 @@ class ReferenceService:
             )
             for n, r, e in zip(last, kept, embeddings, strict=True)
         ]
-        committed = await run_in_threadpool(self.store.upsert, rows, self.embedding.version)
+        committed = await run_in_threadpool(self.store.upsert, rows, self.embedding.version, also)
         await self.sync.after_commit(committed.seq)
         return ReferencesCreated(ids=ids)
 

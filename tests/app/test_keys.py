@@ -23,9 +23,16 @@ PLAIN_WRITES = {
 }
 IN_COLLECTION = "/collections/{collection}"
 WRITES = PLAIN_WRITES | {(method, IN_COLLECTION + path) for method, path in PLAIN_WRITES}
-ADMIN = {("post", "/collections"), ("delete", IN_COLLECTION)}
+ADMIN = {
+    ("post", "/collections"),
+    ("delete", IN_COLLECTION),
+    ("put", IN_COLLECTION + "/model"),
+    ("delete", IN_COLLECTION + "/model/versions/{version}"),
+    ("post", "/admin/backup"),
+}
 # not one collection's: a key limited to some collections may call them (and sees its own)
 ANY_COLLECTION = {("get", "/collections"), ("post", "/collections")}
+WHOLE_DEPLOYMENT = {("post", "/admin/backup")}  # an admin key limited to collections may not
 
 
 def routes(app) -> list[tuple[str, str]]:
@@ -42,13 +49,13 @@ def call(
     client, method: str, path: str, secret: str | None, collection: str = "default"
 ) -> httpx.Response:
     url = path.replace("{ref_id}", "x").replace("{element_id}", "x")
-    url = url.replace("{collection}", collection)
+    url = url.replace("{collection}", collection).replace("{version}", "x")
     headers = {"authorization": f"Bearer {secret}"} if secret else {}
     if method == "get":
         return client.get(url, headers=headers)
     if method == "delete":
         return client.delete(url, headers=headers)
-    return client.post(url, content=b"{}", headers=headers)
+    return client.request(method.upper(), url, content=b"{}", headers=headers)
 
 
 def make_key(client, scope: str, collections=()) -> str:
@@ -95,6 +102,10 @@ def test_every_route_answers_each_scope_as_it_should(make_client):
         assert status(admin) not in (401, 403), where
         if where in ANY_COLLECTION:
             assert status(elsewhere) not in (401, 403), where
+            continue
+        if where in WHOLE_DEPLOYMENT:
+            refused = call(client, method, path, elsewhere)
+            assert refused.status_code == 403, where
             continue
         refused = call(client, method, path, elsewhere)
         assert refused.status_code == 403, where
