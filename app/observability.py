@@ -94,6 +94,18 @@ class Metrics:
             ["collection"],
             registry=self.registry,
         )
+        self.upgrade_embedded = Gauge(
+            "hsn_upgrade_embedded",
+            "references with the target's embedding, while the collection's model changes",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.upgrade_references = Gauge(
+            "hsn_upgrade_references",
+            "references in the collection, while its model changes",
+            ["collection"],
+            registry=self.registry,
+        )
         self.database_up = Gauge(
             "hsn_database_up", "1 when the database answered the last check", registry=self.registry
         )
@@ -142,6 +154,8 @@ class Metrics:
             self.model_memory,
             self.sync_lag_entries,
             self.sync_lag_seconds,
+            self.upgrade_embedded,
+            self.upgrade_references,
         ):
             try:
                 gauge.remove(collection)

@@ -33,4 +33,4 @@ async def ready(service: StatusDep):
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(service: StatusDep):
     """This process's metrics (with several workers on one port, one process answers a scrape)."""
-    return Response(service.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await service.metrics_text(), media_type=CONTENT_TYPE_LATEST)

@@ -58,11 +58,13 @@ class StatusService:
             sync=collection.sync.status(),
         )
 
-    def metrics_text(self) -> bytes:
-        """This process's metrics in Prometheus' text format, lags and memory as of now."""
+    async def metrics_text(self) -> bytes:
+        """This process's metrics in Prometheus' text format: lags, memory and the progress of
+        model changes as of now."""
         database_ok = True
         for collection in self.collections.items():
             name = collection.name
+            await self._upgrade_progress(collection)
             sync = collection.sync.status()
             self.metrics.sync_lag_entries.labels(name).set(sync.lag_entries)
             self.metrics.sync_lag_seconds.labels(name).set(sync.lag_seconds)
@@ -71,3 +73,20 @@ class StatusService:
             database_ok = database_ok and sync.database == "ok"
         self.metrics.database_up.set(database_ok)
         return generate_latest(self.metrics.registry)
+
+    async def _upgrade_progress(self, collection: Collection) -> None:
+        upgrade = self.collections.upgrade_of(collection.name)
+        embedded, total = self.metrics.upgrade_embedded, self.metrics.upgrade_references
+        if upgrade is None:
+            for gauge in (embedded, total):
+                try:
+                    gauge.remove(collection.name)
+                except KeyError:
+                    pass
+            return
+        try:
+            done = await run_in_threadpool(collection.store.count_embedded, upgrade.model_version)
+            embedded.labels(collection.name).set(done)
+            total.labels(collection.name).set(await run_in_threadpool(collection.store.count))
+        except StoreUnavailable:
+            pass

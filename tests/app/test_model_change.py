@@ -73,11 +73,15 @@ def test_a_model_change_switches_keeps_writes_and_rolls_back(make_client, reposi
     upgrade = started.json()["upgrade"]
     assert upgrade["target_version"] == v2 and upgrade["total"] == 50
     client.post("/references", json={"references": refs[50:]}).raise_for_status()  # meanwhile
+    metrics = client.get("/metrics").text
+    if client.get("/collections/default").json()["upgrade"]:  # (unless it finished already)
+        assert 'hsn_upgrade_references{collection="default"}' in metrics
     wait_for(lambda: serving(client, v2))
     finds_itself(client, refs, v2)  # every reference, those written during the job too
     shown = client.get("/collections/default").json()
     assert shown["upgrade"] is None and shown["model"] == "v2"
     assert [v["model_version"] for v in shown["versions"]] == [v2, v1]
+    assert "hsn_upgrade_references{" not in client.get("/metrics").text
 
     # back to HSN_MODEL_DIR's model: its embeddings were kept, one write since re-embedded
     client.post("/references", json={"references": refs[:1]}).raise_for_status()
