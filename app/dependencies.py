@@ -99,11 +99,6 @@ CollectionName = Annotated[
 ]
 
 
-async def in_collection(collection: CollectionName) -> None:
-    """The ``/collections/{collection}`` prefix of a data route: the name is checked here (a
-    422 naming path.collection), the collection looked up by the route's service."""
-
-
 def _authorized(scope: str, needs: str, per_collection: bool = True, whole: bool = False):
     """A dependency: the request's API key must allow ``scope`` (see app/keys.py) and, on a
     route ``per_collection``, cover the request's collection (the key is left in

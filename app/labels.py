@@ -227,4 +227,5 @@ def _pack_strings(strings: list[str], name: str) -> dict[str, np.ndarray]:
 def _unpack_strings(arrays, name: str) -> list[str]:
     data = np.asarray(arrays[f"{name}_bytes"], dtype=np.uint8).tobytes()
     ends = np.asarray(arrays[f"{name}_ends"]).tolist()
-    return [data[start:end].decode() for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+    starts = [0, *ends[:-1]] if ends else []  # none: an empty index's snapshot
+    return [data[start:end].decode() for start, end in zip(starts, ends, strict=True)]

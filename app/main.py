@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import api_errors, container, explorer, openapi
 from app.bodies import BodyLimitMiddleware
-from app.dependencies import in_collection
 from app.observability import SERVED_BY, Metrics, RequestContextMiddleware
+from app.openapi import COLLECTION_PREFIX
 from app.responses import FastJSONResponse
 from app.routers import (
     admin,
@@ -65,15 +65,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=FastJSONResponse,
     )
     app.state.services, app.state.metrics = services, metrics
-    data = (inference, search, references, elements, alignment, verification, drift)
-    for router in data:  # the collection default's
+    # Each data route twice: the collection default's, and every collection's. Starlette tries
+    # routes in order, so each prefixed router follows its plain one: a request finds its route
+    # about as soon either way (all prefixed after all plain cost /collections/x/embed ~22 us
+    # more than /embed to match). The collection is looked up (its name checked) by the route's
+    # service dependency: a dependency of its own for the prefix cost ~15 us a request
+    # (BENCHMARKS.md "Collections"); app/openapi.py documents the path parameter.
+    for router in (inference, search, references, elements, alignment, verification, drift):
         app.include_router(router.router)
-    for router in data:  # and every collection's
         app.include_router(
-            router.router,
-            prefix="/collections/{collection}",
-            dependencies=[Depends(in_collection)],
-            responses=error_responses(404),
+            router.router, prefix=COLLECTION_PREFIX, responses=error_responses(404)
         )
     app.include_router(collections.router)
     app.include_router(admin.router)

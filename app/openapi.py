@@ -12,9 +12,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from app.schemas import NAME_PATTERN
 from app.settings import Settings
 from app.signals import NPY_MEDIA_TYPE, SignalLimits
 
+COLLECTION_PREFIX = "/collections/{collection}"  # of every data route, besides its plain path
 SIGNAL_ROUTES = ("/embed", "/keypoints", "/search", "/align", "/verify", "/drift")  # + .npy
 FLOAT32_MAX = 3.4e38  # larger magnitudes cannot be represented and are refused
 
@@ -99,6 +101,26 @@ def _name_keypoints(align_body: dict, keypoint_names: list[str]) -> None:
             option["properties"]["positions"]["propertyNames"] = {"enum": list(keypoint_names)}
 
 
+def _name_collections(spec: dict) -> None:
+    """The ``collection`` path parameter of the data routes under COLLECTION_PREFIX (checked
+    when the route looks the collection up, not by a dependency of its own: see app/main.py)."""
+    parameter = {
+        "name": "collection",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
+        "description": "a collection's name; the routes without /collections/{collection} serve"
+        " default",
+    }
+    for path, operations in spec["paths"].items():
+        if not path.startswith(COLLECTION_PREFIX + "/"):
+            continue
+        for operation in operations.values():
+            declared = operation.setdefault("parameters", [])
+            if not any(p["name"] == "collection" and p["in"] == "path" for p in declared):
+                declared.insert(0, parameter)
+
+
 def install(
     app: FastAPI, limits: SignalLimits, settings: Settings, keypoint_names: list[str]
 ) -> None:
@@ -111,6 +133,7 @@ def install(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         spec["info"]["x-max-body-bytes"] = settings.max_body_bytes
+        _name_collections(spec)
         signal = signal_schema(limits)
         for path in SIGNAL_ROUTES:
             body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]

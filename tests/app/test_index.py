@@ -234,3 +234,11 @@ def test_scores_beyond_the_largest_reference_distance_stay_ordered():
     assert at_max == pytest.approx(39 / 40) and just_beyond == pytest.approx(39 / 40)
     assert far == sorted(far) and len(set(far)) == 3 and far[-1] < 1.0  # 1.0 past ~35 scales
     assert far[0] == pytest.approx(1 - np.exp(-(0.21 - calibrated[-1]) / scale) / 40)
+
+
+def test_an_empty_index_snapshot_loads(tmp_path):
+    """An empty collection's snapshot (a restart with nothing stored) loads, not rebuilt."""
+    path = tmp_path / "empty.npz"
+    VectorIndex(DIM, IndexPolicy("auto")).save(path, seq=3, model_version="m", epoch=1)
+    snapshot = VectorIndex(DIM, IndexPolicy("auto")).load(path, model_version="m", epoch=1)
+    assert snapshot is not None and snapshot.seq == 3 and snapshot.references == 0
