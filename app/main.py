@@ -73,9 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (BENCHMARKS.md "Collections"); app/openapi.py documents the path parameter.
     for router in (inference, search, references, elements, alignment, verification, drift):
         app.include_router(router.router)
-        app.include_router(
-            router.router, prefix=COLLECTION_PREFIX, responses=error_responses(404)
-        )
+        app.include_router(router.router, prefix=COLLECTION_PREFIX, responses=error_responses(404))
     app.include_router(collections.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
