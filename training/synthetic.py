@@ -17,6 +17,17 @@ sessions on, five times that. Every set carries its time line and ground truth p
 ``recorded_at`` (ISO 8601; sessions a few days apart, in session order), ``session_index`` (the
 session's place in its element's time order), ``drift_onset`` (the element's first drifted
 session, -1 for one that never drifts) and ``drifted``.
+
+**Local anomalies** (``anomaly_fraction`` > 0): that share of signals (each drawn on its own)
+carries one anomaly of known span, one of ANOMALY_KINDS: a wave's shape changed (its amplitude
+inverted, tripled or cut to a fifth), a wave's width changed (x2.5 or x0.4), a middle wave
+missing, an extra wave in the widest gap between two, a spike (about two samples wide), or a
+premature cycle (the waves after the main one come 30-45% of that interval early, in normal
+shape: timing, not morphology). Per signal: ``anomaly_kind`` ("" for none), ``anomaly_start``
+and ``anomaly_end`` (samples, inclusive; -1 for none): the span where the signal differs from
+the one it would have been, every changed wave's extent (3 widths each side) before and after.
+The keypoints are those of the changed cycle. Anomalies draw from a stream of their own: the
+same set without them is sample for sample what it always was.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ MIN_DRIFT_SESSIONS = 3
 # +-5%, timing +-1 sample): drift is a direction that persists and grows, not a jump.
 DRIFT_STEP = {"amplitude": 0.3, "width": 0.2, "timing": 0.012}
 FIRST_RECORDING = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+ANOMALY_KINDS = ("shape", "width", "missing", "extra", "spike", "premature")
+EXTENT = 3.0  # a wave's span, in widths each side of its centre (exp(-4.5): 1% of its height)
 
 
 @dataclass
@@ -55,6 +68,10 @@ class SynthConfig:
     fs: float = option(250.0, "samples per second")
     seed: int = option(0, "seed of the generator")
     min_sessions: int = option(2, "sessions per element at least")
+    anomaly_fraction: float = option(
+        0.0,
+        "share of signals with one local anomaly of known span (see training/synthetic.py)",
+    )
     drift_fraction: float = option(
         0.0,
         f"share of elements (with more than {MIN_DRIFT_SESSIONS} sessions) that drift gradually "
@@ -62,6 +79,8 @@ class SynthConfig:
     )
 
     def __post_init__(self) -> None:
+        if not 0 <= self.anomaly_fraction <= 1:
+            raise ValueError(f"anomaly_fraction must be in [0, 1], got {self.anomaly_fraction}")
         if not 0 <= self.drift_fraction <= 1:
             raise ValueError(f"drift_fraction must be in [0, 1], got {self.drift_fraction}")
         if not 1 <= self.min_sessions <= max(2, self.sessions):
@@ -101,6 +120,55 @@ def _drift(rng: np.random.Generator, config: SynthConfig, sessions: int) -> tupl
     return (int(rng.integers(MIN_DRIFT_SESSIONS, sessions)) if drifts else -1), direction
 
 
+@dataclass
+class _Anomaly:
+    kind: str
+    centres: np.ndarray  # the cycle's waves after it
+    widths: np.ndarray
+    amplitudes: np.ndarray
+    spans: list[tuple[float, float]]  # every changed extent, before and after (samples)
+    extra: tuple[float, float, float] | None = None  # an added wave or spike: centre, width, height
+
+
+def _extent(centre: float, width: float) -> tuple[float, float]:
+    return centre - EXTENT * width, centre + EXTENT * width
+
+
+def _local_anomaly(
+    rng: np.random.Generator, c: np.ndarray, w: np.ndarray, a: np.ndarray, main: int, length: int
+) -> _Anomaly:
+    """One anomaly of a random kind in the cycle of waves ``c``, ``w``, ``a`` (not changed)."""
+    kind = ANOMALY_KINDS[int(rng.integers(len(ANOMALY_KINDS)))]
+    c, w, a = c.copy(), w.copy(), a.copy()
+    wave = int(rng.integers(4))
+    before = _extent(c[wave], w[wave])
+    if kind == "shape":
+        a[wave] *= rng.choice([-1.0, 3.0, 0.2])
+        return _Anomaly(kind, c, w, a, [before])
+    if kind == "width":
+        w[wave] *= rng.choice([2.5, 0.4])
+        return _Anomaly(kind, c, w, a, [before, _extent(c[wave], w[wave])])
+    if kind == "missing":
+        wave = 1 if main == 2 else 2  # a middle wave that is not the main one: keypoints hold
+        a[wave] = 0.0
+        return _Anomaly(kind, c, w, a, [_extent(c[wave], w[wave])])
+    if kind == "extra":
+        gap = int(np.argmax(np.diff(c)))
+        centre, width = (c[gap] + c[gap + 1]) / 2, float(np.mean(w))
+        height = abs(a[main]) * rng.uniform(0.4, 0.8) * rng.choice([-1.0, 1.0])
+        return _Anomaly(kind, c, w, a, [_extent(centre, width)], (centre, width, height))
+    if kind == "spike":
+        centre, width = rng.uniform(0.1, 0.9) * length, 0.8
+        height = abs(a[main]) * rng.uniform(1.0, 2.0) * rng.choice([-1.0, 1.0])
+        return _Anomaly(kind, c, w, a, [_extent(centre, width)], (centre, width, height))
+    moved = np.arange(4) > main  # premature: the waves after the main one come early
+    early = (c[main + 1] - c[main]) * rng.uniform(0.3, 0.45)
+    spans = [_extent(c[i], w[i]) for i in np.flatnonzero(moved)]
+    c[moved] -= early
+    spans += [_extent(c[i], w[i]) for i in np.flatnonzero(moved)]
+    return _Anomaly("premature", c, w, a, spans)
+
+
 def _session_dates(rng: np.random.Generator, n: int) -> list[datetime]:
     """When each of an element's sessions began: 1 to 14 days apart, at a random hour."""
     start = FIRST_RECORDING + timedelta(days=float(rng.uniform(0, 30)))
@@ -114,6 +182,8 @@ def generate(config: SynthConfig) -> SignalData:
     rng = np.random.default_rng(config.seed)
     # Drift and dates draw from a stream of their own: a set without drift is what it always was.
     drift_rng = np.random.default_rng([config.seed, 1])
+    anomaly_rng = np.random.default_rng([config.seed, 2])  # and anomalies: another one
+    kinds, spans = [], []
     length, channels = config.length, config.channels
     t = np.arange(length, dtype=np.float64)
     signals, element_ids, session_ids, keypoints = [], [], [], []
@@ -146,7 +216,22 @@ def generate(config: SynthConfig) -> SignalData:
                 c = (centres - centres[0]) * jitter + centres[0] + shift
                 w = widths * rng.uniform(0.97, 1.03, 4)
                 a = amplitudes * rng.uniform(0.95, 1.05, 4)
+                anomaly = None
+                if config.anomaly_fraction and anomaly_rng.uniform() < config.anomaly_fraction:
+                    anomaly = _local_anomaly(anomaly_rng, c, w, a, morph["main"], length)
+                    c, w, a = anomaly.centres, anomaly.widths, anomaly.amplitudes
                 x = np.stack([_waves(t, c, w, a * lead_gains[ch]) for ch in range(channels)])
+                if anomaly is not None and anomaly.extra is not None:
+                    centre, width, height = anomaly.extra
+                    x += height * np.exp(-0.5 * ((t - centre) / width) ** 2)
+                if anomaly is None:
+                    kinds.append("")
+                    spans.append((-1, -1))
+                else:
+                    low = min(s for s, _ in anomaly.spans)
+                    high = max(e for _, e in anomaly.spans)
+                    kinds.append(anomaly.kind)
+                    spans.append((max(0, int(np.floor(low))), min(length - 1, int(np.ceil(high)))))
                 period = length * rng.uniform(2, 6)
                 x += wander * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
                 x += rng.normal(0, noise, x.shape)
@@ -166,6 +251,10 @@ def generate(config: SynthConfig) -> SignalData:
         "session_index": session_index,
         "drifted": (onset_of >= 0) & (session_index >= onset_of),
     }
+    if config.anomaly_fraction:
+        extras["anomaly_kind"] = np.asarray(kinds, dtype=str)
+        extras["anomaly_start"] = np.asarray([s for s, _ in spans], dtype=np.int64)
+        extras["anomaly_end"] = np.asarray([e for _, e in spans], dtype=np.int64)
     return SignalData(
         signals=np.asarray(signals, dtype=np.float32),
         element_ids=np.asarray(element_ids),
