@@ -81,6 +81,11 @@ class SearchOptions(Options):
     expected_element: str | None = Field(
         None, description="calibrate the anomaly score on this element's references alone"
     )
+    explain: bool = Field(
+        False,
+        description="add each anomaly's map: per sample, how unlike the signal is to the"
+        " references its score compared it with (app/anomaly_map.py), and its peak",
+    )
 
 
 class SearchRequest(SearchOptions):
@@ -226,6 +231,12 @@ class Anomaly(BaseModel):
         description="whose references the signal was compared with: the expected element, or "
         "'all references'"
     )
+    map: Vectors | None = Field(
+        None,
+        description="with explain: one non-negative value per sample of the signal (channels"
+        " combined), higher where it is least like the references it was compared with",
+    )
+    peak: int | None = Field(None, description="with explain: the sample where the map peaks")
 
 
 class SearchResult(BaseModel):

@@ -7,6 +7,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.anomaly import AnomalyCalibration, neighbour_search
+from app.anomaly_map import anomaly_map
 from app.calibration import EmpiricalCDF, FittedCache
 from app.database import StoreUnavailable
 from app.errors import Invalid
@@ -23,7 +24,7 @@ from app.schemas import (
 )
 from app.services.embedding import EmbeddingService
 from app.settings import Settings
-from app.signals import SignalBatch
+from app.signals import SignalBatch, signals_of
 from app.store import ReferenceStore
 from app.sync import IndexSync
 from app.verification import SESSIONS_PER_ELEMENT, CannotCalibrate, Threshold, impostor_quantile
@@ -61,10 +62,16 @@ class SearchService:
             self.view.require_element(options.expected_element, "expected_element")
         embeddings = (await self.embedding.infer(batch)).embeddings
         await self.sync.ensure_fresh()
-        results = await run_in_threadpool(self._search, embeddings, options)
+        signals = signals_of(batch) if options.explain else None
+        results = await run_in_threadpool(self._search, embeddings, options, signals)
         return SearchResponse(results=results, model_version=self.embedding.version)
 
-    def _search(self, embeddings: np.ndarray, options: SearchOptions) -> list[SearchResult]:
+    def _search(
+        self,
+        embeddings: np.ndarray,
+        options: SearchOptions,
+        signals: list[np.ndarray] | None = None,
+    ) -> list[SearchResult]:
         filters = Filters(
             element_id=options.element_id,
             session_id=options.session_id,
@@ -74,7 +81,8 @@ class SearchService:
         expected = options.expected_element
         # The neighbours serve the anomaly score too when they came from the same pool.
         same_pool = filters == Filters(element_id=expected) and options.k >= self.anomaly.k
-        scores = self._anomaly_scores(embeddings, expected, rows if same_pool else None)
+        scores, compared = self._anomaly_scores(embeddings, expected, rows if same_pool else None)
+        maps = self._maps(signals, compared) if signals is not None else None
         keys = np.array(sorted({h.key for row in rows for h in row}), dtype=np.int64)
         described = self.index.describe(keys)
         try:
@@ -83,7 +91,7 @@ class SearchService:
             metadata = None
         threshold = self.settings.anomaly_threshold
         results = []
-        for row, score in zip(rows, scores, strict=True):
+        for i, (row, score) in enumerate(zip(rows, scores, strict=True)):
             neighbors = [
                 Neighbor(
                     id=described[h.key][0],
@@ -103,6 +111,9 @@ class SearchService:
                     threshold=threshold,
                     calibrated_on=expected or "all references",
                 )
+                if maps is not None:
+                    anomaly.map = np.round(maps[i], 4)
+                    anomaly.peak = int(np.argmax(maps[i]))
             results.append(
                 SearchResult(
                     neighbors=neighbors, predicted_element=vote(neighbors), anomaly=anomaly
@@ -164,19 +175,34 @@ class SearchService:
     # -- anomaly -----------------------------------------------------------------------------
     def _anomaly_scores(
         self, queries: np.ndarray, expected_element: str | None, rows: list[list[Hit]] | None
-    ) -> np.ndarray:
-        """Calibrated scores in [0, 1]; NaN when there is nothing to calibrate against (or the
-        calibration must be made while the database is unreachable)."""
+    ) -> tuple[np.ndarray, list[list[Hit]]]:
+        """Calibrated scores in [0, 1], and the references each was compared with; NaN (and
+        none) when there is nothing to calibrate against (or the calibration must be made
+        while the database is unreachable)."""
         within = expected_element is not None
+        nothing = np.full(len(queries), np.nan), [[] for _ in range(len(queries))]
         try:
             calibrated = self.calibrations.get(("anomaly", within), lambda: self._fit(within))
         except StoreUnavailable:
-            return np.full(len(queries), np.nan)
+            return nothing
         if len(calibrated) == 0:
-            return np.full(len(queries), np.nan)
+            return nothing
         if rows is None:
             rows = self.index.search(queries, self.anomaly.k, Filters(element_id=expected_element))
-        return self.anomaly.scores(calibrated, [[h.similarity for h in row] for row in rows])
+        rows = [row[: self.anomaly.k] for row in rows]
+        return self.anomaly.scores(calibrated, [[h.similarity for h in row] for row in rows]), rows
+
+    def _maps(self, signals: list[np.ndarray], compared: list[list[Hit]]) -> list[np.ndarray]:
+        """Each signal's anomaly map against the references its score compared it with (none
+        while the database is unreachable: their signals live there)."""
+        try:
+            stored = self.store.signals(sorted({h.key for row in compared for h in row}))
+        except StoreUnavailable:
+            stored = {}
+        return [
+            anomaly_map(signal, [stored[h.key] for h in row if h.key in stored])
+            for signal, row in zip(signals, compared, strict=True)
+        ]
 
     def _fit(self, within_element: bool) -> EmpiricalCDF:
         """Leave-one-out distances of sampled references to their nearest others within their

@@ -82,6 +82,7 @@ class AsyncClient:
         session_id: str | None = None,
         exclude_session_id: str | None = None,
         expected_element: str | None = None,
+        explain: bool = False,
     ) -> list[SearchResult]:
         """See ``Client.search``."""
         filters = {
@@ -89,6 +90,7 @@ class AsyncClient:
             "session_id": session_id,
             "exclude_session_id": exclude_session_id,
             "expected_element": expected_element,
+            "explain": True if explain else None,
         }
         return await self._run(self._ops.search(x, k, **filters))
 

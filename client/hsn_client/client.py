@@ -99,15 +99,19 @@ class Client:
         session_id: str | None = None,
         exclude_session_id: str | None = None,
         expected_element: str | None = None,
+        explain: bool = False,
     ) -> list[SearchResult]:
         """Per signal its ``k`` nearest references (optionally only of ``element_id`` or
         ``session_id``, or none of ``exclude_session_id``), the element they vote for and an
-        anomaly score (calibrated on ``expected_element``'s references alone when given)."""
+        anomaly score (calibrated on ``expected_element``'s references alone when given); with
+        ``explain``, each anomaly's ``map`` (one value per sample: where the signal is least
+        like the references it was compared with) and its ``peak``."""
         filters = {
             "element_id": element_id,
             "session_id": session_id,
             "exclude_session_id": exclude_session_id,
             "expected_element": expected_element,
+            "explain": True if explain else None,
         }
         return self._run(self._ops.search(x, k, **filters))
 

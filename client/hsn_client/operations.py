@@ -137,7 +137,9 @@ class Operations:
             {"keypoints": per_signal, "model_version": answers[-1]["model_version"]}
         )
 
-    def search(self, x: Signals, k: int, **filters: str | None) -> Operation[list[SearchResult]]:
+    def search(
+        self, x: Signals, k: int, **filters: str | bool | None
+    ) -> Operation[list[SearchResult]]:
         answers = yield from self._split(x, "/search", {"k": k, **filters})
         return [SearchResult.from_json(r) for a in answers for r in a["results"]]
 

@@ -80,6 +80,17 @@ class Anomaly:
     is_anomaly: bool
     threshold: float
     calibrated_on: str
+    map: np.ndarray | None = None  # (L,) with explain: how unlike the references each sample is
+    peak: int | None = None  # with explain: the sample where the map peaks
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Anomaly:
+        shown = data.get("map")
+        return _pick(
+            cls,
+            {"peak": None, **data},
+            map=None if shown is None else np.asarray(shown, dtype=np.float32),
+        )
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,7 @@ class SearchResult:
         return cls(
             neighbors=[_pick(Neighbor, n) for n in data["neighbors"]],
             predicted_element=None if predicted is None else _pick(PredictedElement, predicted),
-            anomaly=None if anomaly is None else _pick(Anomaly, anomaly),
+            anomaly=None if anomaly is None else Anomaly.from_json(anomaly),
         )
 
 

@@ -260,7 +260,7 @@ def test_a_stored_reference_with_its_keypoints_neighbours_and_verdict(server, br
     browser.get(f"{server.url}/ui/#/signal?ref=ref-5&k=5")
     keypoints, neighbours = shown_analysis(browser, "Reference ref-5")
     want_keypoints, want_neighbours, result = expected_analysis(
-        server, reference["signal"], 5, exclude_session_id=reference["session_id"]
+        server, reference["signal"], 5, exclude_session_id=reference["session_id"], explain=True
     )
     names = api(server, "GET", "/model")["keypoint_names"]
     assert [k[0] for k in keypoints] == names  # one marker per keypoint, at the API's positions
@@ -274,6 +274,9 @@ def test_a_stored_reference_with_its_keypoints_neighbours_and_verdict(server, br
     assert known.startswith({True: "yes", False: "no:", None: "not calibrated"}[flag])
     score = browser.find_element(By.ID, "anomaly-score").text
     assert score == f"{result['anomaly']['score']:.3f}"
+    # the anomaly map drawn under the signal, its peak where the API puts it
+    assert browser.find_element(By.ID, "anomaly-map-chart").is_displayed()
+    assert browser.find_element(By.ID, "anomaly-peak").text == str(result["anomaly"]["peak"])
     assert severe(browser) == []
     screenshot(browser, shots, "signal", publish=True)
 

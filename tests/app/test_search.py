@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tests.app.helpers import NPY, npy, references
+from training.synthetic import SynthConfig, generate
 
 
 @pytest.fixture
@@ -118,3 +119,42 @@ def test_the_anomaly_score_does_not_depend_on_k_or_filters(loaded, service_data)
         for extra in ({"k": 10}, {"k": 1}, {"k": 10, "exclude_session_id": "nobody"})
     ]
     assert scores[0] == scores[1] == scores[2]
+
+
+def test_explain_maps_where_a_signal_differs_from_its_references(client):
+    """The generator's local anomalies (spans known) against clean references of their own
+    elements: each map has one value per sample, peaking inside the anomaly's span for most
+    (measured: BENCHMARKS.md "Anomaly maps"); without explain, no map is made."""
+    data = generate(
+        SynthConfig(elements=6, sessions=3, signals=6, length=128, seed=11, anomaly_fraction=0.3)
+    )
+    kinds = data.extras["anomaly_kind"]
+    clean, marked = np.flatnonzero(kinds == ""), np.flatnonzero(kinds != "")
+    refs = [
+        {
+            "id": f"r{i}",
+            "element_id": str(data.element_ids[i]),
+            "session_id": str(data.session_ids[i]),
+            "signal": data.signals[i, 0].tolist(),
+        }
+        for i in clean
+    ]
+    client.post("/references", json={"references": refs}).raise_for_status()
+    inside = []
+    for i in marked:
+        body = {
+            "signals": [data.signals[i, 0].tolist()],
+            "explain": True,
+            "expected_element": str(data.element_ids[i]),
+        }
+        anomaly = client.post("/search", json=body).json()["results"][0]["anomaly"]
+        assert len(anomaly["map"]) == 128 and min(anomaly["map"]) >= 0
+        assert anomaly["peak"] == int(np.argmax(anomaly["map"]))
+        start, end = data.extras["anomaly_start"][i], data.extras["anomaly_end"][i]
+        inside.append(start - 5 <= anomaly["peak"] <= end + 5)
+    assert np.mean(inside) >= 0.7, np.mean(inside)
+    query = data.signals[marked[:2], 0]
+    plain = client.post("/search", json={"signals": query.tolist()}).json()["results"]
+    assert all(r["anomaly"]["map"] is None and r["anomaly"]["peak"] is None for r in plain)
+    answer = client.post("/search?explain=true", content=npy(query), headers=NPY).json()
+    assert [len(r["anomaly"]["map"]) for r in answer["results"]] == [128, 128]

@@ -75,7 +75,7 @@ function verdict(result) {
 async function analyse(out, signal, { title, k, excludeSession }) {
   out.replaceChildren(h("p", { class: "status" }, "Analysing…"));
   try {
-    const search = { signals: [signal], k };
+    const search = { signals: [signal], k, explain: true };
     if (excludeSession) search.exclude_session_id = excludeSession;
     const [keypoints, found] = await Promise.all([
       api("/keypoints", { signals: [signal] }),
@@ -107,6 +107,32 @@ async function analyse(out, signal, { title, k, excludeSession }) {
       description: `${title} with its keypoints, and its ${lines.length} nearest references`,
     });
     const channelNote = Array.isArray(signal[0]) ? " First channel shown." : "";
+    const map = result.anomaly && result.anomaly.map;
+    const mapFigure = map
+      ? h(
+          "figure",
+          {},
+          chart({
+            id: "anomaly-map-chart",
+            x: Array.from({ length: longest }, (_, i) => i),
+            lines: [{ label: "anomaly map", values: map, colour: "#d55e00", width: 1.5 }],
+            markers: [{ x: result.anomaly.peak, y: map[result.anomaly.peak], colour: "#d55e00",
+              label: `peak ${result.anomaly.peak}` }],
+            yLabel: "unlike",
+            height: 140,
+            description: `where ${title} is least like the references its anomaly score ` +
+              `compared it with: highest at sample ${result.anomaly.peak}`,
+          }),
+          h(
+            "figcaption",
+            {},
+            "Below: where the signal is least like the references its anomaly score compared " +
+              "it with (channels combined); highest at sample ",
+            h("span", { id: "anomaly-peak" }, String(result.anomaly.peak)),
+            ".",
+          ),
+        )
+      : null;
     out.replaceChildren(
       h("h3", {}, title),
       h(
@@ -115,6 +141,7 @@ async function analyse(out, signal, { title, k, excludeSession }) {
         plot,
         h("figcaption", {}, `Dark: the signal; faint: its nearest references.${channelNote}`),
       ),
+      mapFigure,
       h("h4", {}, "Keypoints"),
       keypointList(points),
       h("h4", {}, "Element and anomaly"),
