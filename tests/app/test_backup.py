@@ -193,12 +193,17 @@ def test_a_damaged_truncated_or_newer_archive_is_refused_before_anything_is_writ
         (newer, "made by a newer service"),
         (tmp_path / "missing.zip", "not a complete backup archive"),
     ):
-        target = {"data_dir": tmp_path / f"target-{path.stem}"}
-        refused = run_app(target, "restore", "--from", str(path))
-        assert refused.returncode == 2, (path, refused.stderr)
-        lines = refused.stderr.strip().splitlines()
-        assert len(lines) == 1 and says in lines[0], (path, refused.stderr)
-        assert not (target["data_dir"] / "references.sqlite3").exists()  # nothing touched
+        with pytest.raises(BackupError) as refused:
+            Archive(path)  # what restore opens first, before it opens the database
+        assert says in str(refused.value) and "\n" not in str(refused.value), path
+    # the command says it in one line and touches no database
+    target = {"data_dir": tmp_path / "target"}
+    refused = run_app(target, "restore", "--from", str(damaged))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {damaged}: member refs/000000.npz is damaged (checksum)"
+    ]
+    assert not (target["data_dir"] / "references.sqlite3").exists()
 
 
 def test_a_restore_refuses_a_database_that_holds_something_unless_replace(

@@ -160,7 +160,7 @@ def test_a_holder_killed_mid_job_is_replaced_by_a_replica(
     ]
     v2 = version_of(repository / "v2")
     rng = np.random.default_rng(5)
-    signals = service_data.signals[rng.integers(0, len(service_data.signals), 2000), 0]
+    signals = service_data.signals[rng.integers(0, len(service_data.signals), 3000), 0]
     signals = signals + rng.normal(0, 0.05, signals.shape)
     refs = [
         {"id": f"r{i}", "element_id": f"e{i % 7}", "session_id": "s", "signal": s.tolist()}
@@ -174,13 +174,15 @@ def test_a_holder_killed_mid_job_is_replaced_by_a_replica(
                 http.post(f"{a.url}/references", json=batch).raise_for_status()
             assert http.put(f"{a.url}/collections/default/model", json={"model": "v2"}).is_success
 
-            def progress():
-                upgrade = http.get(f"{b.url}/collections/default").json()["upgrade"]
-                return upgrade if upgrade and upgrade["embedded"] > 0 else None
+            def holder_started():  # straight from the database: the job moves fast
+                with psycopg.connect(url) as conn:
+                    row = conn.execute("SELECT holder FROM upgrades").fetchone()
+                    done = conn.execute(
+                        "SELECT COUNT(*) FROM embeddings WHERE model_version = %s", (v2,)
+                    ).fetchone()[0]
+                return row[0] if row and row[0] and done else None
 
-            wait_for(progress, what="the job's first batch")
-            with psycopg.connect(url) as conn:  # the lease names the process holding the job
-                (name,) = conn.execute("SELECT holder FROM upgrades").fetchone()
+            name = wait_for(holder_started, what="the job's first batch")
             holder = next(s for s in servers if f":{s.process.pid}/" in name)
             survivor = next(s for s in servers if s is not holder)
             holder.stop(signal.SIGKILL)
