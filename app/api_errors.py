@@ -77,7 +77,9 @@ async def _input_error(_: Request, exc: InputError) -> FastJSONResponse:
 async def _domain_error(request: Request, exc: DomainError) -> FastJSONResponse:
     status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 422)
     return FastJSONResponse(
-        error_body(locate(request, exc.field), exc.message, exc.kind), status_code=status
+        error_body(locate(request, exc.field), exc.message, exc.kind),
+        status_code=status,
+        headers={"Retry-After": "1"} if status == 503 else None,
     )
 
 

@@ -62,6 +62,15 @@ REF_TEXT = (
     "updated_at",
     "recorded_at",
 )
+CLEARED = (
+    "embeddings",
+    "refs",
+    "changes",
+    "api_keys",
+    "collections",
+    "served_models",
+    "upgrades",
+)  # by a restore, before it writes
 TABLES = {
     "collections": ("id", "name", "model", "created_at"),
     "api_keys": (
@@ -311,23 +320,14 @@ def restore(
     counts = archive.counts
     position = int(archive.header["position"])
     with db.write() as s:
-        if not is_empty(s):
-            if not replace:
-                raise BackupError(
-                    "the database is not empty: restore into an empty one, or pass --replace"
-                )
-            for table in (
-                "embeddings",
-                "refs",
-                "changes",
-                "api_keys",
-                "collections",
-                "served_models",
-                "upgrades",
-            ):
-                s.execute(f"DELETE FROM {table}")
-        else:
-            s.execute("DELETE FROM collections")  # the default row made by the migration
+        if not is_empty(s) and not replace:
+            raise BackupError(
+                "the database is not empty: restore into an empty one, or pass --replace"
+            )
+        # what a service that never stored anything leaves (the default row, its served model,
+        # a change log of nothing) goes too
+        for table in CLEARED:
+            s.execute(f"DELETE FROM {table}")
         for table, columns in TABLES.items():
             rows = archive.rows(table)
             s.executemany(
@@ -379,14 +379,15 @@ def _ref_rows(arrays: dict[str, np.ndarray]) -> Iterator[tuple]:
 
 
 def _continue_after(db: Database, s: Transaction, position: int) -> None:
-    """The restored database goes on from the copy: keys and collection ids never reused, the
-    change log starting after ``position`` (pruned through it: every process rebuilds its index
+    """The restored database goes on from the copy: keys, collection ids and change-log
+    sequence numbers never reused (each counter past both the copy's and what the database
+    had used), the change log pruned through its new start (every process rebuilds its index
     from the restored rows), a new epoch (no index snapshot of another database is loaded), and
     every process's keys and collections reloaded."""
     for table, column in (("refs", "key"), ("collections", "id")):
         top = s.execute(f"SELECT COALESCE(MAX({column}), 0) FROM {table}").fetchone()[0]
         db.set_counter(s, table, column, int(top))
-    db.set_counter(s, "changes", "seq", position)
+    position = db.set_counter(s, "changes", "seq", position)
     for name, value in (
         ("pruned_through", position),
         ("epoch", secrets.randbits(62)),

@@ -138,6 +138,11 @@ class CollectionTable:
         """Records the change (Conflict while another runs); every process sees it within the
         sync interval and embeds its writes with both models from then on."""
         with self.db.write() as s:
+            if (
+                s.execute("SELECT 1 FROM collections WHERE id = ?", (collection,)).fetchone()
+                is None
+            ):
+                raise NotFound("collection", "the collection was deleted")
             running = s.execute(
                 "SELECT model_version FROM upgrades WHERE collection = ?", (collection,)
             ).fetchone()
@@ -227,15 +232,16 @@ class CollectionTable:
 
     @staticmethod
     def _note_served(s, collection: int, version: str, model: str | None, replace: bool) -> None:
-        s.execute(
+        s.execute(  # never for a collection deleted meanwhile
             "INSERT INTO served_models (collection, model_version, model, served_from)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (collection, model_version) DO "
+            " SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM collections WHERE id = ?)"
+            " ON CONFLICT (collection, model_version) DO "
             + (
                 "UPDATE SET served_from = excluded.served_from, model = excluded.model"
                 if replace
                 else "NOTHING"
             ),
-            (collection, version, model, timestamp()),
+            (collection, version, model, timestamp(), collection),
         )
 
     @staticmethod
@@ -412,12 +418,16 @@ class CollectionRegistry:
                     del self._live[name]
                     await self._stop_one(collection, deleted=True)
                 elif row.model != collection.row.model:
-                    await self._switch(collection, row)
+                    try:
+                        await self._switch(collection, row)
+                    except Exception:  # the old one keeps serving; the others go on
+                        log.exception("collection %r could not switch models: retrying", name)
+                        self._version = -1  # look again at the next round
             self._broken = {n: why for n, why in self._broken.items() if n in wanted}
             for row in rows:
                 if row.name not in self._live and row.name not in self._broken:
                     try:
-                        await self._start(await self._build(row))
+                        await self._start_built(row)
                     except (ModelLoadError, DomainError) as exc:
                         reason = exc.message if isinstance(exc, DomainError) else str(exc)
                         log.error("collection %r is not served: %s", row.name, reason)
@@ -429,8 +439,7 @@ class CollectionRegistry:
         """The collection on its new model: its index built beside the old one, which serves
         until the new one is swapped in (a request uses one or the other, never both)."""
         log.info("collection %r: switching to model %s", row.name, row.model or "HSN_MODEL_DIR")
-        new = await self._build(row)
-        await self._start(new)  # replaces the old one in _live once its index is built
+        await self._start_built(row)  # replaces the old one in _live once its index is built
         await self._end_upgrade(row.name)
         await self._stop_one(old)
 
@@ -441,12 +450,15 @@ class CollectionRegistry:
             job = jobs.get(collection.row.id)
             running = self._upgrades.get(name)
             if running is not None and (job is None or job != running.row):
-                if job is not None and job.model_version == running.row.model_version:
+                same = job is not None and job.collection == running.row.collection
+                if same and job.model_version == running.row.model_version:
                     running.row = job  # the same change, another holder or lease
                     continue
                 await self._end_upgrade(name)
             if job is None or name in self._upgrades:
                 continue
+            if job.collection != collection.row.id:
+                continue  # a change of a collection of that name deleted since
             try:
                 target = await run_in_threadpool(
                     self.models.acquire, self.repository.path(job.model)
@@ -542,6 +554,7 @@ class CollectionRegistry:
         async with self._changing:
             if not await run_in_threadpool(self.table.delete, name):
                 raise NotFound("collection", f"no collection {name!r}")
+            await self._end_upgrade(name)
             collection = self._live.pop(name, None)
             self._broken.pop(name, None)
             if collection is not None:
@@ -554,22 +567,36 @@ class CollectionRegistry:
         except ModelLoadError as exc:
             raise Invalid("model", f"the model cannot be served: {exc}") from exc
 
-    async def _build(self, row: CollectionRow) -> Collection:
-        folder = self.repository.path(row.model)
-        loaded = await run_in_threadpool(self.models.acquire, folder)
-        return self.build(row, loaded)
+    async def _start_built(self, row: CollectionRow) -> None:
+        """The collection of ``row`` on its model, started (its model released if it cannot)."""
+        loaded = await run_in_threadpool(self.models.acquire, self.repository.path(row.model))
+        try:
+            await self._start(self.build(row, loaded))
+        except BaseException:
+            if self.models.release(loaded):
+                await loaded.embedding.stop()
+            raise
 
     async def _start(self, collection: Collection) -> None:
+        """Starts it and serves it; one that fails to start is stopped again (its model is the
+        caller's to release)."""
         if not collection.model.started:  # its batcher, once for every collection of the model
             collection.embedding.start()
             collection.model.started = True
-        await collection.start()
-        await run_in_threadpool(
-            self.table.note_served,
-            collection.row.id,
-            collection.embedding.version,
-            collection.row.model,
-        )
+        try:
+            await collection.start()
+            await run_in_threadpool(
+                self.table.note_served,
+                collection.row.id,
+                collection.embedding.version,
+                collection.row.model,
+            )
+        except BaseException:
+            try:
+                await collection.stop(deleted=True)  # its snapshot may be of a failed build
+            except Exception:
+                log.exception("stopping collection %r after a failed start", collection.name)
+            raise
         self._live[collection.name] = collection
 
     async def _stop_one(self, collection: Collection, deleted: bool = False) -> None:

@@ -160,8 +160,9 @@ class Database(ABC):
     def columns(self, session: Transaction, table: str) -> set[str]: ...
 
     @abstractmethod
-    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> None:
-        """The next value ``table``'s generated ``column`` gives is ``value + 1`` (a restore)."""
+    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> int:
+        """The next value ``table``'s generated ``column`` gives is past ``value`` and past
+        any it gave before (a restore); returns the last value now counted as given."""
 
     @abstractmethod
     def scope_refs_by_collection(self, session: Transaction) -> None:
@@ -251,9 +252,12 @@ class SqliteDatabase(Database):
     def columns(self, session: Transaction, table: str) -> set[str]:
         return {row[1] for row in session.execute(f"PRAGMA table_info({table})").fetchall()}
 
-    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> None:
+    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> int:
+        row = session.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+        value = max([value, *(r[0] for r in row.fetchall())])
         session.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
         session.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, value))
+        return value
 
     def scope_refs_by_collection(self, session: Transaction) -> None:
         # SQLite cannot drop a UNIQUE constraint: the table is copied into the new shape, its
@@ -394,11 +398,14 @@ class PostgresDatabase(Database):
         ).fetchall()
         return {row[0] for row in rows}
 
-    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> None:
-        session.execute(
-            "SELECT setval(pg_get_serial_sequence(?, ?), ?, ?)",
-            (table, column, max(value, 1), value > 0),
-        )
+    def set_counter(self, session: Transaction, table: str, column: str, value: int) -> int:
+        (sequence,) = session.execute(
+            "SELECT pg_get_serial_sequence(?, ?)", (table, column)
+        ).fetchone()
+        last, called = session.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+        value = max(value, last if called else last - 1)
+        session.execute("SELECT setval(?, ?, ?)", (sequence, max(value, 1), value > 0))
+        return value
 
     def scope_refs_by_collection(self, session: Transaction) -> None:
         session.execute("ALTER TABLE refs ADD COLUMN collection BIGINT NOT NULL DEFAULT 0")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.errors import Unavailable
 from app.onnx_engine import derive_session
 from app.signals import SignalBatch, SignalLimits
 from model.export_format import MODEL_FILE, ExportFormatError, read_manifest
@@ -129,12 +130,23 @@ class DynamicBatcher:
         self.calls: set[asyncio.Task] = set()  # model calls in flight
         self.free_workers = asyncio.Semaphore(workers)
         self.last_merged = 0  # requests in the previous model call
+        self.in_flight = 0  # requests inside infer
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.stopped = False
 
     def start(self) -> None:
         if self.enabled:
             self.task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stops taking requests; those already inside ``infer`` are answered first (up to
+        ``grace_s``): a collection switched or deleted while they ran still answers them."""
+        self.stopped = True
+        try:
+            await asyncio.wait_for(self.idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("stopping a model with %d request(s) still in flight", self.in_flight)
         if self.task:
             self.task.cancel()
             try:
@@ -145,12 +157,21 @@ class DynamicBatcher:
         self.executor.shutdown(wait=True)
 
     async def infer(self, batch: SignalBatch) -> Inference:
-        loop = asyncio.get_running_loop()
-        if not self.enabled:
-            return await loop.run_in_executor(self.executor, self._run, [batch])
-        pending = _Pending(batch, loop.create_future())
-        self.queue.put_nowait(pending)
-        return await pending.future
+        if self.stopped:  # its collection deleted, or switched to another model: nothing done
+            raise Unavailable("collection", "its model was unloaded meanwhile: retry")
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            loop = asyncio.get_running_loop()
+            if not self.enabled:
+                return await loop.run_in_executor(self.executor, self._run, [batch])
+            pending = _Pending(batch, loop.create_future())
+            self.queue.put_nowait(pending)
+            return await pending.future
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -355,12 +355,14 @@ class ReferenceStore:
         collection's up to ``through``)."""
         with self.db.read() as s:
             through = self._last_seq(s)
-            pruned = s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()
             rows = s.execute(
                 "SELECT seq, key, committed_at FROM changes WHERE seq > ? AND seq <= ?"
                 " AND collection = ? ORDER BY seq LIMIT ?",
                 (seq, through, self.collection, limit),
             ).fetchall()
+            # after the rows: a pruning committed while they were read is seen (and rebuilt
+            # from), never taken for entries that did not exist
+            pruned = s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()
         return ChangePage([Change(*row) for row in rows], int(pruned[0]) if pruned else 0, through)
 
     def epoch(self) -> int:

@@ -169,7 +169,7 @@ class IndexSync:
                     )
                     return
                 log.info("index snapshot disagrees with the store after replay: rebuilding")
-            await run_in_threadpool(self._rebuild)
+            await self._rebuild()
             await self._apply_pending()
             log.info(
                 "rebuilt index from the store: %d references in %.2fs",
@@ -177,17 +177,24 @@ class IndexSync:
                 time.perf_counter() - started,
             )
 
-    def _rebuild(self) -> None:
-        """Everything from the store; the log is then replayed from where the rebuild began."""
-        seq = self.store.last_seq()  # taken first: rows read after it are replayed again
+    async def _rebuild(self) -> None:
+        """Everything from the store; the log is then replayed from where the rebuild began.
+        References without this model's embedding get one first: one written by a process of
+        another model at or before that point would otherwise never be replayed here (a
+        switch of models)."""
+        seq = await run_in_threadpool(self.store.last_seq)  # first: rows read after it replay
+        await self._embed_missing()
+        await run_in_threadpool(self._fill)
+        self.applied_seq = self.store_seq = seq
+        self._tell_rebuilt()
+
+    def _fill(self) -> None:
         n = self.store.count_embedded(self.version)
         self.index.rebuild(
             n,
             self.store.iter_index_rows(self.version),
             lambda size: self.store.sample_vectors(self.version, size),
         )
-        self.applied_seq = self.store_seq = seq
-        self._tell_rebuilt()
 
     def _tell_rebuilt(self) -> None:
         for observer in self.observers:
@@ -235,7 +242,7 @@ class IndexSync:
                     page.pruned_through,
                     self.applied_seq,
                 )
-                await run_in_threadpool(self._rebuild)
+                await self._rebuild()
                 continue
             self.store_seq = max(self.store_seq, page.through)
             if not page.entries:  # none of this collection's up to the log's end
@@ -247,7 +254,7 @@ class IndexSync:
             rows, removed = await self._rows_of(keys)
             if not await run_in_threadpool(self.index.apply, rows, removed):
                 # the index cannot take it in place (size, type): rebuild
-                await run_in_threadpool(self._rebuild)
+                await self._rebuild()
                 continue
             for observer in self.observers:
                 observer.changed(len(keys), len(self.index))

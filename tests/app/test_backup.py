@@ -239,3 +239,24 @@ def test_a_replaced_database_is_served_from_its_rows_not_an_old_index_snapshot(
     again = make_client(**settings)
     assert again.get("/ready").json()["references"] == 10
     assert again.get("/references/ref-20").status_code == 404
+
+
+def test_a_database_a_service_ran_on_but_stored_nothing_in_counts_as_empty(
+    make_client, archive, tmp_path, service_data
+):
+    """The default row, its served model and a change log of nothing (references written and
+    deleted) are not data: the restore replaces them, and nothing it restored is reused."""
+    client = make_client(data_dir=tmp_path / "ran")
+    client.post("/references", json={"references": references(service_data, range(30))})
+    for i in range(30):
+        client.delete(f"/references/ref-{i}").raise_for_status()
+    db = client.app.state.services.store.db
+    opened = Archive(archive)
+    summary = restore(db, opened)
+    opened.close()
+    assert summary.references == 20
+    client.__exit__(None, None, None)
+    again = make_client(data_dir=tmp_path / "ran")
+    again.post("/references", json={"references": references(service_data, [40])})
+    listed = again.get("/references?limit=100").json()
+    assert listed["total"] == 21  # the restored twenty and the new one, none clashing

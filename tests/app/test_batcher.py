@@ -89,3 +89,27 @@ def test_with_two_workers_two_model_calls_run_at_once(model_dir, service_data):
     asyncio.run(main(workers=1))
     (a_start, a_end), (b_start, b_end) = sorted(spans)
     assert b_start >= a_end  # one at a time
+
+
+def test_a_stopped_model_answers_what_it_took_and_refuses_what_comes_after(model_dir, service_data):
+    """A collection deleted or switched while requests are in its model's batcher: those are
+    answered before it stops; one arriving after is refused (503 through the API), never left
+    waiting."""
+    from app.errors import Unavailable
+
+    x = service_data.signals[:8]
+
+    async def stop_while_busy(batcher, runtime):
+        in_flight = [asyncio.ensure_future(batcher.infer([x[i : i + 1]])) for i in range(8)]
+        await asyncio.sleep(0)  # they are inside infer
+        await batcher.stop()
+        answered = await asyncio.gather(*in_flight)
+        try:
+            await asyncio.wait_for(batcher.infer([x[:1]]), 5)
+        except Unavailable as exc:
+            return answered, exc
+        return answered, None
+
+    (answered, refused), _ = run_batcher(model_dir, stop_while_busy, max_wait_s=0)
+    assert len(answered) == 8 and all(a.embeddings.shape[0] == 1 for a in answered)
+    assert refused is not None and refused.field == "collection"

@@ -212,3 +212,23 @@ def test_a_holder_killed_mid_job_is_replaced_by_a_replica(
         for server in servers:
             if server.process.poll() is None:
                 server.stop(signal.SIGKILL)
+
+
+def test_a_collection_deleted_during_a_change_and_made_again_changes_anew(
+    make_client, repository, service_data
+):
+    client = make_client(model_repository=repository)
+    v2 = version_of(repository / "v2")
+    client.post("/collections", json={"name": "c", "model": "v1"}).raise_for_status()
+    refs = references(service_data, range(10))
+    client.post("/collections/c/references", json={"references": refs}).raise_for_status()
+    table = CollectionTable(client.app.state.services.store.db)
+    first = next(row.id for row in table.list() if row.name == "c")
+    table.start_upgrade(first, "v2", v2, 0)  # held by a replica that died: it never moves
+    assert table.take_lease(first, "a-replica-that-died", 600.0)
+    wait_for(lambda: client.get("/collections/c").json()["upgrade"], what="seeing it")
+    assert client.delete("/collections/c").status_code == 204
+    client.post("/collections", json={"name": "c", "model": "v1"}).raise_for_status()
+    client.post("/collections/c/references", json={"references": refs}).raise_for_status()
+    assert client.put("/collections/c/model", json={"model": "v2"}).status_code == 202
+    wait_for(lambda: serving(client, v2, "c"))
