@@ -291,6 +291,7 @@ class Collection:
 
     async def start(self) -> None:
         await self.sync.start()
+        await run_in_threadpool(self.search.prepare)
 
     async def stop(self, deleted: bool = False) -> None:
         await self.sync.stop(save=not deleted)
@@ -321,6 +322,7 @@ class CollectionRegistry:
     interval_s: float
     keep_versions: int = 2  # model versions whose embeddings a collection keeps
     lease_s: float = 15.0  # a model change's lease (app/upgrade.py)
+    pause: float = 1.0  # its pause after each batch, in batch durations
     on_removed: Callable[[str], None] = lambda name: None  # e.g. drop its metric series
     _live: dict[str, Collection] = field(default_factory=dict)
     _upgrades: dict[str, RunningUpgrade] = field(default_factory=dict)
@@ -479,6 +481,7 @@ class CollectionRegistry:
                 self.keep_versions,
                 self.interval_s,
                 self.lease_s,
+                self.pause,
             )
             upgrade.start()
             self._upgrades[name] = RunningUpgrade(job, target, upgrade)

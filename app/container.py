@@ -146,6 +146,7 @@ def _build(settings: Settings, metrics: Metrics, store: ReferenceStore) -> Servi
         settings.sync_interval_ms / 1000,
         keep_versions=settings.model_versions_kept,
         lease_s=settings.upgrade_lease_s,
+        pause=settings.upgrade_pause,
         on_removed=metrics.forget_collection,
     )
     return Services(

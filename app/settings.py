@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     # a process running a model change renews its lease with every batch; one that died is
     # replaced after this long
     upgrade_lease_s: float = Field(15.0, gt=0)
+    # after each batch it embeds, a model change's job pauses this many times the batch's
+    # duration, leaving the cores to requests (0: as fast as it can)
+    upgrade_pause: float = Field(1.0, ge=0)
     data_dir: Path = Path("data")
 
     # Storage and processes

@@ -431,14 +431,17 @@ class ReferenceStore:
             ).fetchall()
         return np.stack([_f32(r[0]) for r in rows]) if rows else np.zeros((0, 0), np.float32)
 
-    def unembedded(self, version: str, batch: int = 256) -> list[Unembedded]:
-        """Up to ``batch`` references without an embedding of ``version``."""
+    def unembedded(self, version: str, batch: int = 256, after: int = -1) -> list[Unembedded]:
+        """Up to ``batch`` references without an embedding of ``version``, of keys past
+        ``after`` (a caller going through them all passes its last key: a scan from the first
+        key walked past every one embedded already, each batch slower than the last)."""
         with self.db.read() as s:
             rows = s.execute(
                 "SELECT r.key, r.revision, r.channels, r.length, r.signal FROM refs r"
-                " WHERE r.collection = ? AND NOT EXISTS (SELECT 1 FROM embeddings e"
-                " WHERE e.key = r.key AND e.model_version = ?) ORDER BY r.key LIMIT ?",
-                (self.collection, version, batch),
+                " WHERE r.collection = ? AND r.key > ? AND NOT EXISTS (SELECT 1 FROM"
+                " embeddings e WHERE e.key = r.key AND e.model_version = ?)"
+                " ORDER BY r.key LIMIT ?",
+                (self.collection, after, version, batch),
             ).fetchall()
         return [Unembedded(k, rev, _f32(sig).reshape(c, n)) for k, rev, c, n, sig in rows]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 
 from starlette.concurrency import run_in_threadpool
@@ -47,9 +48,11 @@ class UpgradeJob:
         keep: int,
         interval_s: float,
         lease_s: float,
+        pause: float = 1.0,
     ) -> None:
         self.name, self.collection, self.table, self.store = name, collection, table, store
         self.target, self.keep, self.interval_s, self.lease_s = target, keep, interval_s, lease_s
+        self.pause = pause
         self._stop = threading.Event()
         self._task: asyncio.Task | None = None
 
@@ -69,6 +72,9 @@ class UpgradeJob:
         version = self.target.version
         total = done = 0
         shown = -1  # the last tenth logged
+        after = -1  # the last key seen: each batch goes on from it, and a pass that found
+        # nothing is followed by one from the start (a reference rewritten since without the
+        # target's embedding keeps its key, behind the cursor) before the switch is tried
         while not self._stop.is_set():
             try:
                 if not await run_in_threadpool(
@@ -79,7 +85,10 @@ class UpgradeJob:
                 if not total:
                     total = await run_in_threadpool(self.store.count)
                     done = await run_in_threadpool(self.store.count_embedded, version)
-                rows = await run_in_threadpool(self.store.unembedded, version, BATCH)
+                rows = await run_in_threadpool(self.store.unembedded, version, BATCH, after)
+                if not rows and after >= 0:
+                    after = -1
+                    continue
                 if not rows:
                     if await run_in_threadpool(
                         self.table.finish_upgrade, self.collection, HOLDER, self.keep
@@ -88,8 +97,13 @@ class UpgradeJob:
                         return
                     await asyncio.sleep(self.interval_s)  # a write without it: embed it next
                     continue
+                after = rows[-1].key
+                started = time.perf_counter()
                 vectors = await self.target.embed_signals([r.signal for r in rows])
                 await run_in_threadpool(self.store.add_embeddings, rows, vectors, version)
+                # A pause as long as the batch took leaves the cores to searches half the time:
+                # unthrottled, search p99 during the job was 2.4x steady state (BENCHMARKS.md)
+                await asyncio.sleep(self.pause * (time.perf_counter() - started))
                 done += len(rows)
                 tenth = min(10, 10 * done // max(total, 1))
                 if tenth > shown:

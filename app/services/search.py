@@ -124,6 +124,17 @@ class SearchService:
             self._mark_known(embeddings, results, open_set.threshold)
         return results
 
+    def prepare(self) -> None:
+        """Fits what a plain search needs (the anomaly score over all references, the open
+        set's threshold) before the collection serves: a collection swapped in on a new model
+        made every search of its process wait for these (1.4-2.2 s; BENCHMARKS.md "Model
+        changes and backups")."""
+        try:
+            self.calibrations.get(("anomaly", False), lambda: self._fit(False))
+        except StoreUnavailable:
+            return
+        self._open_set_threshold()
+
     # -- the open set ------------------------------------------------------------------------
     def _mark_known(
         self, embeddings: np.ndarray, results: list[SearchResult], threshold: float
