@@ -43,7 +43,7 @@ from typing import IO, Any
 import numpy as np
 
 from app.database import Database, Transaction
-from app.store import SCHEMA_VERSION, timestamp
+from app.store import SCHEMA_VERSION, log_end, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def write_backup(
     """Writes a consistent copy of ``db`` to ``out`` (which need not be seekable)."""
     writer = _Writer(out)
     with db.snapshot() as s:
-        position = _position(s)
+        position = log_end(s)
         writer.json(
             HEADER,
             {
@@ -182,13 +182,6 @@ def write_backup(
     return Summary(
         position, counts["refs"], counts["embeddings"], counts["collections"], counts["api_keys"]
     )
-
-
-def _position(s: Transaction) -> int:
-    row = s.execute("SELECT MAX(seq) FROM changes").fetchone()
-    if row[0] is not None:
-        return int(row[0])
-    return int(s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()[0])
 
 
 def _ref_batches(s: Transaction) -> Iterator[dict[str, np.ndarray]]:

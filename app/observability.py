@@ -148,7 +148,8 @@ class Metrics:
 
     def forget_collection(self, collection: str) -> None:
         """A deleted collection's series go."""
-        for gauge in (
+        self.forget(
+            collection,
             self.index_size,
             self.index_memory,
             self.model_memory,
@@ -156,7 +157,12 @@ class Metrics:
             self.sync_lag_seconds,
             self.upgrade_embedded,
             self.upgrade_references,
-        ):
+        )
+
+    @staticmethod
+    def forget(collection: str, *gauges: Gauge) -> None:
+        """The collection's series of ``gauges`` go (those it has)."""
+        for gauge in gauges:
             try:
                 gauge.remove(collection)
             except KeyError:

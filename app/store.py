@@ -354,7 +354,7 @@ class ReferenceStore:
         in sequence order: a reader with fewer than ``limit`` entries has seen all of its
         collection's up to ``through``)."""
         with self.db.read() as s:
-            through = self._last_seq(s)
+            through = log_end(s)
             rows = s.execute(
                 "SELECT seq, key, committed_at FROM changes WHERE seq > ? AND seq <= ?"
                 " AND collection = ? ORDER BY seq LIMIT ?",
@@ -375,13 +375,7 @@ class ReferenceStore:
     def last_seq(self) -> int:
         """The change log's last sequence number (every collection's)."""
         with self.db.read() as s:
-            return self._last_seq(s)
-
-    def _last_seq(self, s: Transaction) -> int:
-        row = s.execute("SELECT MAX(seq) FROM changes").fetchone()
-        if row[0] is not None:
-            return int(row[0])
-        return int(s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()[0])
+            return log_end(s)
 
     # -- what the index is built from --------------------------------------------------------
     def index_rows(
@@ -594,6 +588,15 @@ class ReferenceStore:
     def metadata(self, keys: list[int]) -> dict[int, dict]:
         """key -> metadata of the keys still stored."""
         return {k: json.loads(m) for k, m in self._rows_by_key("r.metadata", keys, "")}
+
+
+def log_end(s: Transaction) -> int:
+    """The change log's last sequence number as ``s`` sees it (where it was pruned to, when
+    pruned empty): a reader's position, a backup's."""
+    row = s.execute("SELECT MAX(seq) FROM changes").fetchone()
+    if row[0] is not None:
+        return int(row[0])
+    return int(s.execute("SELECT value FROM meta WHERE name = 'pruned_through'").fetchone()[0])
 
 
 def _index_rows(rows: list[tuple]) -> IndexRows:

@@ -3,6 +3,7 @@ listed, deleted; and the elements they belong to."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,10 +50,13 @@ class ReferenceService:
         last = sorted({ref_id: n for n, ref_id in enumerate(ids)}.values())
         kept = [refs[n] for n in last]
         signals = [r.signal for r in kept]
-        embeddings = await self.embedding.embed_signals(signals)
         also = {}
-        if (target := self.upgrade) is not None:
-            also[target.version] = await target.embed_signals(signals)
+        if (target := self.upgrade) is None:
+            embeddings = await self.embedding.embed_signals(signals)
+        else:  # a model change under way: both models at once, on their own batchers
+            embeddings, also[target.version] = await asyncio.gather(
+                self.embedding.embed_signals(signals), target.embed_signals(signals)
+            )
         rows = [
             NewReference(
                 ids[n],

@@ -78,11 +78,7 @@ class StatusService:
         upgrade = self.collections.upgrade_of(collection.name)
         embedded, total = self.metrics.upgrade_embedded, self.metrics.upgrade_references
         if upgrade is None:
-            for gauge in (embedded, total):
-                try:
-                    gauge.remove(collection.name)
-                except KeyError:
-                    pass
+            self.metrics.forget(collection.name, embedded, total)
             return
         try:
             done = await run_in_threadpool(collection.store.count_embedded, upgrade.model_version)
