@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC
+from pathlib import Path
 from typing import ClassVar
 
 import faiss
@@ -69,12 +70,17 @@ class VectorBackend(ABC):
     def _params(self, selection: Selection, **breadth) -> faiss.SearchParameters | None:
         if selection.allowed is None and selection.excluded is None:
             return None
+        memo_key = tuple(sorted(breadth.items()))
+        if selection.memo is not None and memo_key in selection.memo:
+            return selection.memo[memo_key]
         if selection.allowed is not None:
             selector = faiss.IDSelectorBatch(selection.allowed)
         else:
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(selection.excluded))
         params = self._parameters_class()(sel=selector, **breadth)
         params._keep = selector  # the parameters hold a raw pointer: keep the selector alive
+        if selection.memo is not None:
+            selection.memo[memo_key] = params
         return params
 
     def _parameters_class(self) -> type:
@@ -85,19 +91,34 @@ class VectorBackend(ABC):
         int64 ids; subclasses add their structure) without copying it: probes ask often."""
         return self.index.ntotal * (4 * self.index.d + 8)
 
-    def serialize(self) -> np.ndarray:
-        return faiss.serialize_index(self.index)
+    def mapped_bytes(self) -> int:
+        """What it reads from its file through the page cache, shared by every process that
+        maps it."""
+        return 0
+
+    def write(self, path: Path) -> None:
+        faiss.write_index(self.index, str(path))
 
     @staticmethod
-    def deserialize(data: np.ndarray, ivf_nprobe: int, ef_search: int) -> VectorBackend:
-        """The backend a serialised index (from any backend's ``serialize``) belongs to."""
-        index = faiss.deserialize_index(np.asarray(data, dtype=np.uint8))
+    def read(path: Path, ivf_nprobe: int, ef_search: int) -> VectorBackend:
+        """The backend of an index file written by any backend's ``write``. An IVF index's lists
+        stay in the file, mapped (``IO_FLAG_MMAP``): every process on a machine shares one
+        copy through the page cache instead of holding its own."""
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+        if isinstance(inner, faiss.IndexIVFPQ):
+            return IVFPQBackend(inner, ivf_nprobe)
         if isinstance(inner, faiss.IndexIVF):
-            return IVFBackend(index, ivf_nprobe)
+            return IVFBackend(inner, ivf_nprobe)
         if isinstance(inner, faiss.IndexHNSW):
             return HNSWBackend(index, ef_search)
         return FlatBackend(index)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether its similarities are approximate (codes, not the vectors): a shortlist is
+        then rescored from the vectors."""
+        return False
 
 
 class FlatBackend(VectorBackend):
@@ -145,8 +166,8 @@ class HNSWBackend(VectorBackend):
 
 
 class IVFBackend(VectorBackend):
-    """Inverted lists (about sqrt(N) of them, k-means trained): a query scans the ``nprobe``
-    lists nearest to it."""
+    """Inverted lists (about sqrt(N) of them, k-means trained) of float vectors: a query scans
+    the ``nprobe`` lists nearest to it."""
 
     kind = "ivf"
 
@@ -164,7 +185,15 @@ class IVFBackend(VectorBackend):
         return self.index.nlist
 
     def memory_bytes(self) -> int:
-        return super().memory_bytes() + 4 * self.index.nlist * self.index.d  # + the centroids
+        """The centroids (and a product quantizer's codebooks); the lists are in the file,
+        mapped, once the index has been written and read back (``mapped_bytes``)."""
+        return 4 * self.index.nlist * self.index.d + self._codebook_bytes()
+
+    def mapped_bytes(self) -> int:
+        return self.index.ntotal * (self.index.code_size + 8)
+
+    def _codebook_bytes(self) -> int:
+        return 0
 
     @staticmethod
     def lists_for(n: int) -> int:
@@ -180,9 +209,13 @@ class IVFBackend(VectorBackend):
         """An empty index for ``n`` references whose lists are k-means of ``sample`` (at most
         ``sample_size(n)`` of its vectors are used)."""
         dim, lists = sample.shape[1], cls.lists_for(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-        index.train(np.ascontiguousarray(sample[: lists * IVF_TRAINING_PER_LIST], np.float32))
+        index = cls._untrained(dim, lists)
+        index.train(np.ascontiguousarray(sample[: cls.sample_size(n)], np.float32))
         return cls(index, nprobe)
+
+    @staticmethod
+    def _untrained(dim: int, lists: int) -> faiss.IndexIVF:
+        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
 
     def search(
         self, queries: np.ndarray, k: int, selection: Selection
@@ -212,3 +245,36 @@ class IVFBackend(VectorBackend):
 
     def _parameters_class(self) -> type:
         return faiss.SearchParametersIVF
+
+
+class IVFPQBackend(IVFBackend):
+    """Inverted lists of product-quantised codes, a byte per 4 dimensions (32 bytes for a
+    128-d vector against 512): similarities are approximate, so the index's owner rescores a
+    shortlist from the float vectors (``compressed``)."""
+
+    kind = "ivfpq"
+
+    @property
+    def compressed(self) -> bool:
+        return True
+
+    @staticmethod
+    def sample_size(n: int) -> int:
+        # k-means of the lists as IVF's, and the 256 centroids of each sub-quantiser want
+        # about 40 vectors each (FAISS warns below 39)
+        return max(IVFBackend.sample_size(n), min(n, 256 * IVF_TRAINING_PER_LIST))
+
+    @staticmethod
+    def _untrained(dim: int, lists: int) -> faiss.IndexIVF:
+        return faiss.IndexIVFPQ(
+            faiss.IndexFlatIP(dim), dim, lists, pq_bytes(dim), 8, faiss.METRIC_INNER_PRODUCT
+        )
+
+    def _codebook_bytes(self) -> int:
+        return 4 * 256 * self.index.d
+
+
+def pq_bytes(dim: int) -> int:
+    """Sub-quantisers (bytes a code) for ``dim`` dimensions: a byte per 4 dimensions, or the
+    nearest count below that divides ``dim``."""
+    return next(m for m in range(max(1, dim // 4), 0, -1) if dim % m == 0)

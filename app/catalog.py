@@ -294,7 +294,7 @@ class Collection:
         await run_in_threadpool(self.search.prepare)
 
     async def stop(self, deleted: bool = False) -> None:
-        await self.sync.stop(save=not deleted)
+        await self.sync.stop(remove=deleted)
         await run_in_threadpool(self.calibrations.close)  # waits for a refit under way
 
 
@@ -533,6 +533,7 @@ class CollectionRegistry:
             raise Conflict("version", f"{version} is the target of the model change under way")
         if not await run_in_threadpool(self.table.forget_version, collection.row.id, version):
             raise NotFound("version", f"the collection never served model version {version}")
+        await run_in_threadpool(collection.sync.segments.forget, version)
 
     # -- changes made here -------------------------------------------------------------------
     async def create(self, name: str, model: str | None) -> Collection:
@@ -596,7 +597,7 @@ class CollectionRegistry:
             )
         except BaseException:
             try:
-                await collection.stop(deleted=True)  # its snapshot may be of a failed build
+                await collection.stop(deleted=True)  # its segments may be of a failed build
             except Exception:
                 log.exception("stopping collection %r after a failed start", collection.name)
             raise

@@ -31,6 +31,7 @@ from app.models import LoadedModel, ModelPool, ModelRepository
 from app.observability import Metrics
 from app.reference_view import ReferenceView
 from app.runtime import ModelLoadError
+from app.segments import BuildParameters, SegmentFolder
 from app.services.alignment import AlignmentService
 from app.services.backup import BackupService
 from app.services.collections import CollectionService
@@ -181,25 +182,25 @@ def build_collection(
     index = VectorIndex(
         embedding.runtime.dim,
         IndexPolicy(settings.index_type, settings.auto_approximate_above),
-        ivf_nprobe=settings.ivf_nprobe,
-        hnsw_m=settings.hnsw_m,
-        ef_search=settings.hnsw_ef_search,
         search_threads=settings.search_threads,
     )
     # a refit that cannot reach the database keeps the last fit answering
     calibrations = FittedCache(keep_on=(StoreUnavailable,))
-    # the default collection's snapshot keeps the name it had before collections
-    name = (
-        f"index-{version}.npz"
-        if row.id == DEFAULT_ID
-        else f"index-{row.name}-{row.id}-{version}.npz"
+    segments = SegmentFolder(
+        settings.data_dir / "segments" / f"{row.name}-{row.id}" / version,
+        BuildParameters(
+            embedding.runtime.dim,
+            ivf_nprobe=settings.ivf_nprobe,
+            hnsw_m=settings.hnsw_m,
+            ef_search=settings.hnsw_ef_search,
+        ),
     )
     sync = IndexSync(
         store,
         index,
         version,
         embedding.embed_signals,
-        settings.data_dir / name,
+        segments,
         settings.sync_interval_ms / 1000,
         observers=[calibrations, metrics.index_observer(row.name)],
     )

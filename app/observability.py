@@ -71,7 +71,38 @@ class Metrics:
         )
         self.index_memory = Gauge(
             "hsn_index_memory_bytes",
-            "memory held by the collection's search index (vectors and structure)",
+            "memory this process holds of the collection's index (the mutable segment, the"
+            " tombstones, the large segment's in-memory part)",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.index_mapped = Gauge(
+            "hsn_index_mapped_bytes",
+            "the large segment's files this process maps (page cache, shared by the machine)",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.index_disk = Gauge(
+            "hsn_index_disk_bytes",
+            "the large segment's folder on disk",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.index_mutable = Gauge(
+            "hsn_index_mutable_references",
+            "references written since the large segment was built (searched exactly)",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.index_tombstones = Gauge(
+            "hsn_index_tombstones",
+            "the large segment's references deleted or replaced since it was built",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.index_building = Gauge(
+            "hsn_index_building",
+            "1 while this process builds the collection's next large segment",
             ["collection"],
             registry=self.registry,
         )
@@ -152,6 +183,11 @@ class Metrics:
             collection,
             self.index_size,
             self.index_memory,
+            self.index_mapped,
+            self.index_disk,
+            self.index_mutable,
+            self.index_tombstones,
+            self.index_building,
             self.model_memory,
             self.sync_lag_entries,
             self.sync_lag_seconds,

@@ -618,12 +618,31 @@ class SyncStatus(BaseModel):
     database: str = Field(description="ok, or unreachable")
 
 
+class SegmentsStatus(BaseModel):
+    """A collection's index as segments: the large one (built in the background, mapped from
+    disk, shared by the machine's processes), the mutable one (writes since, in memory) and
+    tombstones (the large one's deleted or replaced references, purged by the next build)."""
+
+    large_references: int = Field(description="references in the large segment")
+    large_seq: int | None = Field(description="the change-log entry the large segment reflects")
+    large_built_at: float | None = Field(description="when it was built (Unix time)")
+    mutable_references: int = Field(description="references written since, searched exactly")
+    tombstones: int = Field(description="the large segment's references hidden since")
+    building: bool = Field(description="whether this process is building the next one")
+    memory_bytes: int = Field(description="what this process holds of the index in memory")
+    mapped_bytes: int = Field(description="the large segment's files it maps (page cache, shared)")
+    disk_bytes: int = Field(description="the large segment's folder on disk")
+
+
 class CollectionStatus(BaseModel):
     name: str
     model_version: str
     references: int = Field(description="vectors in this process's index of the collection")
-    index: str = Field(description="the index type in use: flat (exact), ivf or hnsw")
-    index_memory_bytes: int = Field(description="memory its index holds")
+    index: str = Field(
+        description="the large segment's index type: flat (exact), ivf, ivfpq or hnsw"
+    )
+    index_memory_bytes: int = Field(description="memory its index holds in this process")
+    segments: SegmentsStatus
     model_memory_bytes: int = Field(
         description="resident memory the process grew by loading its model (shared by the"
         " collections of one model)"
@@ -645,7 +664,9 @@ class Ready(BaseModel):
     sync: SyncStatus
     served_by: str = Field(description="host:pid of the process that answered")
     engine: str = Field(description="what runs the model: onnx or torchscript")
-    index: str = Field(description="the search index type in use: flat (exact), ivf or hnsw")
+    index: str = Field(
+        description="the large segment's index type: flat (exact), ivf, ivfpq or hnsw"
+    )
     inference_workers: int = Field(description="model calls that may run at once")
     model_version: str | None
     collections: list[CollectionStatus] = Field(description="every collection served here")

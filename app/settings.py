@@ -68,7 +68,7 @@ class Settings(BaseSettings):
 
     # Search
     # auto: exact (flat) up to auto_approximate_above references, IVF past it
-    index_type: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    index_type: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
     auto_approximate_above: int = Field(20_000, ge=1)
     ivf_nprobe: int = Field(32, ge=1)  # inverted lists a query scans (of about sqrt(N))
     hnsw_m: int = Field(32, ge=4)

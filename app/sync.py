@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -30,12 +30,14 @@ from app.database import StoreUnavailable
 from app.index import VectorIndex
 from app.labels import IndexRows
 from app.schemas import SyncStatus
+from app.segments import Segment, SegmentFolder
 from app.store import ReferenceStore
 
 log = logging.getLogger(__name__)
 
 PAGE = 10_000  # change-log entries applied at a time
 EMBED_BATCH = 256  # references re-embedded per model call at start-up
+BUILD_RETRY_S = 30  # a failed segment build (disk full?) is tried again after this long
 
 # signals, each (C, L) -> their embeddings (n, D) by this process's model
 Embedder = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
@@ -51,6 +53,10 @@ async def next_round(wake: asyncio.Event, stop: threading.Event, interval_s: flo
         pass
     wake.clear()
     return not stop.is_set()
+
+
+class BuildAbandoned(Exception):
+    """A segment build stopped because the service is stopping."""
 
 
 class IndexObserver(Protocol):
@@ -70,62 +76,63 @@ class IndexSync:
         index: VectorIndex,
         model_version: str,
         embed: Embedder,
-        snapshot: Path,
+        segments: SegmentFolder,
         interval_s: float,
         observers: Sequence[IndexObserver],
     ) -> None:
         self.store, self.index, self.observers = store, index, list(observers)
-        self.version, self.embed, self.snapshot, self.interval_s = (
+        self.version, self.embed, self.segments, self.interval_s = (
             model_version,
             embed,
-            snapshot,
+            segments,
             interval_s,
         )
         self.applied_seq = 0
         self.store_seq = 0
-        self.epoch = 0  # the database's, read at start: its snapshots carry it
+        self.epoch = 0  # the database's, read at start: its segments carry it
         self.stale = False  # a catch-up failed after a local commit
         self.database_ok = True
+        self.building = False  # this process is building the next large segment
         self._oldest_pending: float | None = None  # committed_at of the first unapplied entry
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stop = threading.Event()
         self._task: asyncio.Task | None = None
+        self._build: asyncio.Task | None = None
+        self._build_again_at = 0.0  # after a failed build: not before this (monotonic) time
+        self._looked_at: Path | None = None  # the newest published folder last opened
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Under the store's start-up lock (one process at a time, the others wait): embed what
-        this model has not; then load the snapshot and replay the log after it, or rebuild from
-        the store. Then follow the log in the background."""
+        this model has not. Then map the newest large segment (or build one) and replay the log
+        after it; then follow the log in the background."""
         lock = self.store.exclusive()
         await run_in_threadpool(lock.__enter__)
         try:
             await self._embed_missing()
         finally:
             await run_in_threadpool(lock.__exit__, None, None, None)
-        await self._load_or_rebuild()
+        await self._load_or_build()
         self._task = asyncio.create_task(self._follow())
 
     def wake(self) -> None:
         """Look at the log now (on the event loop): another process committed."""
         self._wake.set()
 
-    async def stop(self, save: bool = True) -> None:
-        """Stops following the log; saves the index's snapshot (``save``), or removes it (its
-        collection was deleted)."""
+    async def stop(self, remove: bool = False) -> None:
+        """Stops following the log (and waits for a build under way); ``remove``: its
+        collection was deleted, its segments go too."""
         # A flag, not cancellation: asyncio.wait_for in 3.11 can swallow a cancel that races its
         # timeout, which left the loop running and shutdown waiting for it forever.
         self._stop.set()
         self._wake.set()
         if self._task is not None:
             await self._task
-        async with self._lock:
-            if save:
-                await run_in_threadpool(
-                    self.index.save, self.snapshot, self.applied_seq, self.version, self.epoch
-                )
-            else:
-                self.snapshot.unlink(missing_ok=True)
+        if self._build is not None:
+            await asyncio.gather(self._build, return_exceptions=True)
+        if remove:
+            await run_in_threadpool(self.segments.remove)
 
     async def _embed_missing(self) -> None:
         """References without this model's embedding (stored by another model) get one."""
@@ -146,55 +153,155 @@ class IndexSync:
                 time.perf_counter() - started,
             )
 
-    async def _load_or_rebuild(self) -> None:
+    async def _load_or_build(self) -> None:
         async with self._lock:
             started = time.perf_counter()
             self.epoch = await run_in_threadpool(self.store.epoch)
-            loaded = await run_in_threadpool(
-                self.index.load, self.snapshot, self.version, self.epoch
-            )
-            if loaded is not None:
-                self.applied_seq = loaded.seq
+            segment = await run_in_threadpool(self.segments.latest, self.version, self.epoch)
+            if segment is not None:
+                self.index.adopt(segment, None)
+                self.applied_seq = self.store_seq = segment.seq
                 await self._apply_pending()
                 expected = await run_in_threadpool(self.store.count_embedded, self.version)
-                if len(self.index) == expected and self.index.suits_its_size():
+                if len(self.index) == expected:
                     self._tell_rebuilt()
                     log.info(
-                        "loaded index snapshot: %d references at change %d, replayed to %d "
-                        "in %.2fs",
-                        loaded.references,
-                        loaded.seq,
+                        "mapped index segment: %d references at change %d, replayed to %d "
+                        "(%d since) in %.2fs",
+                        len(segment),
+                        segment.seq,
                         self.applied_seq,
+                        len(self.index.mutable),
                         time.perf_counter() - started,
                     )
                     return
-                log.info("index snapshot disagrees with the store after replay: rebuilding")
-            await self._rebuild()
+                log.info("index segment disagrees with the store after replay: rebuilding")
+            await self._rebuild(newer_than=segment.seq if segment is not None else -1)
             await self._apply_pending()
             log.info(
-                "rebuilt index from the store: %d references in %.2fs",
+                "built index from the store: %d references in %.2fs",
                 len(self.index),
                 time.perf_counter() - started,
             )
 
-    async def _rebuild(self) -> None:
-        """Everything from the store; the log is then replayed from where the rebuild began.
-        References without this model's embedding get one first: one written by a process of
-        another model at or before that point would otherwise never be replayed here (a
-        switch of models)."""
-        seq = await run_in_threadpool(self.store.last_seq)  # first: rows read after it replay
+    async def _rebuild(self, newer_than: int) -> None:
+        """Everything from the store, now: a large segment built (or, when another process of
+        this machine built one meanwhile, mapped) and served with an empty mutable segment;
+        the log is then replayed from where it begins. A segment published by another process
+        counts only past change ``newer_than`` (the log is not kept before it, or the one
+        there disagreed with the store). References without this model's
+        embedding get one first: one written by a process of another model at or before that
+        point would otherwise never be replayed here (a switch of models)."""
         await self._embed_missing()
-        await run_in_threadpool(self._fill)
-        self.applied_seq = self.store_seq = seq
+        segment = await run_in_threadpool(self._build_segment, True, newer_than)
+        assert segment is not None  # waited for the lock
+        self.index.adopt(segment, None)
+        self.applied_seq = self.store_seq = segment.seq
         self._tell_rebuilt()
 
-    def _fill(self) -> None:
-        n = self.store.count_embedded(self.version)
-        self.index.rebuild(
-            n,
-            self.store.iter_index_rows(self.version),
-            lambda size: self.store.sample_vectors(self.version, size),
-        )
+    def _build_segment(self, wait: bool, newer_than: int) -> Segment | None:
+        """(In a thread.) Under the folder's build lock: a segment past change ``newer_than``
+        that another process published meanwhile, or one built now; None when another process
+        holds the lock and ``wait`` is False."""
+        with self.segments.build_lock(wait) as got:
+            if not got:
+                return None
+            published = self.segments.latest(self.version, self.epoch, newer_than)
+            if published is not None:
+                return published
+            seq = self.store.last_seq()  # first: rows read after it are replayed
+            n = self.store.count_embedded(self.version)
+            kind = self.index.policy.kind_for(n)
+            started = time.perf_counter()
+            path = self.segments.build(
+                kind,
+                seq,
+                n,
+                self._until_stopped(self.store.iter_index_rows(self.version)),
+                lambda size: self.store.sample_vectors(self.version, size),
+                self.version,
+                self.epoch,
+            )
+            log.info(
+                "built a %s index segment of %d references at change %d in %.1fs",
+                kind,
+                n,
+                seq,
+                time.perf_counter() - started,
+            )
+            return Segment.open(path, self.version, self.epoch, self.segments.params)
+
+    def _until_stopped(self, chunks: Iterator[IndexRows]) -> Iterator[IndexRows]:
+        """``chunks`` until the sync is stopped: a shutdown abandons a build under way (its
+        hidden folder is removed) instead of waiting minutes for it."""
+        for chunk in chunks:
+            if self._stop.is_set():
+                raise BuildAbandoned("the service is stopping")
+            yield chunk
+
+    def _build_later(self) -> None:
+        """Starts building the next large segment in the background unless one is under way
+        (here, or by another process of the machine: then its result is mapped when
+        published). Writes and searches go on meanwhile."""
+        if (self._build is None or self._build.done()) and time.monotonic() >= self._build_again_at:
+            self.building = True
+            self._build = asyncio.create_task(self._build_in_background())
+
+    async def _build_in_background(self) -> None:
+        base = self.index.base
+        try:
+            newer_than = base.seq if base is not None else -1
+            segment = await asyncio.to_thread(self._build_segment, False, newer_than)
+            if segment is not None:
+                await self._adopt(segment)
+        except BuildAbandoned:
+            log.info("building the next index segment abandoned: the service is stopping")
+        except Exception:
+            self._build_again_at = time.monotonic() + BUILD_RETRY_S
+            log.exception("building the next index segment failed: retried in %ds", BUILD_RETRY_S)
+        finally:
+            self.building = False
+
+    async def _adopt(self, segment: Segment) -> None:
+        """Serves ``segment``: what this process applied after the segment's change stays in
+        the mutable segment (and hides the segment's copies). When the log no longer holds
+        those entries, a segment past where it was pruned is built (or mapped) instead."""
+        async with self._lock:
+            current = self.index.base
+            if current is not None and current.seq >= segment.seq:
+                return
+            touched: list[int] = []
+            seq = segment.seq
+            while seq < self.applied_seq:
+                page = await run_in_threadpool(self.store.changes_after, seq, PAGE)
+                if page.pruned_through > segment.seq:
+                    await self._rebuild(newer_than=page.pruned_through - 1)
+                    return
+                entries = [c for c in page.entries if c.seq <= self.applied_seq]
+                touched.extend(c.key for c in entries)
+                if len(page.entries) < PAGE or len(entries) < len(page.entries):
+                    break
+                seq = page.entries[-1].seq
+            behind = self.applied_seq <= segment.seq
+            self.index.adopt(segment, None if behind else np.array(touched, np.int64))
+            self.applied_seq = max(self.applied_seq, segment.seq)
+            log.info(
+                "serving index segment of %d references at change %d (%d written since)",
+                len(segment),
+                segment.seq,
+                len(self.index.mutable),
+            )
+
+    async def _adopt_published(self) -> None:
+        """Maps a segment another process of the machine published since."""
+        base = self.index.base
+        newest = self.segments.published()
+        if not newest or self.building or base is None or newest[0] in (base.path, self._looked_at):
+            return
+        self._looked_at = newest[0]  # an unusable one is logged once, not on every poll
+        segment = await run_in_threadpool(self.segments.latest, self.version, self.epoch, base.seq)
+        if segment is not None:
+            await self._adopt(segment)
 
     def _tell_rebuilt(self) -> None:
         for observer in self.observers:
@@ -242,27 +349,26 @@ class IndexSync:
                     page.pruned_through,
                     self.applied_seq,
                 )
-                await self._rebuild()
+                await self._rebuild(newer_than=page.pruned_through - 1)
                 continue
             self.store_seq = max(self.store_seq, page.through)
             if not page.entries:  # none of this collection's up to the log's end
                 self._oldest_pending = None
                 self.applied_seq = max(self.applied_seq, page.through)
-                return
+                break
             self._oldest_pending = page.entries[0].committed_at
             keys = sorted({c.key for c in page.entries})
             rows, removed = await self._rows_of(keys)
-            if not await run_in_threadpool(self.index.apply, rows, removed):
-                # the index cannot take it in place (size, type): rebuild
-                await self._rebuild()
-                continue
+            await run_in_threadpool(self.index.apply, rows, removed)
             for observer in self.observers:
                 observer.changed(len(keys), len(self.index))
             if len(page.entries) < PAGE:  # the log's end when read: what came since waits
                 self.applied_seq = max(page.entries[-1].seq, page.through)
                 self._oldest_pending = None  # for the next poll or notification
-                return
+                break
             self.applied_seq = page.entries[-1].seq
+        if self.index.wants_build():
+            self._build_later()
 
     async def _rows_of(self, keys: list[int]) -> tuple[IndexRows, np.ndarray]:
         """The index rows of ``keys`` and those no longer stored; references another model
@@ -282,6 +388,7 @@ class IndexSync:
                 self.store_seq = await run_in_threadpool(self.store.last_seq)
                 if self.store_seq > self.applied_seq or self.stale:
                     await self.catch_up()
+                await self._adopt_published()
                 if not was_ok:
                     log.info("database reachable again: caught up to change %d", self.applied_seq)
                 self.database_ok = True

@@ -55,6 +55,7 @@ class StatusService:
             index=collection.index.current_kind,
             index_memory_bytes=collection.index.memory_bytes(),
             model_memory_bytes=collection.model.memory_bytes,
+            segments=collection.index.status(building=collection.sync.building),
             sync=collection.sync.status(),
         )
 
@@ -68,7 +69,13 @@ class StatusService:
             sync = collection.sync.status()
             self.metrics.sync_lag_entries.labels(name).set(sync.lag_entries)
             self.metrics.sync_lag_seconds.labels(name).set(sync.lag_seconds)
-            self.metrics.index_memory.labels(name).set(collection.index.memory_bytes())
+            segments = collection.index.status(building=collection.sync.building)
+            self.metrics.index_memory.labels(name).set(segments.memory_bytes)
+            self.metrics.index_mapped.labels(name).set(segments.mapped_bytes)
+            self.metrics.index_disk.labels(name).set(segments.disk_bytes)
+            self.metrics.index_mutable.labels(name).set(segments.mutable_references)
+            self.metrics.index_tombstones.labels(name).set(segments.tombstones)
+            self.metrics.index_building.labels(name).set(int(segments.building))
             self.metrics.model_memory.labels(name).set(collection.model.memory_bytes)
             database_ok = database_ok and sync.database == "ok"
         self.metrics.database_up.set(database_ok)

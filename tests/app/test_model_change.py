@@ -90,6 +90,11 @@ def test_a_model_change_switches_keeps_writes_and_rolls_back(make_client, reposi
     wait_for(lambda: serving(client, v1))
     finds_itself(client, refs, v1)
     assert client.get("/ready").json()["model_version"] == v1
+    # v2 freed: its embeddings and its index segments go
+    segments = client.app.state.services.settings.data_dir / "segments" / "default-0"
+    assert {p.name for p in segments.iterdir()} == {v1, v2}
+    assert client.delete(f"/collections/default/model/versions/{v2}").status_code == 204
+    assert {p.name for p in segments.iterdir()} == {v1}
 
 
 def test_refused_model_changes_change_nothing(make_client, repository, service_data):

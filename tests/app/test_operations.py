@@ -23,6 +23,14 @@ def test_metrics_count_requests_batches_and_index_size(client, service_data):
     assert "hsn_model_batch_signals_count" in text and "hsn_inference_seconds_bucket" in text
     assert 'hsn_index_references{collection="default"} 4.0' in text
     assert 'hsn_model_memory_bytes{collection="default"}' in text
+    # the 4 are in the mutable segment; the large one (built at start) is empty
+    assert 'hsn_index_mutable_references{collection="default"} 4.0' in text
+    assert 'hsn_index_tombstones{collection="default"} 0.0' in text
+    assert 'hsn_index_building{collection="default"} 0.0' in text
+    assert 'hsn_index_disk_bytes{collection="default"}' in text
+    segments = client.get("/ready").json()["collections"][0]["segments"]
+    assert segments["large_references"] == 0 and segments["mutable_references"] == 4
+    assert segments["memory_bytes"] > 0 and segments["disk_bytes"] > 0
 
 
 def test_request_ids_are_echoed_or_made(client):

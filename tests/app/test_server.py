@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 
+from app.database import PostgresDatabase, SqliteDatabase
+from app.store import NewReference, ReferenceStore
 from tests.app.helpers import references
 
 
@@ -19,18 +21,18 @@ def test_references_survive_a_restart_and_a_kill(server_factory, service_data):
     server = server_factory().start()
     refs = references(service_data, range(40))
     assert httpx.post(f"{server.url}/references", json={"references": refs[:20]}).status_code == 201
-    server.stop()  # graceful (SIGTERM): the index snapshot is saved...
-    server.start()
+    server.stop()  # graceful (SIGTERM)
+    server.start()  # the segment built at the first start mapped, the 20 writes replayed
     assert httpx.get(f"{server.url}/ready").json()["references"] == 20
-    assert "loaded index snapshot: 20 references" in server.log.read_text()  # ...and used
+    assert "replayed to" in server.log.read_text() and "(20 since)" in server.log.read_text()
     assert httpx.post(f"{server.url}/references", json={"references": refs[20:]}).status_code == 201
-    server.stop(signal.SIGKILL)  # no snapshot of the last write: rebuilt from SQLite
+    server.stop(signal.SIGKILL)  # nothing saved at exit: the log and the store are the truth
     server.start()
     assert httpx.get(f"{server.url}/ready").json()["references"] == 40
     query = {"signals": [refs[33]["signal"]], "k": 1}
     hit = httpx.post(f"{server.url}/search", json=query).json()["results"][0]["neighbors"][0]
     assert hit["id"] == "ref-33" and hit["similarity"] > 0.999
-    assert "rebuilt index from the store" in server.log.read_text()
+    assert "(40 since)" in server.log.read_text()
 
 
 def test_concurrent_requests_are_answered_correctly(server_factory, service_data):
@@ -164,18 +166,23 @@ def test_a_kill_mid_stream_loses_nothing_acknowledged(server_factory, service_da
             assert hit.json()["results"][0]["neighbors"][0]["id"] == ref_id
 
 
-def test_a_corrupt_index_snapshot_is_rebuilt_from_the_store(server_factory, service_data):
+def test_a_truncated_index_segment_is_rebuilt_never_served(server_factory, service_data):
     server = server_factory().start()
     refs = references(service_data, range(15))
     httpx.post(f"{server.url}/references", json={"references": refs})
     server.stop()
-    (snapshot,) = (server.log.parent / "data").glob("index-*.npz")
-    snapshot.write_bytes(snapshot.read_bytes()[:100])  # truncated, metadata still "matching"
+    segments = server.log.parent / "data" / "segments"
+    shutil.rmtree(segments)
+    server.start()  # no segment: one built of the 15
+    server.stop()
+    (vectors,) = segments.glob("*/*/*/vectors")
+    vectors.write_bytes(vectors.read_bytes()[:100])  # truncated, meta.json still "matching"
     server.start()
     assert httpx.get(f"{server.url}/ready").json()["references"] == 15
     hit = httpx.post(f"{server.url}/search", json={"signals": [refs[9]["signal"]], "k": 1})
     assert hit.json()["results"][0]["neighbors"][0]["id"] == "ref-9"
-    assert "unusable" in server.log.read_text()
+    log = server.log.read_text()
+    assert "not used: vectors is 100 bytes" in log and "built a flat index segment of 15" in log
 
 
 def test_the_server_stays_responsive_while_a_huge_body_is_refused(server_factory):
@@ -197,3 +204,63 @@ def test_the_server_stays_responsive_while_a_huge_body_is_refused(server_factory
             latencies.append(time.perf_counter() - started)
         assert refused.result() == 413
     assert max(latencies) < 1.0
+
+
+def test_a_server_killed_while_it_builds_a_segment_loses_nothing(
+    server_factory, model_dir, database_url
+):
+    """Past the mutable segment's limit a build starts in the background; SIGKILL mid-build
+    leaves a hidden half-written folder, never served: the restart replays the log, builds
+    again (removing it) and holds every reference."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    server = server_factory().start()
+    server.stop()
+    data = server.log.parent / "data"
+    database = (
+        SqliteDatabase(data / "references.sqlite3")
+        if database_url is None
+        else PostgresDatabase(database_url)
+    )
+    store = ReferenceStore(database)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30_000, manifest["embedding_dim"])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    signal_ = np.zeros((manifest["in_channels"], 64), np.float32)
+    store.upsert(
+        [NewReference(f"r{i}", f"e{i % 100}", "s", {}, signal_, v) for i, v in enumerate(vectors)],
+        manifest["model_version"],
+    )
+    store.close()
+    segments = data / "segments"
+    killed = threading.Event()
+
+    def kill_mid_build() -> None:  # the build may run before or after /ready first answers
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if server.process is not None and list(segments.glob("*/*/.building-*")):
+                server.process.send_signal(signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=kill_mid_build)
+    watcher.start()
+    try:
+        server.start()  # maps the empty segment, replays 30,000: a build starts
+    except RuntimeError:  # killed before it was ready
+        pass
+    watcher.join()
+    assert killed.is_set(), "the build was never seen under way"
+    server.process.wait(timeout=30)
+    server.start()
+    for _ in range(600):
+        status = httpx.get(f"{server.url}/ready").json()
+        if status["collections"][0]["segments"]["large_references"] == 30_000:
+            break
+        time.sleep(0.1)
+    assert status["references"] == 30_000 and status["index"] == "ivfpq"
+    assert not list(segments.glob("*/*/.building-*"))  # the dead build's folder went
+    assert len(list(segments.glob("*/*/0*"))) == 1  # and the older segment
+    query = {"signals": [signal_.tolist()], "k": 3, "element_id": "e7"}
+    hits = httpx.post(f"{server.url}/search", json=query).json()["results"][0]["neighbors"]
+    assert len(hits) == 3 and all(int(h["id"][1:]) % 100 == 7 for h in hits)
