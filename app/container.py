@@ -181,7 +181,9 @@ def build_collection(
     store = database.of_collection(row.id)
     index = VectorIndex(
         embedding.runtime.dim,
-        IndexPolicy(settings.index_type, settings.auto_approximate_above),
+        IndexPolicy(
+            settings.index_type, settings.auto_approximate_above, settings.auto_compress_above
+        ),
         search_threads=settings.search_threads,
     )
     # a refit that cannot reach the database keeps the last fit answering

@@ -199,27 +199,40 @@ class VectorIndex:
         return np.sort(np.concatenate([base, mutable]), kind="stable")
 
     def session_counts(self) -> dict[str, int]:
-        """element -> how many sessions it has references in, for every element that has any."""
+        """element -> how many sessions it has references in, for every element that has any.
+        The large segment's from its stored pairs (a tombstoned reference is taken off its
+        pair's count), counted with numpy: 10^7 references hold ~10^6 pairs."""
         with self.lock:
-            pairs: set[tuple[str, str]] = set()
+            result: dict[str, int] = {}
+            live: set[tuple[int, int]] = set()
             base = self.base
-            if base is not None:
-                e_names, s_names = base.elements.names, base.sessions.names
+            if base is not None and len(base.pairs):
+                codes = (base.pairs[:, 0] << 32) | base.pairs[:, 1]
                 counts = base.pairs[:, 2].copy()
                 if len(self.tombstones):  # the pairs whose every reference is tombstoned go
                     at, _ = base.positions(self.tombstones)
                     joined = (base.element_of[at].astype(np.int64) << 32) | base.session_of[at]
-                    codes = (base.pairs[:, 0] << 32) | base.pairs[:, 1]
                     np.subtract.at(counts, np.searchsorted(codes, joined), 1)
-                for e, s in base.pairs[counts > 0, :2].tolist():
-                    pairs.add((e_names[e], s_names[s]))
+                kept = counts > 0
+                per_element = np.bincount(base.pairs[kept, 0], minlength=len(base.elements.names))
+                result = {
+                    name: n
+                    for name, n in zip(base.elements.names, per_element.tolist(), strict=True)
+                    if n
+                }
+                live = set(codes[kept].tolist())
             table = self.mutable
-            for e, s in zip(table.element_of.tolist(), table.session_of.tolist(), strict=True):
-                pairs.add((table.elements.names[e], table.sessions.names[s]))
-        result: dict[str, int] = {}
-        for element, _ in pairs:
-            result[element] = result.get(element, 0) + 1
-        return result
+            pairs = {
+                (table.elements.names[e], table.sessions.names[s])
+                for e, s in zip(table.element_of.tolist(), table.session_of.tolist(), strict=True)
+            }
+            for element, session in pairs:  # a session not in the large segment adds one
+                if base is not None:
+                    e, s = base.elements.codes.get(element), base.sessions.codes.get(session)
+                    if e is not None and s is not None and (e << 32) | s in live:
+                        continue
+                result[element] = result.get(element, 0) + 1
+            return result
 
     def sessions_of_element(self, element_id: str) -> dict[str, np.ndarray]:
         """session name -> its keys, for one element's references."""

@@ -67,9 +67,11 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(0.0, ge=0)  # ... or until the first has waited this long
 
     # Search
-    # auto: exact (flat) up to auto_approximate_above references, IVF past it
+    # auto: exact (flat) up to auto_approximate_above references, IVF past it, IVF-PQ past
+    # auto_compress_above
     index_type: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
     auto_approximate_above: int = Field(20_000, ge=1)
+    auto_compress_above: int = Field(100_000, ge=1)  # auto: IVF-PQ past this many references
     ivf_nprobe: int = Field(32, ge=1)  # inverted lists a query scans (of about sqrt(N))
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_search: int = Field(128, ge=1)

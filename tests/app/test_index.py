@@ -157,11 +157,10 @@ def test_a_filter_that_matches_nothing_finds_nothing(harness):
 
 
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
-def test_auto_and_ivf_kinds_switch_past_the_threshold_and_stay_exact_enough(harness, kind):
+def test_ivf_kinds_switch_past_the_floor_and_stay_exact_enough(harness, kind):
     rng = np.random.default_rng(1)
     vectors, refs = clustered(rng, 60, 40)  # 2,400 references
-    setting = "auto" if kind == "ivfpq" else kind
-    harness = harness(setting, approximate_above=IVF_MIN_REFERENCES, ivf_nprobe=8)
+    harness = harness(kind, ivf_nprobe=8)
     harness.upsert(list(range(IVF_MIN_REFERENCES)), refs[:IVF_MIN_REFERENCES], vectors[:1000])
     assert harness.index.current_kind == "flat" and harness.builds == 1  # the first
     harness.upsert(list(range(1000, 2400)), refs[1000:], vectors[1000:])
@@ -202,7 +201,7 @@ def test_a_size_hovering_at_the_threshold_does_not_rebuild_on_every_write(harnes
     harness.upsert(list(range(1000)), refs[:1000], vectors[:1000])
     assert harness.index.current_kind == "flat" and harness.builds == 1
     harness.upsert([1000], refs[1000:1001], vectors[1000:1001])
-    assert harness.index.current_kind == "ivfpq" and harness.builds == 2
+    assert harness.index.current_kind == "ivf" and harness.builds == 2
     for cycle in range(10):  # a retention job deleting while new data arrives
         harness.remove(cycle)
         harness.upsert([5], [Ref("e0", "s0_1")], vectors[5:6])

@@ -12,13 +12,16 @@ from app.index_policy import (
 )
 
 
-def test_auto_is_exact_up_to_the_threshold_then_compressed_ivf():
-    policy = IndexPolicy("auto", approximate_above=20_000)
+def test_auto_is_exact_then_ivf_then_compressed_ivf():
+    policy = IndexPolicy("auto", approximate_above=20_000, compress_above=100_000)
     assert policy.kind_for(0) == policy.kind_for(20_000) == "flat"
-    assert policy.kind_for(20_001) == "ivfpq"
+    assert policy.kind_for(20_001) == policy.kind_for(100_000) == "ivf"
+    assert policy.kind_for(100_001) == "ivfpq"
     assert not policy.needs_rebuild(20_000, CurrentIndex("flat"))
     assert policy.needs_rebuild(20_001, CurrentIndex("flat"))
-    assert IndexPolicy("ivf").kind_for(20_001) == "ivf"  # float lists, when asked for
+    assert policy.needs_rebuild(100_001, CurrentIndex("ivf", lists=316))
+    assert IndexPolicy("ivf").kind_for(10**7) == "ivf"  # float lists, when asked for
+    assert IndexPolicy("ivfpq").kind_for(20_001) == "ivfpq"
 
 
 def test_a_collection_without_a_segment_builds_one():
@@ -31,14 +34,15 @@ def test_auto_never_approximates_below_the_floor():
     assert policy.kind_for(IVF_MIN_REFERENCES) == "flat"
 
 
-def test_ivf_goes_back_to_exact_only_at_half_the_threshold():
-    policy = IndexPolicy("auto", approximate_above=20_000)
-    ivfpq = CurrentIndex("ivfpq", lists=141)
-    assert not policy.needs_rebuild(19_000, ivfpq)  # hovering below the threshold: kept
-    assert not policy.needs_rebuild(10_001, ivfpq)
-    assert policy.needs_rebuild(10_000, ivfpq)
-    # float IVF (HSN_INDEX_TYPE=ivf before): auto rebuilds it as its own type past the threshold
-    assert policy.needs_rebuild(30_000, CurrentIndex("ivf", lists=141))
+def test_auto_goes_back_to_a_smaller_type_only_at_half_its_threshold():
+    policy = IndexPolicy("auto", approximate_above=20_000, compress_above=100_000)
+    ivf = CurrentIndex("ivf", lists=141)
+    assert not policy.needs_rebuild(19_000, ivf)  # hovering below the threshold: kept
+    assert not policy.needs_rebuild(10_001, ivf)
+    assert policy.needs_rebuild(10_000, ivf)
+    ivfpq = CurrentIndex("ivfpq", lists=316)
+    assert not policy.needs_rebuild(99_000, ivfpq) and not policy.needs_rebuild(50_001, ivfpq)
+    assert policy.needs_rebuild(50_000, ivfpq)
 
 
 def test_ivf_is_retrained_once_its_lists_are_outgrown():

@@ -258,7 +258,7 @@ def test_a_server_killed_while_it_builds_a_segment_loses_nothing(
         if status["collections"][0]["segments"]["large_references"] == 30_000:
             break
         time.sleep(0.1)
-    assert status["references"] == 30_000 and status["index"] == "ivfpq"
+    assert status["references"] == 30_000 and status["index"] == "ivf"
     assert not list(segments.glob("*/*/.building-*"))  # the dead build's folder went
     assert len(list(segments.glob("*/*/0*"))) == 1  # and the older segment
     query = {"signals": [signal_.tolist()], "k": 3, "element_id": "e7"}
