@@ -12,9 +12,9 @@ rescored from the float vectors) past ``compress_above``. Measured on clustered 
 one query at a time: at 30,000 references float IVF takes 0.09 ms and IVF-PQ 0.14; at 100,000
 0.26 against 0.24; at 300,000 0.47 against 0.33, both at recall@10 1.0 (BENCHMARKS.md "Ten
 million references"). It goes back to the smaller size's type only once the set has shrunk to
-half of a threshold, so a size hovering at one never rebuilds on every write. An IVF index is retrained (rebuilt)
-once it holds ``IVF_REGROW`` times the square of its list count, i.e. when its lists have grown
-4x too long.
+half of a threshold, so a size hovering at one never rebuilds on every write. An IVF index is
+retrained (rebuilt) once it holds ``IVF_REGROW`` times the square of its list count, i.e. when
+its lists have grown 4x too long.
 """
 
 from __future__ import annotations
