@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -171,7 +172,11 @@ class Segment:
             if np.prod(shape) == 0:
                 arrays[name] = np.zeros(shape, dtype)
             else:
-                arrays[name] = np.memmap(path / name, dtype=dtype, mode="r", shape=tuple(shape))
+                array = np.memmap(path / name, dtype=dtype, mode="r", shape=tuple(shape))
+                # a row where a row is asked for: without it the readahead around each page
+                # fault (read_ahead_kb 8192 here) read 6 MiB for 100 rows instead of 400 KiB
+                array._mmap.madvise(mmap.MADV_RANDOM)
+                arrays[name] = array
         try:
             backend = VectorBackend.read(path / "index.faiss", params.ivf_nprobe, params.ef_search)
         except RuntimeError as exc:
@@ -304,9 +309,15 @@ def _seq_of(path: Path) -> int:
 
 
 def _fsync(path: Path) -> None:
+    """On disk, and out of the page cache: pages cached as they were written are large folios
+    (2 MiB here), and a process mapping them maps a whole folio at each row it reads (100
+    rescored queries mapped 110 MiB of a 150 MiB file; read back from disk with MADV_RANDOM,
+    400 KiB)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+        if path.is_file():
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
