@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,10 +37,11 @@ import torch  # noqa: E402
 import uvloop  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from app.index import VectorIndex  # noqa: E402
+from app.index import VectorIndex, index_of  # noqa: E402
 from app.index_policy import IndexPolicy  # noqa: E402
 from app.labels import IndexRows  # noqa: E402
 from app.onnx_engine import derive_session  # noqa: E402
+from app.segments import BuildParameters  # noqa: E402
 from model import HierarchicalSignalNet, ModelConfig  # noqa: E402
 from training.export import load_export  # noqa: E402
 
@@ -424,7 +426,11 @@ def bench_search(model_dir: Path, full: bool) -> dict:
     datasets = [("synthetic", n) for n in sizes] + [("real", 100_000)]
     if full:
         datasets.append(("real", 1_000_000))
-    breadths = {"ivf": [4, 8, 16, 32, 64, 128], "hnsw": [16, 32, 64, 128, 256]}
+    breadths = {
+        "ivf": [4, 8, 16, 32, 64, 128],
+        "ivfpq": [4, 8, 16, 32, 64, 128],
+        "hnsw": [16, 32, 64, 128, 256],
+    }
     rows, results = [], []
     for source, n in datasets:
         dim = 128
@@ -436,20 +442,22 @@ def bench_search(model_dir: Path, full: bool) -> dict:
         queries, data = data[:500], data[500:]  # held out: never in the index
         keys = np.arange(n, dtype=np.int64)
         everything = IndexRows(keys, [str(k) for k in range(n)], ["e"] * n, ["s"] * n, data)
-        order = rng.permutation(n)
         truth = None
-        for kind in ("flat", "ivf", "hnsw"):
+        for kind in ("flat", "ivf", "ivfpq", "hnsw"):
             if kind == "hnsw" and n > 100_000 and not full:
                 continue
-            index = VectorIndex(dim, IndexPolicy(kind))
             started = time.perf_counter()
-            index.rebuild(n, [everything], lambda size, data=data, order=order: data[order[:size]])
+            with tempfile.TemporaryDirectory() as folder:  # its files stay mapped once removed
+                index = index_of(everything, IndexPolicy(kind), Path(folder))
             build = time.perf_counter() - started
-            size_mib = index.memory_bytes() / 2**20
+            size_mib = (index.memory_bytes() + index.base.backend.mapped_bytes()) / 2**20
             if truth is None:  # flat comes first: exact
                 truth = np.array([[nb.key for nb in row] for row in index.search(queries, 10)])
-            backend = index.backend
-            default_breadth = {"ivf": index.ivf_nprobe, "hnsw": index.ef_search}.get(kind)
+            backend = index.base.backend
+            params = BuildParameters(dim)
+            default_breadth = {"ivf": params.ivf_nprobe, "ivfpq": params.ivf_nprobe}.get(
+                kind, params.ef_search if kind == "hnsw" else None
+            )
             for breadth in breadths.get(kind, [None]):
                 if breadth is not None:
                     backend.set_breadth(breadth)
@@ -459,7 +467,8 @@ def bench_search(model_dir: Path, full: bool) -> dict:
                     np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
                 )
                 setting = {
-                    "ivf": f"nprobe {breadth}/{backend.lists}" if kind == "ivf" else "",
+                    "ivf": f"nprobe {breadth}/{getattr(backend, 'lists', 0)}",
+                    "ivfpq": f"nprobe {breadth}/{getattr(backend, 'lists', 0)}, rescored",
                     "hnsw": f"M 32, efSearch {breadth}",
                 }.get(kind, "exact")
                 entry = {
@@ -543,7 +552,7 @@ def fill_store(data_dir: Path, n: int, manifest: dict, first: int = 0) -> None:
     store.close()
 
 
-REPLAYED = 10_000  # change-log entries a restarted process replays after its snapshot
+REPLAYED = 10_000  # change-log entries a restarted process replays after its segment
 
 
 def bench_startup(model_dir: Path, full: bool) -> dict:
@@ -555,15 +564,17 @@ def bench_startup(model_dir: Path, full: bool) -> dict:
         raw_mib = n * manifest["embedding_dim"] * 4 / 2**20
         with tempfile.TemporaryDirectory() as data_dir:
             fill_store(Path(data_dir), n, manifest)
-            for start in ("rebuild from SQLite", "snapshot", "snapshot + log replay"):
-                if start == "snapshot + log replay":  # written by others while it was down
+            for start in ("build from SQLite", "segment", "segment + log replay"):
+                if start == "build from SQLite":
+                    shutil.rmtree(Path(data_dir) / "segments", ignore_errors=True)
+                if start == "segment + log replay":  # written by others while it was down
                     fill_store(Path(data_dir), REPLAYED, manifest, first=n)
                 began = time.perf_counter()
                 service = Service(model_dir, HSN_DATA_DIR=data_dir)
                 seconds = time.perf_counter() - began
                 rss = psutil.Process(service.process.pid).memory_info().rss / 2**20
                 ready = httpx.get(f"{service.url}/ready").json()
-                service.process.terminate()  # a graceful stop writes the snapshot
+                service.process.terminate()
                 service.process.wait(timeout=120)
                 assert ready["references"] == n + (REPLAYED if "replay" in start else 0)
                 results.append(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.anomaly import AnomalyCalibration, neighbour_search  # noqa: E402  (the service's own)
-from app.index import VectorIndex  # noqa: E402
+from app.index import index_of  # noqa: E402
 from app.index_policy import IndexPolicy  # noqa: E402
 from app.labels import Filters, IndexRows  # noqa: E402
 from model.data_format import SignalData, load_npz  # noqa: E402
@@ -209,7 +210,6 @@ def anomaly_scores(
         "learned part": learned_part(model, embeddings),
     }
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = VectorIndex(vectors.shape[1], IndexPolicy("flat"))
     rows = IndexRows(
         refs.astype(np.int64),
         [str(r) for r in refs],
@@ -217,7 +217,8 @@ def anomaly_scores(
         data.session_ids[refs].tolist(),
         vectors[refs],
     )
-    index.rebuild(len(refs), [rows], lambda size: vectors[refs[:size]])
+    with tempfile.TemporaryDirectory() as folder:  # its files stay mapped once removed
+        index = index_of(rows, IndexPolicy("flat"), Path(folder))
     calibration = AnomalyCalibration(anomaly_k)
     fits = {}
 

@@ -19,9 +19,9 @@ runs it), the load from wrk (2 threads) on the same cores:
    manifest; clustered like embeddings: elements of 50 references over 5 sessions) written
    straight into the store, never through the model, as one collection or as --collections
    collections of equal size (the collection ``default`` stays empty in both). For each layout:
-   time from process start to /ready answering 200 on a cold start (no index snapshot: every
-   index rebuilt from SQLite) and on a warm restart (from the snapshots the previous graceful
-   stop wrote), each --starts times, interleaved; the server's memory (RSS, PSS and anonymous
+   time from process start to /ready answering 200 on a cold start (no index segment: every
+   index built from SQLite) and on a warm restart (mapping the segments the previous run
+   built), each --starts times, interleaved; the server's memory (RSS, PSS and anonymous
    from /proc/PID/smaps_rollup) once ready, and again after the searches (each collection's anomaly
    calibration fitted by then); then search latency and requests/s, one signal per request,
    k = 5, with --search-connections connections, the requests cycling over every collection
@@ -174,10 +174,16 @@ def memory(pid: int) -> dict:
 
 class Server:
     """``python -m app`` of ``code_root`` with the service's defaults, on a free loopback port;
-    with ``log``, at log level INFO into that file (to tell snapshot loads from rebuilds)."""
+    with ``log``, at log level INFO into that file (to tell segments mapped from built)."""
 
     def __init__(
-        self, code_root: Path, model_dir: Path, data_dir: Path, log: Path | None = None
+        self,
+        code_root: Path,
+        model_dir: Path,
+        data_dir: Path,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        ready_limit_s: float = 600,
     ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -188,6 +194,7 @@ class Server:
             HSN_PORT=str(port),
             HSN_LOG_LEVEL="INFO" if log else "WARNING",
         )
+        environment.update(env or {})
         output = open(log, "w") if log else None  # the child keeps it open
         self.began = time.perf_counter()
         self.process = subprocess.Popen(
@@ -199,7 +206,7 @@ class Server:
         )
         if output:
             output.close()
-        self.start_s = self._wait_ready()
+        self.start_s = self._wait_ready(ready_limit_s)
         self.ready = httpx.get(f"{self.url}/ready", timeout=30).json()
         self.memory_at_ready = memory(self.process.pid)
 
@@ -222,7 +229,7 @@ class Server:
         return self.process.pid
 
     def stop(self) -> float:
-        """A graceful stop (it writes the index snapshots); returns the seconds it took."""
+        """A graceful stop; returns the seconds it took."""
         began = time.perf_counter()
         self.process.terminate()
         self.process.wait(timeout=120)
@@ -447,19 +454,19 @@ def index_sources(log: Path) -> dict:
         except json.JSONDecodeError:
             continue
     return {
-        "indexes_from_snapshot": sum(m.startswith("loaded index snapshot") for m in messages),
-        "indexes_rebuilt": sum(m.startswith("rebuilt index from the store") for m in messages),
-        "snapshots_unusable": sum(
-            m.startswith("index snapshot") and "unusable" in m for m in messages
+        "indexes_from_segment": sum(m.startswith("mapped index segment") for m in messages),
+        "indexes_built": sum(m.startswith("built index from the store") for m in messages),
+        "segments_unusable": sum(
+            m.startswith("index segment") and "not used" in m for m in messages
         ),
     }
 
 
-def start_record(server: Server, snapshots_before: int, stop_s: float) -> dict:
+def start_record(server: Server, segments_before: int, stop_s: float) -> dict:
     ready = server.ready
     return {
         "start_s": server.start_s,
-        "snapshots_before": snapshots_before,
+        "segments_before": segments_before,
         **{f"{k}_at_ready": v for k, v in server.memory_at_ready.items()},
         "index_mib": sum(c["index_memory_bytes"] for c in ready["collections"]) / 2**20,
         "indexes": sorted({c["index"] for c in ready["collections"] if c["references"]}),
@@ -487,25 +494,24 @@ def bench_layouts(args: argparse.Namespace, manifest: dict, scratch: Path, curre
     for repeat in range(args.starts):
         for kind in ("cold", "warm"):
             for name in rotated(list(plan), repeat):
-                snapshots = list(data[name].glob("index-*.npz"))
+                segments = list(data[name].glob("segments/*/*/0*"))
                 if kind == "cold":
-                    for snapshot in snapshots:
-                        snapshot.unlink()
-                    snapshots = []
+                    shutil.rmtree(data[name] / "segments", ignore_errors=True)
+                    segments = []
                 log = scratch / f"start-{name}-{kind}-{repeat}.log"
                 server = Server(current, args.model_dir, data[name], log=log)
                 try:
                     check(server, name)
                 finally:
                     stop_s = server.stop()
-                record = start_record(server, len(snapshots), stop_s) | index_sources(log)
+                record = start_record(server, len(segments), stop_s) | index_sources(log)
                 starts[name][kind].append(record)
                 print(
                     f"{kind} start, {name}: {record['start_s']:.2f} s, RSS "
                     f"{record['rss_mib_at_ready']:.0f} MiB, PSS {record['pss_mib_at_ready']:.0f} "
                     f"MiB, anonymous {record['anonymous_mib_at_ready']:.0f} MiB; indexes: "
-                    f"{record['indexes_from_snapshot']} from snapshots, "
-                    f"{record['indexes_rebuilt']} rebuilt",
+                    f"{record['indexes_from_segment']} from segments, "
+                    f"{record['indexes_built']} built",
                     flush=True,
                 )
 
