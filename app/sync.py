@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from app.ann import set_search_threads
 from app.database import StoreUnavailable
 from app.index import VectorIndex
 from app.labels import IndexRows
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 PAGE = 10_000  # change-log entries applied at a time
 EMBED_BATCH = 256  # references re-embedded per model call at start-up
 BUILD_RETRY_S = 30  # a failed segment build (disk full?) is tried again after this long
+BUILD_NICENESS = 10  # a background build's thread, below the threads answering requests
+
+T = TypeVar("T")
 
 # signals, each (C, L) -> their embeddings (n, D) by this process's model
 Embedder = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
@@ -53,6 +58,40 @@ async def next_round(wake: asyncio.Event, stop: threading.Event, interval_s: flo
         pass
     wake.clear()
     return not stop.is_set()
+
+
+async def in_background_thread(function: Callable[..., T], *args) -> T:
+    """``function(*args)`` on a thread of its own at a lower CPU priority (nice
+    ``BUILD_NICENESS``) with one FAISS thread: the requests served meanwhile come first. A
+    background build of a million references with both cores' FAISS threads at normal priority
+    made single writes' p99 13x their idle p99."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BUILD_NICENESS)
+        except OSError:  # not allowed here: the build runs at normal priority
+            pass
+        set_search_threads(1)
+        try:
+            result = function(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run, name="segment-build", daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class BuildAbandoned(Exception):
@@ -251,7 +290,7 @@ class IndexSync:
         base = self.index.base
         try:
             newer_than = base.seq if base is not None else -1
-            segment = await asyncio.to_thread(self._build_segment, False, newer_than)
+            segment = await in_background_thread(self._build_segment, False, newer_than)
             if segment is not None:
                 await self._adopt(segment)
         except BuildAbandoned:
