@@ -161,16 +161,13 @@ class VectorIndex:
                 rest = np.setdiff1d(rest, self.tombstones)
                 at, found = self.base.positions(rest)
                 at = at[found]
-                ids = self.base.ids_at(at)
-                elements, sessions = self.base.elements.names, self.base.sessions.names
-                for key, ref_id, e, s in zip(
-                    rest[found].tolist(),
-                    ids,
-                    self.base.element_of[at].tolist(),
-                    self.base.session_of[at].tolist(),
-                    strict=True,
+                ids = self.base.ids.at(at)
+                elements = self.base.elements.at(self.base.element_of[at])
+                sessions = self.base.sessions.at(self.base.session_of[at])
+                for key, ref_id, element, session in zip(
+                    rest[found].tolist(), ids, elements, sessions, strict=True
                 ):
-                    described[key] = (ref_id, elements[e], sessions[s])
+                    described[key] = (ref_id, element, session)
             return described
 
     def has_element(self, element_id: str) -> bool:
@@ -214,12 +211,11 @@ class VectorIndex:
                     joined = (base.element_of[at].astype(np.int64) << 32) | base.session_of[at]
                     np.subtract.at(counts, np.searchsorted(codes, joined), 1)
                 kept = counts > 0
-                per_element = np.bincount(base.pairs[kept, 0], minlength=len(base.elements.names))
-                result = {
-                    name: n
-                    for name, n in zip(base.elements.names, per_element.tolist(), strict=True)
-                    if n
-                }
+                per_element = np.bincount(base.pairs[kept, 0], minlength=len(base.elements))
+                present = np.flatnonzero(per_element)
+                result = dict(
+                    zip(base.elements.at(present), per_element[present].tolist(), strict=True)
+                )
                 live = set(codes[kept].tolist())
             table = self.mutable
             pairs = {
@@ -228,7 +224,7 @@ class VectorIndex:
             }
             for element, session in pairs:  # a session not in the large segment adds one
                 if base is not None:
-                    e, s = base.elements.codes.get(element), base.sessions.codes.get(session)
+                    e, s = base.elements.find(element), base.sessions.find(session)
                     if e is not None and s is not None and (e << 32) | s in live:
                         continue
                 result[element] = result.get(element, 0) + 1

@@ -38,7 +38,7 @@ from app.labels import Codes, IndexRows
 
 log = logging.getLogger(__name__)
 
-SEGMENT_FORMAT = 1  # bump when what a segment folder holds changes: older ones are rebuilt
+SEGMENT_FORMAT = 2  # bump when what a segment folder holds changes: older ones are rebuilt
 
 # name -> dtype of each raw array of a segment
 ARRAYS = {
@@ -53,6 +53,11 @@ ARRAYS = {
     "by_session": np.int32,
     "session_starts": np.int64,
     "pairs": np.int64,  # (element code, session code, references) of every pair present
+    # element and session names, sorted (a name's code is its rank), as the ids are stored
+    "element_names_bytes": np.uint8,
+    "element_names_ends": np.int64,
+    "session_names_bytes": np.uint8,
+    "session_names_ends": np.int64,
 }
 
 
@@ -69,6 +74,42 @@ class BuildParameters:
     ef_search: int = 128
 
 
+class PackedStrings:
+    """Strings as one UTF-8 byte array and their end offsets, both mapped: the i-th string
+    without a Python object for each (10^7 references have 10^6 session names: as a list and
+    a dict, 170 MiB in each process)."""
+
+    def __init__(self, data: np.ndarray, ends: np.ndarray) -> None:
+        self.data, self.ends = data, ends
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def at(self, positions: np.ndarray) -> list[str]:
+        positions = np.asarray(positions, dtype=np.int64)
+        ends = self.ends[positions]
+        starts = np.where(positions > 0, self.ends[np.maximum(positions - 1, 0)], 0)
+        data = self.data
+        return [
+            data[s:e].tobytes().decode()
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
+        ]
+
+    def find(self, name: str) -> int | None:
+        """The position of ``name`` in a table sorted by UTF-8 bytes (binary search)."""
+        wanted, lo, hi = name.encode(), 0, len(self.ends)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            start = int(self.ends[mid - 1]) if mid else 0
+            if self.data[start : int(self.ends[mid])].tobytes() < wanted:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(self.ends) and self.at(np.array([lo]))[0] == name:
+            return lo
+        return None
+
+
 class Segment:
     """One published segment, mapped read-only. Thread-safe (nothing in it changes)."""
 
@@ -79,13 +120,13 @@ class Segment:
         self.vectors: np.ndarray = arrays["vectors"]
         self.element_of: np.ndarray = arrays["element_of"]
         self.session_of: np.ndarray = arrays["session_of"]
-        self._ids_bytes: np.ndarray = arrays["ids_bytes"]
-        self._ids_ends: np.ndarray = arrays["ids_ends"]
+        self.ids = PackedStrings(arrays["ids_bytes"], arrays["ids_ends"])
         self._by_element, self._element_starts = arrays["by_element"], arrays["element_starts"]
         self._by_session, self._session_starts = arrays["by_session"], arrays["session_starts"]
         self.pairs: np.ndarray = arrays["pairs"]
-        names = json.loads((path / "names.json").read_text())
-        self.elements, self.sessions = Codes(names["elements"]), Codes(names["sessions"])
+        self.elements = PackedStrings(arrays["element_names_bytes"], arrays["element_names_ends"])
+        self.sessions = PackedStrings(arrays["session_names_bytes"], arrays["session_names_ends"])
+        self._arrays = list(arrays.values())
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -101,15 +142,6 @@ class Segment:
         found[found] = self.keys[at[found]] == keys[found]
         return at, found
 
-    def ids_at(self, at: np.ndarray) -> list[str]:
-        ends = self._ids_ends[at]
-        starts = np.where(at > 0, self._ids_ends[np.maximum(at - 1, 0)], 0)
-        data = self._ids_bytes
-        return [
-            data[s:e].tobytes().decode()
-            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
-        ]
-
     def keys_of_element(self, name: str) -> np.ndarray:
         """The element's keys, ascending."""
         return self._grouped(self.elements, self._by_element, self._element_starts, name)
@@ -117,8 +149,8 @@ class Segment:
     def keys_of_session(self, name: str) -> np.ndarray:
         return self._grouped(self.sessions, self._by_session, self._session_starts, name)
 
-    def _grouped(self, codes: Codes, order: np.ndarray, starts: np.ndarray, name: str):
-        code = codes.codes.get(name)
+    def _grouped(self, names: PackedStrings, order: np.ndarray, starts: np.ndarray, name: str):
+        code = names.find(name)
         if code is None:
             return self.keys[:0]
         return self.keys[np.sort(order[starts[code] : starts[code + 1]])]
@@ -128,20 +160,12 @@ class Segment:
 
     def memory_bytes(self) -> int:
         """What this process holds of it beyond the mapped files: the index's own (an IVF
-        index's centroids; a flat or HNSW index whole) and the element and session names."""
-        names = sum(len(n) + 57 for n in self.elements.names + self.sessions.names)
-        return self.backend.memory_bytes() + names
+        index's centroids; a flat or HNSW index whole)."""
+        return self.backend.memory_bytes()
 
     def mapped_bytes(self) -> int:
         """The files it maps (what of them is resident is the page cache's, shared)."""
-        return self.backend.mapped_bytes() + sum(a.nbytes for a in self._arrays())
-
-    def _arrays(self) -> list[np.ndarray]:
-        return [
-            self.keys, self.vectors, self.element_of, self.session_of, self._ids_bytes,
-            self._ids_ends, self._by_element, self._element_starts, self._by_session,
-            self._session_starts, self.pairs,
-        ]  # fmt: skip
+        return self.backend.mapped_bytes() + sum(a.nbytes for a in self._arrays)
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -359,21 +383,38 @@ def _write_rows(
             f.close()
     e_of = np.concatenate(element_of) if element_of else np.zeros(0, np.int32)
     s_of = np.concatenate(session_of) if session_of else np.zeros(0, np.int32)
+    element_names, e_of = _sorted_names(elements, e_of)
+    session_names, s_of = _sorted_names(sessions, s_of)
     derived = {
         "element_of": e_of,
         "session_of": s_of,
         **_grouping("element", e_of, len(elements.names)),
         **_grouping("session", s_of, len(sessions.names)),
         "pairs": _pairs(e_of, s_of),
+        **_packed("element_names", element_names),
+        **_packed("session_names", session_names),
     }
     for name, array in derived.items():
         array.astype(ARRAYS[name]).tofile(folder / name)
-    (folder / "names.json").write_text(
-        json.dumps({"elements": elements.names, "sessions": sessions.names})
-    )
     shapes = {name: list(array.shape) for name, array in derived.items()}
     shapes.update(keys=[count], vectors=[count, dim], ids_bytes=[id_bytes], ids_ends=[count])
     return shapes, count
+
+
+def _sorted_names(codes: Codes, of: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+    """The names sorted by their UTF-8 bytes, and ``of`` recoded to each name's rank."""
+    encoded = [name.encode() for name in codes.names]
+    order = sorted(range(len(encoded)), key=encoded.__getitem__)
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return [encoded[i] for i in order], rank[of] if len(of) else of
+
+
+def _packed(name: str, encoded: list[bytes]) -> dict[str, np.ndarray]:
+    return {
+        f"{name}_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+        f"{name}_ends": np.cumsum([len(b) for b in encoded], dtype=np.int64),
+    }
 
 
 def _grouping(name: str, codes: np.ndarray, n_codes: int) -> dict[str, np.ndarray]:

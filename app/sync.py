@@ -160,8 +160,9 @@ class IndexSync:
         self._wake.set()
 
     async def stop(self, remove: bool = False) -> None:
-        """Stops following the log (and waits for a build under way); ``remove``: its
-        collection was deleted, its segments go too."""
+        """Stops following the log; a build under way is abandoned at its next batch of rows
+        (not inside FAISS's training of a new index). ``remove``: its collection was deleted,
+        its segments go too."""
         # A flag, not cancellation: asyncio.wait_for in 3.11 can swallow a cancel that races its
         # timeout, which left the loop running and shutdown waiting for it forever.
         self._stop.set()

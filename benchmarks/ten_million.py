@@ -8,10 +8,10 @@ each size's database is written once into --cache and reused. For each size and 
 
 1. ``start``: the first start builds the large segment (its build time from the segment's
    meta.json); a restart maps it and replays the log (time to /ready).
-2. ``memory``: proportional set size (PSS, /proc/PID/smaps_rollup) of one server once ready
-   and after the searches, then of a second server process joining the same data directory (a
-   second worker of the machine, timed to /ready), each minus the PSS of the same service with
-   no references.
+2. ``memory``: proportional set size (PSS, /proc/PID/smaps_rollup) of one server after 20
+   searches, then of it and a second server process joining the same data directory (a second
+   worker of the machine, timed to /ready) after 20 searches each; the same for one and two
+   servers with no references (subtracted in the report). Then the first again after the load.
 3. ``quality``: recall@10 against exact search of --queries held-out queries (new noise around
    stored elements' centres and sessions' offsets), through the service's own index code
    (``VectorIndex`` over the segment the service built), exact search being a scan of the
@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from many_collections import Server, checkout, memory, wrk  # noqa: E402
 
 PER_ELEMENT, PER_SESSION = 50, 10
+WARM = 20  # searches each server answers before its memory is read
 CHUNK = 10_000
 SEED = 3
 
@@ -279,20 +280,25 @@ def measure(code: Path, args, manifest: dict, n: int, env: dict, scratch: Path, 
         sum(f.stat().st_size for f in data.glob("references.sqlite3*")) / n
     )
     # log level WARNING from here: an INFO line a request would slow what is measured
+    body = {"signals": [signal_body(manifest)], "k": 10}
     one = Server(code, model, data, env=env, ready_limit_s=3600)
     result["restart_s"] = one.start_s
-    result["pss_one_at_ready_mib"] = pss_mib(one.pid)
-    body = {"signals": [signal_body(manifest)], "k": 10}
-    one_client(one.url, body, 20)  # warm: calibrations fitted, pages touched
-    result["one_client"] = one_client(one.url, body, args.single_requests)
-    load = wrk(one.url, [("/search", body)], args.seconds, args.connections, {"one": one.pid})
-    result["wrk"] = {k: load[k] for k in ("requests_per_s", "p50_ms", "p99_ms")}
-    result["pss_one_after_searches_mib"] = pss_mib(one.pid)
+    one_client(one.url, body, WARM)  # calibrations fitted: memory as it serves
+    result["pss_one_mib"] = pss_mib(one.pid)
     two = Server(code, model, data, env=env, ready_limit_s=3600)
     result["second_worker_ready_s"] = two.start_s
-    one_client(two.url, body, 20)
-    result["pss_two_first_mib"] = pss_mib(one.pid)
-    result["pss_two_second_mib"] = pss_mib(two.pid)
+    one_client(two.url, body, WARM)
+    result["pss_two_mib"] = [pss_mib(one.pid), pss_mib(two.pid)]
+    result["one_client"] = one_client(one.url, body, args.single_requests)
+    load = wrk(
+        one.url,
+        [("/search", body)],
+        args.seconds,
+        args.connections,
+        {"one": one.pid, "two": two.pid},
+    )
+    result["wrk"] = {k: load[k] for k in ("requests_per_s", "p50_ms", "p99_ms")}
+    result["pss_one_after_load_mib"] = pss_mib(one.pid)
     if args.writes and tag == "current":
         result["visible_on_other_worker"] = visible_elsewhere(one, two, manifest)
         two.stop()
@@ -322,15 +328,22 @@ def start_messages(log: Path) -> list[str]:
     return out[:20]
 
 
-def empty_pss(code: Path, args, scratch: Path, env: dict, tag: str) -> float:
+def empty_pss(code: Path, args, scratch: Path, tag: str) -> dict:
+    """PSS of one server, then of two, on a data directory with no references, warmed as the
+    measured ones are."""
     data = scratch / f"empty-{tag}"
     data.mkdir()
-    server = Server(code, args.model_dir, data, env=env)
-    body = {"signals": [signal_body(json.loads((args.model_dir / "manifest.json").read_text()))]}
-    one_client(server.url, body, 5, path="/embed")
-    pss = pss_mib(server.pid)
-    server.stop()
-    return pss
+    manifest = json.loads((args.model_dir / "manifest.json").read_text())
+    body = {"signals": [signal_body(manifest)], "k": 10}
+    one = Server(code, args.model_dir, data)
+    one_client(one.url, body, WARM)
+    alone = pss_mib(one.pid)
+    two = Server(code, args.model_dir, data)
+    one_client(two.url, body, WARM)
+    both = [pss_mib(one.pid), pss_mib(two.pid)]
+    two.stop()
+    one.stop()
+    return {"one_mib": alone, "two_mib": both}
 
 
 def main() -> int:
@@ -371,7 +384,7 @@ def main() -> int:
         scratch = Path(tmp)
         with checkout(args.current_commit) as (current, state):
             run["current"] = state
-            run["empty_pss_mib"] = {"current": empty_pss(current, args, scratch, {}, "current")}
+            run["empty_pss_mib"] = {"current": empty_pss(current, args, scratch, "current")}
             for n in args.sizes:
                 for kind in args.types:
                     env = {"HSN_INDEX_TYPE": kind}
@@ -382,7 +395,7 @@ def main() -> int:
         if args.base_commit:
             with checkout(args.base_commit) as (base, state):
                 run["base"] = state
-                run["empty_pss_mib"]["base"] = empty_pss(base, args, scratch, {}, "base")
+                run["empty_pss_mib"]["base"] = empty_pss(base, args, scratch, "base")
                 for n in args.base_sizes:
                     run["results"].append(measure(base, args, manifest, n, {}, scratch, "base"))
                     args.out.write_text(json.dumps(run, indent=1))

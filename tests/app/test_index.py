@@ -338,3 +338,25 @@ def test_scores_beyond_the_largest_reference_distance_stay_ordered():
     assert at_max == pytest.approx(39 / 40) and just_beyond == pytest.approx(39 / 40)
     assert far == sorted(far) and len(set(far)) == 3 and far[-1] < 1.0  # 1.0 past ~35 scales
     assert far[0] == pytest.approx(1 - np.exp(-(0.21 - calibrated[-1]) / scale) / 40)
+
+
+def test_names_of_any_text_are_found_in_a_segment(harness):
+    """Element and session names are stored sorted by their UTF-8 bytes and looked up by
+    binary search: names that sort differently as text and as bytes, empty-looking ones."""
+    rng = np.random.default_rng(8)
+    names = ["b", "a", "é", "z", "Z", "a b", "日本", "ab", "\u00a0", "e\u0301"]
+    refs = [Ref(name, f"{name}/s") for name in names for _ in range(3)]
+    vectors = unit(rng, len(refs))
+    harness = harness("flat")
+    harness.upsert(list(range(len(refs))), refs, vectors)
+    harness.build()
+    for i, name in enumerate(names):
+        found = harness.index.search(vectors[:1], 10, Filters(element_id=name))[0]
+        assert sorted(h.key for h in found) == [3 * i, 3 * i + 1, 3 * i + 2], name
+        assert harness.index.has_element(name)
+        in_session = harness.index.search(vectors[:1], 10, Filters(session_id=f"{name}/s"))[0]
+        assert len(in_session) == 3
+    for absent in ("", "c", "日", "zz", "e"):
+        assert not harness.index.has_element(absent)
+    assert harness.index.describe(np.array([6])) == {6: ("id6", "é", "é/s")}
+    assert harness.index.session_counts() == dict.fromkeys(names, 1)
