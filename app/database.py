@@ -133,6 +133,10 @@ class Database(ABC):
     schema: str
 
     @abstractmethod
+    def address(self) -> tuple[str, str]:
+        """(engine, path or URL): what another process connects to (``reconnect``)."""
+
+    @abstractmethod
     def read(self) -> Any:
         """Context manager: a Transaction for reads."""
 
@@ -207,6 +211,9 @@ class SqliteDatabase(Database):
         self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a committed write survives power loss too
+
+    def address(self) -> tuple[str, str]:
+        return ("sqlite", str(self.path))
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
@@ -356,6 +363,9 @@ class PostgresDatabase(Database):
         )
         self.pool.open(wait=True, timeout=connect_timeout_s)
 
+    def address(self) -> tuple[str, str]:
+        return ("postgresql", self.url)
+
     @contextmanager
     def _session(self, write: bool) -> Iterator[Transaction]:
         with _unavailable_on(*self._errors), self.pool.connection() as conn:
@@ -455,6 +465,14 @@ def _connect_with_retry(url: str, timeout_s: float, psycopg) -> None:
             log.warning("database unreachable (%s): retrying in %.1fs", reason, delay)
             time.sleep(delay)
             delay = min(5.0, delay * 2)
+
+
+def reconnect(address: tuple[str, str]) -> Database:
+    """A connection of this process to the database another's ``address()`` names."""
+    engine, where = address
+    return (
+        SqliteDatabase(Path(where)) if engine == "sqlite" else PostgresDatabase(where, pool_size=1)
+    )
 
 
 def open_database(url: str | None, data_dir: Path, connect_timeout_s: float) -> Database:

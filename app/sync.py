@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.ann import set_search_threads
 from app.database import StoreUnavailable
 from app.index import VectorIndex
 from app.labels import IndexRows
 from app.schemas import SyncStatus
-from app.segments import Segment, SegmentFolder
+from app.segments import BuildProcess, Segment, SegmentFolder, StoreSource, build_from_store
 from app.store import ReferenceStore
 
 log = logging.getLogger(__name__)
@@ -40,9 +38,10 @@ log = logging.getLogger(__name__)
 PAGE = 10_000  # change-log entries applied at a time
 EMBED_BATCH = 256  # references re-embedded per model call at start-up
 BUILD_RETRY_S = 30  # a failed segment build (disk full?) is tried again after this long
-BUILD_NICENESS = 10  # a background build's thread, below the threads answering requests
-
-T = TypeVar("T")
+# A background build of more references than this runs in a process of its own
+# (app.segments.BuildProcess: ~1 s to start it); a smaller one in a thread here holds Python's
+# interpreter lock for a few milliseconds a batch of rows.
+BUILD_IN_PROCESS_MAX = 20_000
 
 # signals, each (C, L) -> their embeddings (n, D) by this process's model
 Embedder = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
@@ -58,40 +57,6 @@ async def next_round(wake: asyncio.Event, stop: threading.Event, interval_s: flo
         pass
     wake.clear()
     return not stop.is_set()
-
-
-async def in_background_thread(function: Callable[..., T], *args) -> T:
-    """``function(*args)`` on a thread of its own at a lower CPU priority (nice
-    ``BUILD_NICENESS``) with one FAISS thread: the requests served meanwhile come first. A
-    background build of a million references with both cores' FAISS threads at normal priority
-    made single writes' p99 13x their idle p99."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()
-
-    def run() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BUILD_NICENESS)
-        except OSError:  # not allowed here: the build runs at normal priority
-            pass
-        set_search_threads(1)
-        try:
-            result = function(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, result, None)
-
-    threading.Thread(target=run, name="segment-build", daemon=True).start()
-    return await done
-
-
-def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class BuildAbandoned(Exception):
@@ -138,6 +103,7 @@ class IndexSync:
         self._stop = threading.Event()
         self._task: asyncio.Task | None = None
         self._build: asyncio.Task | None = None
+        self._child: BuildProcess | None = None  # a background build's process, while it runs
         self._build_again_at = 0.0  # after a failed build: not before this (monotonic) time
         self._looked_at: Path | None = None  # the newest published folder last opened
 
@@ -169,6 +135,8 @@ class IndexSync:
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self._child is not None:
+            self._child.stop()
         if self._build is not None:
             await asyncio.gather(self._build, return_exceptions=True)
         if remove:
@@ -239,9 +207,12 @@ class IndexSync:
         self.applied_seq = self.store_seq = segment.seq
         self._tell_rebuilt()
 
-    def _build_segment(self, wait: bool, newer_than: int) -> Segment | None:
+    def _build_segment(
+        self, wait: bool, newer_than: int, background: bool = False
+    ) -> Segment | None:
         """(In a thread.) Under the folder's build lock: a segment past change ``newer_than``
-        that another process published meanwhile, or one built now; None when another process
+        that another process published meanwhile, or one built now (``background``: past
+        BUILD_IN_PROCESS_MAX references, in a process of its own); None when another process
         holds the lock and ``wait`` is False."""
         with self.segments.build_lock(wait) as got:
             if not got:
@@ -249,26 +220,17 @@ class IndexSync:
             published = self.segments.latest(self.version, self.epoch, newer_than)
             if published is not None:
                 return published
-            seq = self.store.last_seq()  # first: rows read after it are replayed
-            n = self.store.count_embedded(self.version)
-            kind = self.index.policy.kind_for(n)
-            started = time.perf_counter()
-            path = self.segments.build(
-                kind,
-                seq,
-                n,
-                self._until_stopped(self.store.iter_index_rows(self.version)),
-                lambda size: self.store.sample_vectors(self.version, size),
-                self.version,
-                self.epoch,
+            source = StoreSource(
+                self.store.db.address(), self.store.collection, self.version, self.epoch
             )
-            log.info(
-                "built a %s index segment of %d references at change %d in %.1fs",
-                kind,
-                n,
-                seq,
-                time.perf_counter() - started,
-            )
+            kind_for = self.index.policy.kind_for
+            if background and len(self.index) > BUILD_IN_PROCESS_MAX:
+                self._child = BuildProcess()
+                path = self._child.run(source, self.segments, kind_for)
+            else:
+                path = build_from_store(
+                    self.store, source, self.segments, kind_for, self._until_stopped
+                )
             return Segment.open(path, self.version, self.epoch, self.segments.params)
 
     def _until_stopped(self, chunks: Iterator[IndexRows]) -> Iterator[IndexRows]:
@@ -291,12 +253,13 @@ class IndexSync:
         base = self.index.base
         try:
             newer_than = base.seq if base is not None else -1
-            segment = await in_background_thread(self._build_segment, False, newer_than)
+            segment = await asyncio.to_thread(self._build_segment, False, newer_than, True)
             if segment is not None:
                 await self._adopt(segment)
-        except BuildAbandoned:
-            log.info("building the next index segment abandoned: the service is stopping")
         except Exception:
+            if self._stop.is_set():
+                log.info("building the next index segment abandoned: the service is stopping")
+                return
             self._build_again_at = time.monotonic() + BUILD_RETRY_S
             log.exception("building the next index segment failed: retried in %ds", BUILD_RETRY_S)
         finally:
