@@ -1,10 +1,10 @@
 """A collection's large, immutable segment: built from the store, written once to a folder, and
 memory-mapped by every process of the machine, so that N worker processes hold one copy.
 
-A segment folder holds the FAISS index (an IVF index's lists read with ``IO_FLAG_MMAP``), the
-float vectors in key order (the exact rescoring of a compressed index's shortlist, and exact
-searches within a small filter), and the labels (keys, ids, element and session codes, with the
-positions of each element's and session's references), all as raw arrays whose sizes
+A segment folder holds the FAISS index (its arrays mapped with ``IO_FLAG_MMAP_IFC``), the float
+vectors in key order (the exact rescoring of a compressed index's shortlist, and exact searches
+within a small filter), and the labels (keys, ids, element and session codes, with the positions
+of each element's and session's references; the names sorted), all as raw arrays whose sizes
 ``meta.json`` records. The builder writes a hidden folder and renames it into place, so a folder
 is seen whole or not at all; ``meta.json`` names the change-log entry the segment reflects, the
 model and the database epoch. A folder that is truncated, of another model, database or format is
@@ -12,7 +12,8 @@ never opened: a process builds a new one instead.
 
 One process at a time builds (an exclusive ``flock`` on ``build.lock``); the others map what it
 publishes. The builder removes older folders once its own is published: a process still mapping
-one keeps its pages (Linux frees them with the last mapping).
+one keeps its pages (Linux frees them with the last mapping). A large background build runs in a
+process of its own (:class:`BuildProcess`), so that the service's threads never wait for it.
 """
 
 from __future__ import annotations

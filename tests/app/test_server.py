@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -206,24 +207,19 @@ def test_the_server_stays_responsive_while_a_huge_body_is_refused(server_factory
     assert max(latencies) < 1.0
 
 
-def test_a_server_killed_while_it_builds_a_segment_loses_nothing(
-    server_factory, model_dir, database_url
-):
-    """Past the mutable segment's limit a build starts in the background; SIGKILL mid-build
-    leaves a hidden half-written folder, never served: the restart replays the log, builds
-    again (removing it) and holds every reference."""
+def fill_store(data: Path, database_url: str | None, model_dir: Path, n: int) -> np.ndarray:
+    """``n`` references of random unit vectors written straight into the service's store
+    (element e<i % 100>), as the served model's; returns their (zero) signal."""
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    server = server_factory().start()
-    server.stop()
-    data = server.log.parent / "data"
     database = (
         SqliteDatabase(data / "references.sqlite3")
         if database_url is None
         else PostgresDatabase(database_url)
     )
     store = ReferenceStore(database)
+    store.prepare()
     rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(30_000, manifest["embedding_dim"])).astype(np.float32)
+    vectors = rng.normal(size=(n, manifest["embedding_dim"])).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     signal_ = np.zeros((manifest["in_channels"], 64), np.float32)
     store.upsert(
@@ -231,6 +227,43 @@ def test_a_server_killed_while_it_builds_a_segment_loses_nothing(
         manifest["model_version"],
     )
     store.close()
+    return signal_
+
+
+def test_two_workers_starting_together_build_one_segment_and_both_map_it(
+    server_factory, model_dir, database_url, tmp_path
+):
+    """HSN_WORKERS=2 on a store with no segment: one worker builds (the folder's lock), the
+    other waits for it and maps what it published; both answer from it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    signal_ = fill_store(data, database_url, model_dir, 25_000)
+    server = server_factory(HSN_WORKERS="2").start(timeout=120)
+    log = server.log.read_text()
+    assert log.count("built a ivf index segment of 25000 references") == 1, log[-3000:]
+    assert log.count("built index from the store: 25000 references") == 2
+    served_by = set()
+    query = {"signals": [signal_.tolist()], "k": 3, "element_id": "e7"}
+    for _ in range(40):
+        with httpx.Client() as fresh:  # a new connection: either worker may take it
+            answer = fresh.post(f"{server.url}/search", json=query)
+        served_by.add(answer.headers["x-served-by"])
+        assert [int(h["id"][1:]) % 100 for h in answer.json()["results"][0]["neighbors"]] == [7] * 3
+    assert len(served_by) == 2
+    segments = list((data / "segments").glob("*/*/0*"))
+    assert len(segments) == 1
+
+
+def test_a_server_killed_while_it_builds_a_segment_loses_nothing(
+    server_factory, model_dir, database_url
+):
+    """Past the mutable segment's limit a build starts in the background; SIGKILL mid-build
+    leaves a hidden half-written folder, never served: the restart replays the log, builds
+    again (removing it) and holds every reference."""
+    server = server_factory().start()
+    server.stop()
+    data = server.log.parent / "data"
+    signal_ = fill_store(data, database_url, model_dir, 30_000)
     segments = data / "segments"
     killed = threading.Event()
 
