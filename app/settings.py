@@ -53,9 +53,11 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1)
 
     # Inference
-    # Model calls run on inference_workers threads at once (0: one per usable core, less one for
-    # the event loop), each call on `threads` threads: for this GRU, parallel calls scale with
-    # cores and threads within one call hardly do (BENCHMARKS.md).
+    # Model calls run on inference_workers threads at once (0: one per usable core the process
+    # gets), each call on `threads` threads: for this GRU, parallel calls scale with cores and
+    # threads within one call hardly do. Two on this 2-core box: 64-signal batches 1.70x, single
+    # signals 1.09x, searches 0.96x the throughput of one (BENCHMARKS.md "Default process and
+    # thread counts").
     inference_workers: int = Field(0, ge=0)
     threads: int = Field(1, ge=1)
     engine: Literal["onnx", "torchscript"] = "onnx"  # onnx falls back to TorchScript if unsure
@@ -102,8 +104,8 @@ class Settings(BaseSettings):
     @property
     def inference_worker_count(self) -> int:
         """Explicit, or one per usable core this process gets (the cores shared among the
-        server processes) less one for the event loop."""
-        return self.inference_workers or max(1, usable_cores() // self.processes - 1)
+        server processes)."""
+        return self.inference_workers or max(1, usable_cores() // self.processes)
 
     @field_validator("api_key", "database_url", "model_repository", mode="before")
     @classmethod
