@@ -24,7 +24,7 @@ import numpy as np
 
 from app.ann import FlatBackend, IVFBackend, set_search_threads
 from app.index_policy import CurrentIndex, IndexPolicy
-from app.labels import Filters, IndexRows, LabelTable, Selection
+from app.labels import Filters, IndexRows, LabelTable, Selection, selection_of
 from app.schemas import SegmentsStatus
 from app.segments import BuildParameters, Segment, SegmentFolder
 
@@ -275,7 +275,8 @@ def _search_large(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The large segment's top-k (keys -1 padded): ``tombstoned`` is the selection hiding the
     tombstones alone, its FAISS selector built once for every search until they change."""
-    allowed, excluded = _base_selection(base, filters)
+    chosen = selection_of(filters, base.keys_of_element, base.keys_of_session)
+    allowed, excluded = chosen.allowed, chosen.excluded
     if allowed is not None:
         allowed = np.setdiff1d(allowed, tombstones, assume_unique=True)
         if len(allowed) <= EXACT_WITHIN:
@@ -289,27 +290,6 @@ def _search_large(
         return base.backend.search(queries, k, selection)
     _, short = base.backend.search(queries, RESCORE_FACTOR * k, selection)
     return _rescored(base, short, queries, k)
-
-
-def _base_selection(base: Segment, filters: Filters) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(allowed, excluded) keys of the large segment for ``filters``."""
-    allowed: np.ndarray | None = None
-    if filters.element_id is not None:
-        allowed = base.keys_of_element(filters.element_id)
-    if filters.session_id is not None:
-        in_session = base.keys_of_session(filters.session_id)
-        allowed = in_session if allowed is None else np.intersect1d(allowed, in_session)
-    excluded: np.ndarray | None = None
-    if filters.exclude_session_id is not None:
-        excluded = base.keys_of_session(filters.exclude_session_id)
-    if filters.exclude_element_id is not None:
-        of_element = base.keys_of_element(filters.exclude_element_id)
-        excluded = of_element if excluded is None else np.union1d(excluded, of_element)
-    if allowed is not None and excluded is not None:
-        return np.setdiff1d(allowed, excluded), None
-    if excluded is not None and not len(excluded):
-        excluded = None
-    return allowed, excluded
 
 
 def _exact(

@@ -8,7 +8,7 @@ while the database is unreachable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +70,33 @@ class IndexRows(LabelRows):
     """References as the index takes them: labels and embeddings."""
 
     vectors: np.ndarray  # (n, D) float32
+
+
+def selection_of(
+    filters: Filters,
+    keys_of_element: Callable[[str], np.ndarray],
+    keys_of_session: Callable[[str], np.ndarray],
+) -> Selection:
+    """The keys a search filtered this way may return, from a label store's sorted keys of an
+    element and of a session (a LabelTable's, a segment's)."""
+    allowed: np.ndarray | None = None
+    if filters.element_id is not None:
+        allowed = keys_of_element(filters.element_id)
+    if filters.session_id is not None:
+        in_session = keys_of_session(filters.session_id)
+        allowed = in_session if allowed is None else np.intersect1d(allowed, in_session)
+    excluded: np.ndarray | None = None
+    if filters.exclude_session_id is not None:
+        excluded = keys_of_session(filters.exclude_session_id)
+    if filters.exclude_element_id is not None:
+        of_element = keys_of_element(filters.exclude_element_id)
+        excluded = of_element if excluded is None else np.union1d(excluded, of_element)
+    if excluded is not None:
+        if allowed is not None:
+            allowed, excluded = np.setdiff1d(allowed, excluded), None
+        elif not len(excluded):
+            excluded = None
+    return Selection(allowed, excluded)
 
 
 class LabelTable:
@@ -173,26 +200,11 @@ class LabelTable:
 
     def selection(self, filters: Filters) -> Selection:
         """The keys a search filtered this way may return."""
-        allowed: np.ndarray | None = None
-        if filters.element_id is not None:
-            allowed = self._keys_where(self.elements, self.element_of, filters.element_id)
-        if filters.session_id is not None:
-            in_session = self._keys_where(self.sessions, self.session_of, filters.session_id)
-            allowed = in_session if allowed is None else np.intersect1d(allowed, in_session)
-        excluded: np.ndarray | None = None
-        if filters.exclude_session_id is not None:
-            excluded = self._keys_where(self.sessions, self.session_of, filters.exclude_session_id)
-        if filters.exclude_element_id is not None:
-            of_element = self._keys_where(
-                self.elements, self.element_of, filters.exclude_element_id
-            )
-            excluded = of_element if excluded is None else np.union1d(excluded, of_element)
-        if excluded is not None:
-            if allowed is not None:
-                allowed, excluded = np.setdiff1d(allowed, excluded), None
-            elif not len(excluded):
-                excluded = None
-        return Selection(allowed, excluded)
+        return selection_of(
+            filters,
+            lambda name: self._keys_where(self.elements, self.element_of, name),
+            lambda name: self._keys_where(self.sessions, self.session_of, name),
+        )
 
     # -- snapshots ---------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
