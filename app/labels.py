@@ -72,6 +72,14 @@ class IndexRows(LabelRows):
     vectors: np.ndarray  # (n, D) float32
 
 
+def positions_in(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``keys`` sit in ``sorted_keys`` (ascending), and which of them are there."""
+    at = np.searchsorted(sorted_keys, keys)
+    found = at < len(sorted_keys)
+    found[found] = sorted_keys[at[found]] == keys[found]
+    return at, found
+
+
 def selection_of(
     filters: Filters,
     keys_of_element: Callable[[str], np.ndarray],
@@ -116,10 +124,7 @@ class LabelTable:
 
     def positions(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where ``keys`` sit in ``self.keys``, and which of them are there."""
-        at = np.searchsorted(self.keys, keys)
-        found = at < len(self.keys)
-        found[found] = self.keys[at[found]] == keys[found]
-        return at, found
+        return positions_in(self.keys, keys)
 
     def set(self, rows: LabelRows) -> None:
         """Existing keys change in place, new ones are added."""
@@ -205,42 +210,3 @@ class LabelTable:
             lambda name: self._keys_where(self.elements, self.element_of, name),
             lambda name: self._keys_where(self.sessions, self.session_of, name),
         )
-
-    # -- snapshots ---------------------------------------------------------------------------
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "keys": self.keys,
-            **_pack_strings(self.ids.tolist(), "ids"),
-            "element_of": self.element_of,
-            "session_of": self.session_of,
-            "element_names": np.array(self.elements.names, dtype=str),
-            "session_names": np.array(self.sessions.names, dtype=str),
-        }
-
-    @staticmethod
-    def from_arrays(arrays) -> LabelTable:
-        table = LabelTable()
-        table.keys = np.asarray(arrays["keys"], dtype=np.int64)
-        table.ids = np.array(_unpack_strings(arrays, "ids"), dtype=object)
-        table.element_of = np.asarray(arrays["element_of"], dtype=np.int32)
-        table.session_of = np.asarray(arrays["session_of"], dtype=np.int32)
-        table.elements = Codes(np.asarray(arrays["element_names"]).tolist())
-        table.sessions = Codes(np.asarray(arrays["session_names"]).tolist())
-        return table
-
-
-def _pack_strings(strings: list[str], name: str) -> dict[str, np.ndarray]:
-    """Strings as one UTF-8 byte array and their end offsets: a fixed-width numpy string array
-    would give every id the longest one's size."""
-    encoded = [s.encode() for s in strings]
-    return {
-        f"{name}_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
-        f"{name}_ends": np.cumsum([len(b) for b in encoded], dtype=np.int64),
-    }
-
-
-def _unpack_strings(arrays, name: str) -> list[str]:
-    data = np.asarray(arrays[f"{name}_bytes"], dtype=np.uint8).tobytes()
-    ends = np.asarray(arrays[f"{name}_ends"]).tolist()
-    starts = [0, *ends[:-1]] if ends else []  # none: an empty index's snapshot
-    return [data[start:end].decode() for start, end in zip(starts, ends, strict=True)]

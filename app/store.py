@@ -366,7 +366,7 @@ class ReferenceStore:
         return ChangePage([Change(*row) for row in rows], int(pruned[0]) if pruned else 0, through)
 
     def epoch(self) -> int:
-        """This database's identity: index snapshots of another (or of what it was before a
+        """This database's identity: index segments of another (or of what it was before a
         restore) are not loaded."""
         with self.db.read() as s:
             row = s.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()

@@ -65,7 +65,7 @@ class BuildAbandoned(Exception):
 
 class IndexObserver(Protocol):
     """Told what reached the index: ``changed`` after ``writes`` changes were applied,
-    ``rebuilt`` after it was rebuilt from the store or loaded from a snapshot; ``total``
+    ``rebuilt`` after it was rebuilt from the store or a segment was mapped at start; ``total``
     references are held now."""
 
     def changed(self, writes: int, total: int) -> None: ...
