@@ -48,14 +48,15 @@ class StatusService:
 
     @staticmethod
     def _collection(collection: Collection) -> CollectionStatus:
+        segments = collection.index.status(building=collection.sync.building)
         return CollectionStatus(
             name=collection.name,
             model_version=collection.embedding.version,
             references=len(collection.index),
             index=collection.index.current_kind,
-            index_memory_bytes=collection.index.memory_bytes(),
+            index_memory_bytes=segments.memory_bytes,
             model_memory_bytes=collection.model.memory_bytes,
-            segments=collection.index.status(building=collection.sync.building),
+            segments=segments,
             sync=collection.sync.status(),
         )
 
