@@ -26,7 +26,7 @@ from app.ann import FlatBackend, IVFBackend, set_search_threads
 from app.index_policy import CurrentIndex, IndexPolicy
 from app.labels import Filters, IndexRows, LabelTable, Selection, selection_of
 from app.schemas import SegmentsStatus
-from app.segments import BuildParameters, Segment, SegmentFolder
+from app.segments import BuildParameters, Segment, SegmentFolder, pair_codes
 
 NO_FILTERS = Filters()
 # A compressed index's shortlist: k x this many, rescored exactly. Measured on 1e6 clustered
@@ -204,11 +204,11 @@ class VectorIndex:
             live: set[tuple[int, int]] = set()
             base = self.base
             if base is not None and len(base.pairs):
-                codes = (base.pairs[:, 0] << 32) | base.pairs[:, 1]
+                codes = pair_codes(base.pairs[:, 0], base.pairs[:, 1])
                 counts = base.pairs[:, 2].copy()
                 if len(self.tombstones):  # the pairs whose every reference is tombstoned go
                     at, _ = base.positions(self.tombstones)
-                    joined = (base.element_of[at].astype(np.int64) << 32) | base.session_of[at]
+                    joined = pair_codes(base.element_of[at], base.session_of[at])
                     np.subtract.at(counts, np.searchsorted(codes, joined), 1)
                 kept = counts > 0
                 per_element = np.bincount(base.pairs[kept, 0], minlength=len(base.elements))
@@ -225,7 +225,7 @@ class VectorIndex:
             for element, session in pairs:  # a session not in the large segment adds one
                 if base is not None:
                     e, s = base.elements.find(element), base.sessions.find(session)
-                    if e is not None and s is not None and (e << 32) | s in live:
+                    if e is not None and s is not None and int(pair_codes(e, s)) in live:
                         continue
                 result[element] = result.get(element, 0) + 1
             return result

@@ -36,7 +36,7 @@ import numpy as np
 
 from app.ann import FlatBackend, HNSWBackend, IVFBackend, IVFPQBackend, VectorBackend
 from app.index_policy import IndexKind
-from app.labels import Codes, IndexRows
+from app.labels import Codes, IndexRows, positions_in
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,7 @@ class Segment:
 
     def positions(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where ``keys`` sit, and which of them are here."""
-        at = np.searchsorted(self.keys, keys)
-        found = at < len(self.keys)
-        found[found] = self.keys[at[found]] == keys[found]
-        return at, found
+        return positions_in(self.keys, keys)
 
     def keys_of_element(self, name: str) -> np.ndarray:
         """The element's keys, ascending."""
@@ -429,11 +426,15 @@ def _grouping(name: str, codes: np.ndarray, n_codes: int) -> dict[str, np.ndarra
     return {f"by_{name}": order, f"{name}_starts": starts}
 
 
+def pair_codes(element_of, session_of) -> np.ndarray:
+    """(element code, session code) pairs as one int64 each, ordered as the pairs are."""
+    return (np.asarray(element_of, np.int64) << 32) | np.asarray(session_of, np.int64)
+
+
 def _pairs(element_of: np.ndarray, session_of: np.ndarray) -> np.ndarray:
     """(element code, session code, references) of each pair present."""
     # one int64 a pair: np.unique of it is a plain sort (of the stacked pairs, 10x slower)
-    joined = (element_of.astype(np.int64) << 32) | session_of.astype(np.int64)
-    pairs, counts = np.unique(joined, return_counts=True)
+    pairs, counts = np.unique(pair_codes(element_of, session_of), return_counts=True)
     return np.stack([pairs >> 32, pairs & 0xFFFFFFFF, counts], axis=1).astype(np.int64)
 
 
