@@ -1,5 +1,6 @@
-"""HierarchicalLoss = keypoint cross-entropy + lambda * (session triplet + element triplet)
-+ lambda_reconstruct * reconstruction of the segment around a keypoint (optional)."""
+"""HierarchicalLoss = keypoint cross-entropy + lambda * (session triplet + element triplet
++ outlier triplet) + lambda_reconstruct * reconstruction of the segment around a keypoint
+(optional)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class LossParts:
     keypoint: torch.Tensor
     session: torch.Tensor
     element: torch.Tensor
+    outlier: torch.Tensor
     reconstruct: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
@@ -139,6 +141,11 @@ class HierarchicalLoss(nn.Module):
       same element, with ``margin_session``;
     - element triplet: anchor and positive from one element (any session, so an element's sessions
       are pulled together), negative from another element, with ``margin_element``;
+    - with ``outliers`` (B,) booleans (outlier exposure): an outlier is nobody's anchor or
+      positive in the two triplets above; the outlier triplet takes a normal anchor, a normal
+      positive of its element and an outlier of the same element as negative, with
+      ``margin_outlier``: an element's abnormal signals are pushed away from its normal ones
+      instead of pulled into them;
     - with a ``decoder``: mean squared error of the segment it rebuilds from each embedding
       against the signal's segment around keypoint ``reconstruct_keypoint`` (signals without
       that keypoint add nothing).
@@ -150,6 +157,7 @@ class HierarchicalLoss(nn.Module):
         lambda_metric: float = 1.0,
         margin_session: float = 0.1,
         margin_element: float = 0.3,
+        margin_outlier: float = 0.3,
         mining: str = "all",
         keypoint_sigma: float = 1.0,
         decoder: SegmentDecoder | None = None,
@@ -164,6 +172,7 @@ class HierarchicalLoss(nn.Module):
         self.lambda_metric = lambda_metric
         self.margin_session = margin_session
         self.margin_element = margin_element
+        self.margin_outlier = margin_outlier
         self.mining = mining
         self.keypoint_sigma = keypoint_sigma
 
@@ -175,28 +184,41 @@ class HierarchicalLoss(nn.Module):
         elements: torch.Tensor,
         sessions: torch.Tensor,
         signals: torch.Tensor | None = None,
+        outliers: torch.Tensor | None = None,
     ) -> LossParts:
-        """``signals`` (B, C, L): what the decoder rebuilds segments of (needed with one)."""
+        """``signals`` (B, C, L): what the decoder rebuilds segments of (needed with one);
+        ``outliers`` (B,) booleans: the batch's abnormal signals (outlier exposure)."""
         distances = pairwise_distances(embeddings)
         not_self = ~torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
         same_element = elements.unsqueeze(0) == elements.unsqueeze(1)
         same_session = sessions.unsqueeze(0) == sessions.unsqueeze(1)
+        normal = ~outliers if outliers is not None else torch.ones_like(not_self[0])
+        both_normal = normal.unsqueeze(0) & normal.unsqueeze(1)
         session = triplet_loss(
             distances,
-            positive=same_session & not_self,
-            negative=same_element & ~same_session,
+            positive=same_session & not_self & both_normal,
+            negative=same_element & ~same_session & both_normal,
             margin=self.margin_session,
             mining=self.mining,
         )
         element = triplet_loss(
             distances,
-            positive=same_element & not_self,
+            positive=same_element & not_self & both_normal,
             negative=~same_element,
             margin=self.margin_element,
             mining=self.mining,
         )
+        outlier = distances.new_zeros(())
+        if outliers is not None and outliers.any():
+            outlier = triplet_loss(
+                distances,
+                positive=same_element & not_self & both_normal,
+                negative=same_element & normal.unsqueeze(1) & outliers.unsqueeze(0),
+                margin=self.margin_outlier,
+                mining=self.mining,
+            )
         keypoint = keypoint_cross_entropy(logits, positions, self.stride, self.keypoint_sigma)
-        total = keypoint + self.lambda_metric * (session + element)
+        total = keypoint + self.lambda_metric * (session + element + outlier)
         reconstruct = total.new_zeros(())
         if self.decoder is not None:
             if signals is None:
@@ -212,5 +234,6 @@ class HierarchicalLoss(nn.Module):
             keypoint=keypoint,
             session=session,
             element=element,
+            outlier=outlier,
             reconstruct=reconstruct,
         )

@@ -23,6 +23,12 @@ class HierarchicalSampler(Sampler[list[int]]):
 
     An epoch visits every eligible element about ``len(dataset) / (P * K)`` batches' worth, in
     an order fixed by ``seed`` and the epoch number (``set_epoch``), so runs are reproducible.
+
+    Outlier exposure (``outliers``, a boolean per index): an element's outliers (its abnormal
+    signals) are kept out of its sessions, and an element that has some gives ``max(1, K // 4)``
+    of its K places to them, so each batch holds normal anchors with their own element's
+    outliers as negatives (``training.loss.HierarchicalLoss``). Eligibility counts normal
+    signals only.
     """
 
     def __init__(
@@ -35,15 +41,19 @@ class HierarchicalSampler(Sampler[list[int]]):
         batches_per_epoch: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        outliers: np.ndarray | None = None,
     ) -> None:
         elements = np.asarray(element_codes)
         sessions = np.asarray(session_codes)
-        # element -> session -> indices
+        outlier = np.zeros(len(elements), bool) if outliers is None else np.asarray(outliers)
+        # element -> session -> indices (normal signals), and element -> its outliers
         tree: list[list[np.ndarray]] = []
+        pools: list[np.ndarray] = []
         for e in np.unique(elements):
-            idx = np.flatnonzero(elements == e)
+            idx = np.flatnonzero((elements == e) & ~outlier)
             tree.append([idx[sessions[idx] == s] for s in np.unique(sessions[idx])])
-        self._setup(tree, p, k, seed, batches_per_epoch, rank, world_size)
+            pools.append(np.flatnonzero((elements == e) & outlier))
+        self._setup(tree, p, k, seed, batches_per_epoch, rank, world_size, pools)
 
     @classmethod
     def from_groups(
@@ -71,13 +81,17 @@ class HierarchicalSampler(Sampler[list[int]]):
         batches_per_epoch: int | None,
         rank: int,
         world_size: int,
+        outlier_pools: list[np.ndarray] | None = None,
     ) -> None:
         """``rank`` of ``world_size`` processes: each draws its own batches (its own random
         stream; rank 0 keeps the single-process one) and an epoch is split between them."""
         if p < 2 or k < 2:
             raise ValueError(f"P and K must both be at least 2 (got P={p}, K={k})")
         self.p, self.k, self.seed, self.epoch, self.rank = p, k, seed, 0, rank
-        self.tree = [sessions for sessions in tree if sum(len(s) for s in sessions) >= 2]
+        pools = outlier_pools or [np.array([], dtype=np.int64)] * len(tree)
+        eligible = [sum(len(s) for s in sessions) >= 2 for sessions in tree]
+        self.tree = [sessions for sessions, ok in zip(tree, eligible, strict=True) if ok]
+        self.outlier_pools = [pool for pool, ok in zip(pools, eligible, strict=True) if ok]
         if len(self.tree) < 2:
             raise ValueError(
                 f"the P-K sampler needs at least 2 elements with 2 or more signals "
@@ -85,6 +99,7 @@ class HierarchicalSampler(Sampler[list[int]]):
             )
         self.p = min(p, len(self.tree))
         total = sum(len(i) for sessions_ in self.tree for i in sessions_)
+        total += sum(len(pool) for pool in self.outlier_pools)
         self.batches_per_epoch = batches_per_epoch or max(
             1, total // (self.p * self.k * world_size)
         )
@@ -95,23 +110,36 @@ class HierarchicalSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def _draw_element(self, rng: np.random.Generator, sessions: list[np.ndarray]) -> list[int]:
+    def _draw_element(self, rng: np.random.Generator, element: int) -> list[int]:
+        """The element's K signals: ``max(1, K // 4)`` of its outliers when it has any, the
+        rest normal ones spread over its sessions."""
+        sessions, pool = self.tree[element], self.outlier_pools[element]
+        k = self.k
+        picked_outliers: list[int] = []
+        if len(pool):
+            picked_outliers = rng.choice(pool, min(len(pool), max(1, k // 4)), False).tolist()
+            k = max(2, k - len(picked_outliers))
+        return self._draw_normal(rng, sessions, k) + picked_outliers
+
+    def _draw_normal(
+        self, rng: np.random.Generator, sessions: list[np.ndarray], k: int
+    ) -> list[int]:
         size = sum(len(s) for s in sessions)
-        if size <= self.k:
+        if size <= k:
             return [int(i) for s in sessions for i in s]
-        n_sessions = min(len(sessions), max(1, self.k // 2))
+        n_sessions = min(len(sessions), max(1, k // 2))
         chosen = rng.permutation(len(sessions))
         # Prefer sessions that can give two signals; fall back to any.
         chosen = sorted(chosen, key=lambda s: len(sessions[s]) < 2)[:n_sessions]
-        quota = np.full(n_sessions, self.k // n_sessions)
-        quota[: self.k % n_sessions] += 1
+        quota = np.full(n_sessions, k // n_sessions)
+        quota[: k % n_sessions] += 1
         picked: list[int] = []
         for s, q in zip(chosen, quota, strict=True):
             pool = sessions[s]
             picked.extend(rng.choice(pool, size=min(q, len(pool)), replace=False).tolist())
-        if len(picked) < self.k:  # top up from whatever is left of the element
+        if len(picked) < k:  # top up from whatever is left of the element
             rest = np.setdiff1d(np.concatenate(sessions), picked)
-            picked.extend(rng.choice(rest, size=self.k - len(picked), replace=False).tolist())
+            picked.extend(rng.choice(rest, size=k - len(picked), replace=False).tolist())
         return picked
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -125,5 +153,5 @@ class HierarchicalSampler(Sampler[list[int]]):
                 batch_elements = rng.choice(len(self.tree), size=self.p, replace=False)
             batch: list[int] = []
             for e in batch_elements:
-                batch.extend(self._draw_element(rng, self.tree[e]))
+                batch.extend(self._draw_element(rng, int(e)))
             yield batch

@@ -115,6 +115,18 @@ class TrainConfig:
         "an extra key of the NPZ whose values define sessions within each element (e.g. "
         "beat_labels), instead of session_ids",
     )
+    outlier_key: str | None = option(
+        None,
+        "outlier exposure: an extra key of the NPZ naming each signal's kind (e.g. "
+        "beat_labels); a training signal whose value is none of --outlier-normal, '' or '?' is "
+        "an outlier, pushed away from its own element's normal signals (loss.HierarchicalLoss)",
+    )
+    outlier_normal: str = option(
+        "N", "the --outlier-key values of normal signals, comma-separated (e.g. N or N,L,R)"
+    )
+    margin_outlier: float = option(
+        0.3, "triplet margin between an element's normal signals and its outliers"
+    )
     reconstruct_keypoint: str | None = option(
         None,
         "a keypoint name (e.g. R_peak): the embedding must also rebuild the signal re-centred "
@@ -181,6 +193,23 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.augment_stretch < 0.5:
             raise ValueError(f"augment_stretch must be in [0, 0.5), got {self.augment_stretch}")
+        if not self.normal_values:
+            raise ValueError("outlier_normal must name at least one value")
+        if self.margin_outlier < 0:
+            raise ValueError(f"margin_outlier must not be negative, got {self.margin_outlier}")
+
+    @property
+    def normal_values(self) -> set[str]:
+        return {v.strip() for v in self.outlier_normal.split(",") if v.strip()}
+
+    def outliers(self, data: SignalData) -> np.ndarray | None:
+        """Per signal of ``data``, whether it is an outlier (None without ``outlier_key``)."""
+        if self.outlier_key is None:
+            return None
+        if self.outlier_key not in data.extras:
+            raise ValueError(f"outlier_key: the data has no extra named {self.outlier_key!r}")
+        kinds = np.asarray(data.extras[self.outlier_key]).astype(str)
+        return ~np.isin(kinds, [*self.normal_values, "", "?"])
 
 
 class TrainingStep(torch.nn.Module):
@@ -198,9 +227,10 @@ class TrainingStep(torch.nn.Module):
         elements: torch.Tensor,
         sessions: torch.Tensor,
         clean: torch.Tensor,
+        outliers: torch.Tensor | None = None,
     ) -> LossParts:
         embeddings, logits = self.model(inputs)
-        return self.loss(embeddings, logits, keypoints, elements, sessions, clean)
+        return self.loss(embeddings, logits, keypoints, elements, sessions, clean, outliers)
 
 
 class Trainer:
@@ -234,15 +264,27 @@ class Trainer:
             "world_size": self.world_size,
         }
         self.split = split_data(config, data, gold)
+        self.outliers: torch.Tensor | None = None
         if isinstance(data, ShardedData):
+            if config.outlier_key:
+                raise ValueError("outlier_key needs the data in memory: give an NPZ file")
             self.train_set: SignalDataset | ShardedSignalDataset = ShardedSignalDataset(data)
             self.sampler = HierarchicalSampler.from_groups(
                 data.groups(self.split.train_elements), **sampling
             )
         else:
             self.train_set = SignalDataset(self.split.train_data)
+            outliers = config.outliers(self.split.train_data)
+            if outliers is not None:
+                log.info(
+                    "outlier exposure: %d of %d training signals", outliers.sum(), len(outliers)
+                )
+                self.outliers = torch.from_numpy(outliers).to(self.device)
             self.sampler = HierarchicalSampler(
-                self.train_set.element_codes, self.train_set.session_codes, **sampling
+                self.train_set.element_codes,
+                self.train_set.session_codes,
+                outliers=outliers,
+                **sampling,
             )
         self.train_set.to(self.device)  # after the sampler has read the codes on the CPU
 
@@ -267,6 +309,7 @@ class Trainer:
             lambda_metric=config.lambda_metric,
             margin_session=config.margin_session,
             margin_element=config.margin_element,
+            margin_outlier=config.margin_outlier,
             mining=config.mining,
             keypoint_sigma=config.keypoint_sigma,
             decoder=decoder,
@@ -345,7 +388,8 @@ class Trainer:
                 permute=c.augment_permute,
             )
             # clean signals last: the decoder rebuilds what augmentation hid
-            parts = self.train_step(inputs, keypoints, elements, sessions, signals)
+            outliers = self.outliers[index] if self.outliers is not None else None
+            parts = self.train_step(inputs, keypoints, elements, sessions, signals, outliers)
             self.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             torch.nn.utils.clip_grad_norm_(  # the network's and the decoder's, as one norm
