@@ -170,3 +170,24 @@ def test_the_reconstruction_term_is_the_decoders_squared_error_on_signals_with_t
     # Anchors present but every segment sample outside the signal: nothing to rebuild, not NaN.
     far = (args[0], args[1], torch.tensor([[-1, 100]] * 4), *args[3:])
     assert loss(*far, signals).reconstruct.item() == 0.0
+
+
+def test_an_outlier_is_no_positive_and_a_negative_for_its_own_elements_normal_signals():
+    # a, p normal of element 0; o an outlier of element 0 close to a; n element 1 close to o.
+    emb = unit([1, 0], [0.6, 0.8], [0.8, -0.6], [0, -1])
+    elements, sessions = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 1])
+    outliers = torch.tensor([False, False, True, False])
+    loss = HierarchicalLoss(stride=8, margin_element=0.3, margin_outlier=0.3, mining="all")
+    args = (emb, torch.zeros(4, 5, 1), torch.full((4, 1), -1), elements, sessions)
+    without, exposed = loss(*args), loss(*args, outliers=outliers)
+    d = pairwise_distances(emb)
+    # Without exposure o anchors (o, p, n) and (o, a, n), both short of the margin (the mean
+    # of the violated ones); with it, o is no anchor or positive, and a's and p's element
+    # triplets hold their margin.
+    violated = (d[2, 1] - d[2, 3] + 0.3) + (d[2, 0] - d[2, 3] + 0.3)
+    assert without.element.item() == pytest.approx(violated.item() / 2, abs=1e-4)
+    assert exposed.element.item() == 0.0 and without.outlier.item() == 0.0
+    # (a, p, o) costs d(a,p) - d(a,o) + .3; (p, a, o) holds (o is far from p)
+    expected = (d[0, 1] - d[0, 2] + 0.3).item()
+    assert exposed.outlier.item() == pytest.approx(expected, abs=1e-4)
+    assert exposed.total.item() == pytest.approx(expected, abs=1e-4)  # lambda_metric 1

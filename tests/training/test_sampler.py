@@ -69,3 +69,35 @@ def test_too_few_elements_is_an_error():
         HierarchicalSampler(elements, sessions, p=2, k=2)
     with pytest.raises(ValueError, match="P and K"):
         HierarchicalSampler(*labels([[3], [3]]), p=1, k=4)
+
+
+def test_outliers_take_a_quarter_of_their_elements_places_and_never_a_session():
+    elements, sessions = labels([[6, 6]] * 6)
+    outliers = np.zeros(len(elements), bool)
+    outliers[elements == 0] = np.arange(12) < 3  # element 0: three outliers in session 0
+    outliers[elements == 1] = True  # element 1: only outliers, never drawn
+    sampler = HierarchicalSampler(
+        elements, sessions, p=3, k=8, seed=0, batches_per_epoch=40, outliers=outliers
+    )
+    drawn = set()
+    for batch in sampler:
+        counts = np.bincount(elements[batch], minlength=6)
+        assert counts[1] == 0
+        drawn |= set(elements[batch])
+        mine = [i for i in batch if elements[i] == 0]
+        if mine:
+            assert len(mine) == 8 and outliers[mine].sum() == 2  # max(1, 8 // 4)
+            normal = [i for i in mine if not outliers[i]]
+            assert len(set(sessions[normal])) == 2  # the normal ones still span two sessions
+        for e in set(elements[batch]) - {0}:
+            assert not outliers[[i for i in batch if elements[i] == e]].any()
+    assert drawn == {0, 2, 3, 4, 5}
+
+
+def test_without_outliers_the_batches_are_those_of_before():
+    elements, sessions = labels([[5, 5]] * 6)
+    plain = HierarchicalSampler(elements, sessions, p=3, k=4, seed=3)
+    none = HierarchicalSampler(
+        elements, sessions, p=3, k=4, seed=3, outliers=np.zeros(len(elements), bool)
+    )
+    assert list(plain) == list(none)

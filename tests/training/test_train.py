@@ -125,3 +125,21 @@ def test_a_checkpoint_from_before_a_model_option_resumes_and_another_model_does_
     other = Trainer(TrainConfig(**{**vars(config), "model": fine}), tiny_data, tmp_path)
     with pytest.raises(ValueError, match="another model configuration"):
         other.load_checkpoint()
+
+
+def test_outlier_exposure_marks_the_generators_anomalies_and_trains_their_term(tmp_path):
+    from training.synthetic import SynthConfig, generate
+
+    data = generate(
+        SynthConfig(elements=8, sessions=3, signals=8, length=64, seed=3, anomaly_fraction=0.3)
+    )
+    config = TrainConfig(epochs=1, p=4, k=8, model=TINY_MODEL, outlier_key="anomaly_kind")
+    marked = config.outliers(data)
+    assert (marked == (data.extras["anomaly_kind"] != "")).all() and 0 < marked.sum() < len(data)
+    trainer = Trainer(config, data, tmp_path)
+    parts, _ = trainer.train_epoch(None)
+    assert parts["outlier"] > 0
+    with pytest.raises(ValueError, match="no extra named 'beat_labels'"):
+        TrainConfig(outlier_key="beat_labels").outliers(data)
+    with pytest.raises(ValueError, match="outlier_normal must name at least one value"):
+        TrainConfig(outlier_normal=" , ")
