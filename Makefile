@@ -92,10 +92,13 @@ eval-ecg: $(STAMP)
 		--shared $(ECG) --out benchmarks/results
 
 # Cross-validated real-ECG figures (BENCHMARKS.md): five folds by record / person, each the
-# recipe's own training run (up to 15 min each, two at a time), then every fold's test elements.
+# recipe's own training run (up to 15 min each, two at a time), then every fold's test elements,
+# then which evidence (global, local, intervals, rhythm) the anomaly score gains from.
 eval-ecg-cv: $(STAMP)
 	$(BIN)/python benchmarks/ecg_cv.py --folds 5 --max-minutes 15 --parallel 2 --runs runs/cv \
 		--shared $(ECG) --out benchmarks/results
+	$(BIN)/python benchmarks/anomaly_evidence.py --runs runs/cv --shared $(ECG) \
+		--out benchmarks/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

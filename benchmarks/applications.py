@@ -1,5 +1,6 @@
 """What users do with the embeddings, measured through the service itself: drift monitoring on a
-drifted synthetic set the model never saw, verification on ECG-ID persons the model never saw,
+drifted synthetic set the model never saw (the generator's drift, and kinds it does not make,
+``drift_kinds.py``), verification on ECG-ID persons the model never saw,
 the drift score of real ECG-ID persons against time, and alignment on held-out QTDB records.
 Run by ``make bench-apps``:
 
@@ -110,6 +111,26 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> float:
 def drift_synthetic(model_dir: Path, out: Path, config: SynthConfig = DRIFT_SET) -> dict:
     data = generate(config)
     onset = dict(zip(data.element_ids.tolist(), data.extras["drift_onset"].tolist(), strict=True))
+    return drift_measured(model_dir, data, onset, out / "drift_timeline.png")
+
+
+def drift_unseen_kinds(model_dir: Path, out: Path, config: SynthConfig = DRIFT_SET) -> dict:
+    """The drift score on drift the generator does not make: the same set without its drift,
+    each kind of ``benchmarks/drift_kinds.py`` (designed apart from the score) injected into
+    half of the elements."""
+    import drift_kinds
+
+    clean = generate(replace(config, drift_fraction=0.0))
+    results = {}
+    for kind in drift_kinds.KINDS:
+        data, onset = drift_kinds.inject(clean, kind, fraction=0.5, seed=config.seed)
+        results[kind] = drift_measured(model_dir, data, onset, plot=None)
+    return results
+
+
+def drift_measured(model_dir: Path, data: SignalData, onset: dict, plot: Path | None) -> dict:
+    """Stores ``data`` (dated) in the service and scores every element's drift report against
+    ``onset`` (element -> its first drifted session's index, -1: never drifts)."""
     index_of = dict(
         zip(data.session_ids.tolist(), data.extras["session_index"].tolist(), strict=True)
     )
@@ -174,7 +195,8 @@ def drift_synthetic(model_dir: Path, out: Path, config: SynthConfig = DRIFT_SET)
         "seconds to store the set": round(stored, 1),
         "seconds per GET /elements/{id}/drift": round(per_element_s, 4),
     }
-    plot_drift_timeline(reports, onset, index_of, out / "drift_timeline.png")
+    if plot is not None:
+        plot_drift_timeline(reports, onset, index_of, plot)
     return result
 
 
@@ -383,7 +405,9 @@ def main() -> int:
     parser.add_argument("--qtdb-model", type=Path, default=ROOT / "runs/qtdb")
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
-    parser.add_argument("--only", choices=["drift", "ecgid-drift", "verify", "align"])
+    parser.add_argument(
+        "--only", choices=["drift", "drift-unseen", "ecgid-drift", "verify", "align"]
+    )
     parser.add_argument(
         "--drift-elements", type=int, default=DRIFT_SET.elements, help="of the synthetic set"
     )
@@ -391,6 +415,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     parts = {
         "drift": lambda: drift_synthetic(
+            args.model_dir, args.out, replace(DRIFT_SET, elements=args.drift_elements)
+        ),
+        "drift-unseen": lambda: drift_unseen_kinds(
             args.model_dir, args.out, replace(DRIFT_SET, elements=args.drift_elements)
         ),
         "ecgid-drift": lambda: drift_ecgid(args.ecgid_model, args.shared, args.out),
