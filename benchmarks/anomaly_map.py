@@ -134,7 +134,7 @@ async def run(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "default")
-    p.add_argument("--elements", type=int, default=40, help="unseen elements generated")
+    p.add_argument("--elements", type=int, default=200, help="unseen elements generated")
     p.add_argument("--length", type=int, default=256, help="samples per signal")
     p.add_argument("--channels", type=int, default=1, help="the model's channels")
     p.add_argument("--seed", type=int, default=2026, help="the generator's (unseen elements)")
