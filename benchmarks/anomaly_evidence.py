@@ -192,8 +192,11 @@ class Evidence:
         return total
 
 
-def surprise(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
-    return -np.log(np.clip(1 - EmpiricalCDF(reference, tail=True)(values), 1e-12, None))
+def surprise(reference: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's share of ``reference`` below it (EmpiricalCDF, its tail) and its surprise,
+    -log(1 - share): what combinations add."""
+    shares = EmpiricalCDF(np.asarray(reference), tail=True)(values)
+    return shares, -np.log(np.clip(1 - shares, 1e-12, None))
 
 
 def eager(model_dir: Path) -> tuple[HierarchicalSignalNet, dict]:
@@ -208,17 +211,7 @@ def fold_scores(model_dir: Path, auto: SignalData) -> dict | None:
     model, manifest = eager(model_dir)
     data = unseen_only(auto, manifest)
     labels = data.extras["beat_labels"]
-    session = np.array([s.rsplit("seg", 1)[-1] for s in data.session_ids])
-    first = {e: min(session[data.element_ids == e]) for e in np.unique(data.element_ids)}
-    is_first = session == np.array([first[e] for e in data.element_ids])
-    labelled = (labels != "") & (labels != "?")
-    refs_all = np.flatnonzero(is_first & (labels == "N"))
-    queries_all = ~is_first & labelled
-    records = sorted(
-        e
-        for e in set(data.element_ids[queries_all & (labels != "N")].tolist())
-        if e in set(data.element_ids[refs_all].tolist())
-    )
+    refs_all, queries_all, records = ecg_eval.anomaly_split(data)
     if not records:
         return None
     evidence = Evidence(model, data)
@@ -246,7 +239,7 @@ def fold_scores(model_dir: Path, auto: SignalData) -> dict | None:
             "positives": np.concatenate(positives),
             "kinds": np.concatenate(kinds),
             "surprise": {
-                name: surprise(np.concatenate(ref_d[name]), np.concatenate(query_d[name]))
+                name: surprise(np.concatenate(ref_d[name]), np.concatenate(query_d[name]))[1]
                 for name in query_d
             },
         }

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import drift_kinds  # noqa: E402
-from anomaly_evidence import eager, smooth, step_features  # noqa: E402
+from anomaly_evidence import eager, smooth, step_features, surprise  # noqa: E402
 from applications import DRIFT_SET  # noqa: E402
 
 from app.calibration import EmpiricalCDF  # noqa: E402
@@ -49,11 +49,6 @@ def local_distance(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
 
 def global_distance(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
     return 1 - np.sort(queries @ references.T, 1)[:, -3:].mean(1)
-
-
-def surprise(null: list[float], values: np.ndarray) -> np.ndarray:
-    shares = EmpiricalCDF(np.array(null), tail=True)(values)
-    return shares, -np.log(np.clip(1 - shares, 1e-12, None))
 
 
 def measured(model, data: SignalData, onset: dict, baseline_sessions: int) -> dict:

@@ -170,6 +170,23 @@ def anomaly(model, data: SignalData, anomaly_k: int) -> dict:
     return results
 
 
+def anomaly_split(data: SignalData) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The README's anomaly protocol on QTDB windows: the references (indices of the normal
+    beats of each record's first pseudo-session), the queries (a mask of the labelled beats of
+    the others; abnormal = any label but N) and the records scored (those with an abnormal
+    query and a reference)."""
+    labels = data.extras["beat_labels"]
+    session_index = np.array([s.rsplit("seg", 1)[-1] for s in data.session_ids])
+    first = {e: min(session_index[data.element_ids == e]) for e in np.unique(data.element_ids)}
+    is_first = np.array([session_index[i] == first[e] for i, e in enumerate(data.element_ids)])
+    labelled = (labels != "") & (labels != "?")
+    refs = np.flatnonzero(is_first & (labels == "N"))
+    query = ~is_first & labelled
+    abnormal_records = set(data.element_ids[query & (labels != "N")].tolist())
+    records = sorted(e for e in abnormal_records if e in set(data.element_ids[refs]))
+    return refs, query, records
+
+
 def anomaly_scores(
     model, data: SignalData, anomaly_k: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
@@ -186,15 +203,7 @@ def anomaly_scores(
     160 samples around the R peak, the annotated one (a good detector's) or the largest
     band-passed peak (ten lines of numpy)."""
     labels = data.extras["beat_labels"]
-    session_index = np.array([s.rsplit("seg", 1)[-1] for s in data.session_ids])
-    first = {e: min(session_index[data.element_ids == e]) for e in np.unique(data.element_ids)}
-    is_first = np.array([session_index[i] == first[e] for i, e in enumerate(data.element_ids)])
-    labelled = (labels != "") & (labels != "?")
-    reference = is_first & (labels == "N")
-    query = ~is_first & labelled
-    refs = np.flatnonzero(reference)
-    abnormal_records = set(data.element_ids[query & (labels != "N")].tolist())
-    records = sorted(e for e in abnormal_records if e in set(data.element_ids[refs]))
+    refs, query, records = anomaly_split(data)
 
     embeddings, _, _ = predict(model, data.signals)
     raw = raw_window_embeddings(data.signals)
