@@ -121,8 +121,7 @@ class Evidence:
         self.data = data
         with torch.no_grad():
             self.embeddings, positions, _ = predict(model, data.signals)
-        self.positions = np.round(positions).astype(int)
-        r = np.clip(self.positions[:, 2], 0, data.signals.shape[-1] - 1)
+        r = np.clip(np.round(positions[:, 2]).astype(int), 0, data.signals.shape[-1] - 1)
         self.r = r
         channels = data.signals.shape[1]
         learned = model.embedding_head.weight.shape[0]

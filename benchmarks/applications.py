@@ -114,7 +114,7 @@ def drift_synthetic(model_dir: Path, out: Path, config: SynthConfig = DRIFT_SET)
     return drift_measured(model_dir, data, onset, out / "drift_timeline.png")
 
 
-def drift_unseen_kinds(model_dir: Path, out: Path, config: SynthConfig = DRIFT_SET) -> dict:
+def drift_unseen_kinds(model_dir: Path, config: SynthConfig = DRIFT_SET) -> dict:
     """The drift score on drift the generator does not make: the same set without its drift,
     each kind of ``benchmarks/drift_kinds.py`` (designed apart from the score) injected into
     half of the elements."""
@@ -431,7 +431,7 @@ def main() -> int:
             args.model_dir, args.out, replace(DRIFT_SET, elements=args.drift_elements)
         ),
         "drift-unseen": lambda: drift_unseen_kinds(
-            args.model_dir, args.out, replace(DRIFT_SET, elements=args.drift_elements)
+            args.model_dir, replace(DRIFT_SET, elements=args.drift_elements)
         ),
         "ecgid-drift": lambda: drift_ecgid(args.ecgid_model, args.shared, args.out),
         "verify": lambda: verification(args.ecgid_model, args.shared, args.out),
