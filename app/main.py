@@ -94,9 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def create_app_from_environment() -> FastAPI:
-    """The factory each server process calls when ``HSN_WORKERS`` > 1 (settings from HSN_*)."""
+    """The factory each server process calls when ``HSN_WORKERS`` > 1 (settings from HSN_*);
+    the process dies with uvicorn's supervisor, however that ends."""
+    from app.lifetime import die_with_parent
     from app.observability import configure_logging
 
+    die_with_parent()
     settings = Settings()
     configure_logging(settings.log_level)
     return create_app(settings)

@@ -484,7 +484,7 @@ class BuildProcess:
     thread: the service's threads never wait for the build's share of Python's interpreter
     lock (a background build in a thread of the service made single writes' p99 11x idle at
     10^6 references, niced or not; in a process at nice 10, 2.8x). It dies with the service
-    (PR_SET_PDEATHSIG), whose build lock it works under."""
+    (``app.lifetime``), whose build lock it works under."""
 
     def __init__(self) -> None:
         self._process = None
@@ -526,12 +526,10 @@ IOPRIO_SET, IOPRIO_LOWEST = 251, (2 << 13) | 7  # x86-64 ioprio_set; best effort
 
 def _build_child(send, source: StoreSource, root: Path, params: BuildParameters, kind_for) -> None:
     import ctypes
-    import signal
 
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
-    except OSError:
-        pass
+    from app.lifetime import die_with_parent
+
+    die_with_parent()
     os.nice(BUILD_NICENESS)
     try:  # and the lowest disk priority: its reads and writes behind the writers' fsyncs
         ctypes.CDLL(None, use_errno=True).syscall(IOPRIO_SET, 1, 0, IOPRIO_LOWEST)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -187,8 +188,11 @@ def test_replicas_of_two_model_versions_serve_side_by_side(
                 server.stop(signal.SIGKILL)
 
 
-def test_worker_processes_on_sqlite_share_writes(model_dir, tmp_path, service_data):
+def test_worker_processes_on_sqlite_share_writes_and_die_with_their_supervisor(
+    model_dir, tmp_path, service_data
+):
     server = Server(model_dir, tmp_path / "data", HSN_WORKERS="2").start()
+    workers: set[int] = set()
 
     def on_every_process(ref: dict, stored: bool):
         """A condition: the latest search answered by each of the two processes finds ``ref``
@@ -203,6 +207,7 @@ def test_worker_processes_on_sqlite_share_writes(model_dir, tmp_path, service_da
             hits = response.json()["results"][0]["neighbors"]
             found = bool(hits) and hits[0]["id"] == ref["id"]  # none yet on a process just up
             latest[response.headers["x-served-by"]] = found == stored
+            workers.add(int(response.headers["x-served-by"].rsplit(":", 1)[1]))
             return len(latest) == 2 and all(latest.values())
 
         return check
@@ -216,8 +221,20 @@ def test_worker_processes_on_sqlite_share_writes(model_dir, tmp_path, service_da
                 wait_until(on_every_process(ref, stored=True))
             assert http.delete(f"{server.url}/references/{refs[3]['id']}").status_code == 204
             wait_until(on_every_process(refs[3], stored=False))
+        assert len(workers) == 2
+        server.stop(signal.SIGKILL)  # the supervisor, as the out-of-memory killer would
+        wait_until(lambda: not any(running(pid) for pid in workers))
     finally:
-        server.stop()
+        if server.process.poll() is None:
+            server.stop()
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _write_many(url: str, writer: int, count: int) -> None:
