@@ -51,12 +51,16 @@ DRIFT_409 = re.compile(r"/elements/(\S+)/drift - Failed to load resource: .* 409
 
 @pytest.fixture(scope="module")
 def data():
-    """Five elements of five dated sessions; the last keeps only its three baseline sessions,
-    so its drift is 409 (nothing to compare yet)."""
+    """Five elements of five dated sessions. The first element's latest session is recorded
+    upside down, so it is flagged drifting whatever model the run trained (the generator's
+    gradual drift was flagged in some runs and not in others); the last keeps only its three
+    baseline sessions, so its drift is 409 (nothing to compare yet)."""
     config = SynthConfig(elements=5, sessions=5, min_sessions=5, signals=4, length=128, seed=21)
     full = generate(replace(config, drift_fraction=0.4))
-    last = sorted(set(full.element_ids))[-1]
-    keep = ~((full.element_ids == last) & (full.extras["session_index"] >= 3))
+    elements, session = sorted(set(full.element_ids)), full.extras["session_index"]
+    flipped = (full.element_ids == elements[0]) & (session == 4)
+    full.signals[flipped] *= -1
+    keep = ~((full.element_ids == elements[-1]) & (session >= 3))
     return full.subset(np.flatnonzero(keep))
 
 
