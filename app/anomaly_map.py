@@ -66,4 +66,10 @@ def anomaly_map(signal: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
         aligned = _shifted(aligned, _best_lag(standard, aligned, most))
         difference = np.abs(standard - aligned).sum(0)
         nearest = difference if nearest is None else np.minimum(nearest, difference)
-    return np.convolve(nearest, np.ones(SMOOTH) / SMOOTH, mode="same")
+    return smooth(nearest)
+
+
+def smooth(x: np.ndarray, width: int = SMOOTH) -> np.ndarray:
+    """The moving average of ``width`` samples along the last axis (same length)."""
+    kernel = np.ones(width) / width
+    return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), -1, x)

@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import ecg_eval  # noqa: E402
 
+from app.anomaly_map import smooth  # noqa: E402
 from app.calibration import EmpiricalCDF  # noqa: E402
 from model import HierarchicalSignalNet, ModelConfig  # noqa: E402
 from model.data_format import SignalData, load_npz  # noqa: E402
@@ -62,7 +63,6 @@ from training.metrics import auroc  # noqa: E402
 
 K_GLOBAL = 3
 K_LOCAL = 20  # nearest references (served embedding) the local evidence compares with
-SMOOTH = 5
 STEPS_AROUND = 16  # learned features: this many steps each side of the predicted R
 COMPONENTS = ("global", "local, morphology", "local, learned", "intervals", "rhythm")
 INTERVALS = ((2, 0), (3, 1), (5, 1), (4, 2))  # (to, from) keypoint indices: PR, QRS, QT, RT
@@ -74,11 +74,7 @@ def step_features(model, signals: np.ndarray, batch: int = 256) -> np.ndarray:
     with torch.no_grad():
         for start in range(0, len(signals), batch):
             x = torch.from_numpy(np.ascontiguousarray(signals[start : start + batch]))
-            x, log_scale = model.normalise(x)
-            if model.scale_channels:
-                x = torch.cat([x, log_scale.expand_as(x)], dim=1)
-            h = model.trunk(x)
-            steps, _ = model.gru(h.transpose(1, 2))
+            steps = model.recurrent(x)[2]
             out.append(torch.nn.functional.normalize(steps, dim=2).numpy())
     return np.concatenate(out)
 
@@ -88,11 +84,6 @@ def around(features: np.ndarray, centre_steps: np.ndarray, half: int) -> np.ndar
     t = features.shape[1]
     index = np.clip(centre_steps[:, None] + np.arange(-half, half + 1)[None], 0, t - 1)
     return np.take_along_axis(features, index[:, :, None], axis=1)
-
-
-def smooth(x: np.ndarray, width: int = SMOOTH) -> np.ndarray:
-    kernel = np.ones(width) / width
-    return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), -1, x)
 
 
 def other_beats(signals: np.ndarray, r: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:

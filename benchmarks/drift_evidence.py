@@ -33,9 +33,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import drift_kinds  # noqa: E402
-from anomaly_evidence import eager, smooth, step_features, surprise  # noqa: E402
+from anomaly_evidence import eager, step_features, surprise  # noqa: E402
 from applications import DRIFT_SET  # noqa: E402
 
+from app.anomaly_map import smooth  # noqa: E402
 from app.calibration import EmpiricalCDF  # noqa: E402
 from model.data_format import SignalData  # noqa: E402
 from training.metrics import auroc  # noqa: E402

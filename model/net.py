@@ -272,6 +272,22 @@ class HierarchicalSignalNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C, L) -> normalised signals (B, C, L), learned embedding (B, D), logits (B, T, K)."""
+        z, fine, steps, final = self.recurrent(x)
+        last = torch.cat([final[-2], final[-1]], dim=1)  # forward and backward directions: (B, 2G)
+        embedding = F.normalize(self.embedding_head(self.dropout(last)), dim=1)  # (B, D)
+        if self.fine_keypoints:
+            logits = self.keypoint_head(self.dropout(steps), fine)  # (B, T * pool, K)
+        else:
+            logits = self.keypoint_head(self.dropout(steps))  # (B, T, K)
+        return z, embedding, logits
+
+    def recurrent(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, L) -> normalised signals (B, C, L), the last trunk block's input
+        (B, H', T * pool), the GRU's output per step (B, T, 2G) and its final states
+        (layers * 2, B, G): what the heads read, and the per-step features local evidence
+        compares."""
         x, log_scale = self.normalise(x)  # (B, C, L), (B, C, 1)
         z = x
         if self.scale_channels:
@@ -282,13 +298,7 @@ class HierarchicalSignalNet(nn.Module):
             fine = h  # the last block's input: (B, H', T * pool)
             h = block(h)
         steps, final = self.gru(h.transpose(1, 2))  # (B, T, 2G), (layers*2, B, G)
-        last = torch.cat([final[-2], final[-1]], dim=1)  # forward and backward directions: (B, 2G)
-        embedding = F.normalize(self.embedding_head(self.dropout(last)), dim=1)  # (B, D)
-        if self.fine_keypoints:
-            logits = self.keypoint_head(self.dropout(steps), fine)  # (B, T * pool, K)
-        else:
-            logits = self.keypoint_head(self.dropout(steps))  # (B, T, K)
-        return z, embedding, logits
+        return z, fine, steps, final
 
     def morphology(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B, C, L) normalised signals, (B, K) decoded positions -> (B, C * W / pool) unit norm:
