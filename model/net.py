@@ -273,13 +273,21 @@ class HierarchicalSignalNet(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C, L) -> normalised signals (B, C, L), learned embedding (B, D), logits (B, T, K)."""
         z, fine, steps, final = self.recurrent(x)
+        embedding, logits = self.heads(fine, steps, final)
+        return z, embedding, logits
+
+    def heads(
+        self, fine: torch.Tensor, steps: torch.Tensor, final: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`recurrent` returns (less the signals) -> learned embedding (B, D) and
+        keypoint logits (B, T, K)."""
         last = torch.cat([final[-2], final[-1]], dim=1)  # forward and backward directions: (B, 2G)
         embedding = F.normalize(self.embedding_head(self.dropout(last)), dim=1)  # (B, D)
         if self.fine_keypoints:
             logits = self.keypoint_head(self.dropout(steps), fine)  # (B, T * pool, K)
         else:
             logits = self.keypoint_head(self.dropout(steps))  # (B, T, K)
-        return z, embedding, logits
+        return embedding, logits
 
     def recurrent(
         self, x: torch.Tensor

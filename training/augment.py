@@ -9,6 +9,8 @@ input itself.
 - :func:`random_stretch`: each window stretched in time by a factor of its own from
   [1 - most, 1 + most] (tempo and interval lengths differ between recordings), its keypoints
   moved with it; applied before :func:`augment`, to the clean target too.
+- :func:`mask_steps`: runs of network steps hidden (set to the channel's mean), for masked
+  step reconstruction (``--lambda-masked``); applied after :func:`augment`, to the input only.
 """
 
 from __future__ import annotations
@@ -80,3 +82,21 @@ def stretch(
     moved = torch.round(centre + (keypoints - centre) * factors.view(b, 1)).to(keypoints.dtype)
     inside = (keypoints >= 0) & (moved >= 0) & (moved < length)
     return out, torch.where(inside, moved, -1)
+
+
+def mask_steps(
+    x: torch.Tensor, stride: int, share: float, span: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, L) -> the signals with about ``share`` of their network steps (``stride`` samples
+    each) hidden in runs of ``span`` steps, each hidden sample set to its channel's mean, and
+    the (B, T) hidden steps. Runs start at random steps; overlapping runs hide less."""
+    b, c, length = x.shape
+    t = length // stride
+    starts = torch.rand(b, t, device=x.device) < share / span  # (B, T)
+    hidden = torch.zeros_like(starts)
+    for offset in range(span):  # each start hides itself and the span - 1 steps after it
+        hidden[:, offset:] |= starts[:, : t - offset]
+    samples = torch.zeros(b, length, dtype=torch.bool, device=x.device)
+    samples[:, : t * stride] = hidden.repeat_interleave(stride, dim=1)
+    masked = torch.where(samples[:, None, :], x.mean(dim=-1, keepdim=True), x)
+    return masked, hidden

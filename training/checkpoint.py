@@ -2,7 +2,7 @@
 epoch, what resuming restores, and the checks that it belongs to the run resuming it.
 
 It holds the training config (for the record), the model's config and weights, the loss's state
-(the reconstruction decoder's weights, if any), the optimiser's state, the number of processes
+(the reconstruction decoders' weights, if any), the optimiser's state, the number of processes
 that made it and the run's :class:`RunState`. Resuming refuses a checkpoint of another model
 configuration (a model option added since it was saved takes its default, as in its run) or of
 other reconstruction settings, and rescales its steps to the resuming number of processes.
@@ -91,7 +91,7 @@ def load(
     if _shapes(saved_loss) != _shapes(loss.state_dict()):
         raise ValueError(
             f"{path}: checkpoint was made with other reconstruction settings "
-            "(reconstruct_keypoint, reconstruct_width): resume with the run's own"
+            "(reconstruct_keypoint, reconstruct_width, lambda_masked): resume with the run's own"
         )
     model.load_state_dict(saved["model"])
     loss.load_state_dict(saved_loss)

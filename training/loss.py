@@ -1,6 +1,6 @@
 """HierarchicalLoss = keypoint cross-entropy + lambda * (session triplet + element triplet
 + outlier triplet) + lambda_reconstruct * reconstruction of the segment around a keypoint
-(optional)."""
+(optional) + lambda_masked * reconstruction of masked steps from their features (optional)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import sample_to_step
+from model import HierarchicalSignalNet, sample_to_step
 
 
 @dataclass
@@ -21,6 +21,7 @@ class LossParts:
     element: torch.Tensor
     outlier: torch.Tensor
     reconstruct: torch.Tensor
+    masked: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in vars(self).items()}
@@ -131,6 +132,24 @@ class SegmentDecoder(nn.Module):
         return self.net(embeddings).view(-1, self.channels, self.width)  # (B, D) -> (B, C, W)
 
 
+class StepDecoder(nn.Module):
+    """Training-only head: each GRU step's ``stride`` samples of the normalised signal (all
+    channels), from that step's output alone: with those samples hidden from the input, the
+    step's features must carry the local shape its context implies (masked reconstruction). It
+    is not part of the exported model."""
+
+    def __init__(self, step_dim: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.channels, self.stride = channels, stride
+        self.net = nn.Linear(step_dim, channels * stride)
+
+    def forward(self, steps: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (B, C, T * stride)."""
+        b, t, _ = steps.shape
+        out = self.net(steps).view(b, t, self.channels, self.stride)
+        return out.permute(0, 2, 1, 3).reshape(b, self.channels, t * self.stride)
+
+
 class HierarchicalLoss(nn.Module):
     """Loss on one P-K batch.
 
@@ -163,9 +182,12 @@ class HierarchicalLoss(nn.Module):
         decoder: SegmentDecoder | None = None,
         reconstruct_keypoint: int = 0,
         lambda_reconstruct: float = 1.0,
+        step_decoder: StepDecoder | None = None,
+        lambda_masked: float = 1.0,
     ) -> None:
         super().__init__()
         self.decoder = decoder
+        self.step_decoder, self.lambda_masked = step_decoder, lambda_masked
         self.reconstruct_keypoint = reconstruct_keypoint
         self.lambda_reconstruct = lambda_reconstruct
         self.stride = stride
@@ -185,9 +207,13 @@ class HierarchicalLoss(nn.Module):
         sessions: torch.Tensor,
         signals: torch.Tensor | None = None,
         outliers: torch.Tensor | None = None,
+        steps: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
     ) -> LossParts:
-        """``signals`` (B, C, L): what the decoder rebuilds segments of (needed with one);
-        ``outliers`` (B,) booleans: the batch's abnormal signals (outlier exposure)."""
+        """``signals`` (B, C, L): what the decoders rebuild (needed with one); ``outliers``
+        (B,) booleans: the batch's abnormal signals (outlier exposure); ``steps`` (B, T, F)
+        the GRU's outputs and ``hidden`` (B, T) the steps whose samples the input hid (needed
+        with a step decoder)."""
         distances = pairwise_distances(embeddings)
         not_self = ~torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
         same_element = elements.unsqueeze(0) == elements.unsqueeze(1)
@@ -229,6 +255,12 @@ class HierarchicalLoss(nn.Module):
                 error = (self.decoder(embeddings) - target) ** 2 * inside
                 reconstruct = error.sum() / (inside.sum().clamp_min(1) * signals.shape[1])
             total = total + self.lambda_reconstruct * reconstruct
+        masked = total.new_zeros(())
+        if self.step_decoder is not None:
+            if signals is None or steps is None or hidden is None:
+                raise ValueError("a loss with a step decoder needs the signals, steps and mask")
+            masked = masked_reconstruction(self.step_decoder, steps, hidden, signals)
+            total = total + self.lambda_masked * masked
         return LossParts(
             total=total,
             keypoint=keypoint,
@@ -236,4 +268,19 @@ class HierarchicalLoss(nn.Module):
             element=element,
             outlier=outlier,
             reconstruct=reconstruct,
+            masked=masked,
         )
+
+
+def masked_reconstruction(
+    decoder: StepDecoder, steps: torch.Tensor, hidden: torch.Tensor, signals: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error of the hidden steps' samples rebuilt from their step features,
+    against the signals normalised as the network normalises its input (0 when none is
+    hidden)."""
+    target = HierarchicalSignalNet.normalise(signals)[0]  # (B, C, L)
+    rebuilt = decoder(steps)  # (B, C, T * stride)
+    length = min(rebuilt.shape[2], target.shape[2])
+    inside = hidden.repeat_interleave(decoder.stride, dim=1)[:, None, :length]  # (B, 1, L')
+    error = (rebuilt[:, :, :length] - target[:, :, :length]) ** 2 * inside
+    return error.sum() / (inside.sum().clamp_min(1) * signals.shape[1])

@@ -37,12 +37,12 @@ from model import HierarchicalSignalNet, ModelConfig
 from model.data_format import SignalData
 from model.shards import ShardedData
 from training import checkpoint, distributed
-from training.augment import augment, random_stretch
+from training.augment import augment, mask_steps, random_stretch
 from training.checkpoint import RunState
 from training.data import ShardedSignalDataset, SignalDataset
 from training.evaluate import predict, score, selection_score
 from training.export import export_model
-from training.loss import HierarchicalLoss, LossParts, SegmentDecoder
+from training.loss import HierarchicalLoss, LossParts, SegmentDecoder, StepDecoder
 from training.options import NOT_AN_OPTION, option, option_names
 from training.sampler import HierarchicalSampler
 from training.split import split_data
@@ -136,6 +136,14 @@ class TrainConfig:
         None, "samples of the re-centred segment to rebuild (default: the signal length)"
     )
     lambda_reconstruct: float = option(1.0, "weight of the segment reconstruction term")
+    lambda_masked: float = option(
+        0.0,
+        "weight of masked step reconstruction (self-supervised, local): some of each training "
+        "window's network steps are hidden from the input and rebuilt from their own step "
+        "features (loss.StepDecoder); 0: off",
+    )
+    mask_share: float = option(0.15, "share of a window's steps hidden with --lambda-masked")
+    mask_span: int = option(4, "steps hidden together, in runs, with --lambda-masked")
     # Augmentation (training/augment.py), each off at 0.
     augment_noise: float = option(
         0.0, "white noise added in training, in units of each signal's standard deviation"
@@ -185,6 +193,12 @@ class TrainConfig:
             raise ValueError(
                 f"lambda_reconstruct must not be negative, got {self.lambda_reconstruct}"
             )
+        if self.lambda_masked < 0:
+            raise ValueError(f"lambda_masked must not be negative, got {self.lambda_masked}")
+        if not 0 < self.mask_share < 1:
+            raise ValueError(f"mask_share must be in (0, 1), got {self.mask_share}")
+        if self.mask_span < 1:
+            raise ValueError(f"mask_span must be at least 1 step, got {self.mask_span}")
         for name in ("augment_noise", "augment_wander"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -228,9 +242,17 @@ class TrainingStep(torch.nn.Module):
         sessions: torch.Tensor,
         clean: torch.Tensor,
         outliers: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
     ) -> LossParts:
-        embeddings, logits = self.model(inputs)
-        return self.loss(embeddings, logits, keypoints, elements, sessions, clean, outliers)
+        """``hidden`` (B, T): the steps masked in ``inputs`` (masked reconstruction)."""
+        if hidden is None:
+            embeddings, logits = self.model(inputs)
+            return self.loss(embeddings, logits, keypoints, elements, sessions, clean, outliers)
+        _, fine, steps, final = self.model.recurrent(inputs)
+        embeddings, logits = self.model.heads(fine, steps, final)
+        return self.loss(
+            embeddings, logits, keypoints, elements, sessions, clean, outliers, steps, hidden
+        )
 
 
 class Trainer:
@@ -315,6 +337,10 @@ class Trainer:
             decoder=decoder,
             reconstruct_keypoint=reconstruct_index,
             lambda_reconstruct=config.lambda_reconstruct,
+            step_decoder=StepDecoder(2 * model_config.gru_hidden, data.channels, self.model.stride)
+            if config.lambda_masked
+            else None,
+            lambda_masked=config.lambda_masked,
         ).to(self.device)
         self.train_step: torch.nn.Module = TrainingStep(self.model, self.loss)
         if self.world_size > 1:
@@ -387,9 +413,14 @@ class Trainer:
                 flip=c.augment_flip,
                 permute=c.augment_permute,
             )
-            # clean signals last: the decoder rebuilds what augmentation hid
+            hidden = None
+            if c.lambda_masked:
+                inputs, hidden = mask_steps(inputs, self.model.stride, c.mask_share, c.mask_span)
+            # clean signals last: the decoders rebuild what augmentation and masking hid
             outliers = self.outliers[index] if self.outliers is not None else None
-            parts = self.train_step(inputs, keypoints, elements, sessions, signals, outliers)
+            parts = self.train_step(
+                inputs, keypoints, elements, sessions, signals, outliers, hidden
+            )
             self.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             torch.nn.utils.clip_grad_norm_(  # the network's and the decoder's, as one norm

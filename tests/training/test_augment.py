@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_MODEL
-from training.augment import augment, random_stretch, stretch
+from training.augment import augment, mask_steps, random_stretch, stretch
 from training.train import TrainConfig, Trainer
 
 
@@ -67,3 +67,33 @@ def test_training_augments_its_inputs_as_configured(tiny_data, tmp_path, monkeyp
     config = TrainConfig(epochs=1, p=4, k=4, model=TINY_MODEL, augment_noise=0.1, augment_flip=0.5)
     Trainer(config, tiny_data, tmp_path).train_epoch(budget=None)
     assert seen and seen[0] == {"noise": 0.1, "wander": 0.0, "flip": 0.5, "permute": 0.0}
+
+
+def runs(row: torch.Tensor) -> list[tuple[int, int]]:
+    """(first step, length) of each maximal run of True in ``row``."""
+    out, start = [], None
+    for i, value in enumerate([*row.tolist(), False]):
+        if value and start is None:
+            start = i
+        elif not value and start is not None:
+            out.append((start, i - start))
+            start = None
+    return out
+
+
+def test_masking_hides_runs_of_whole_steps_with_the_channels_mean():
+    torch.manual_seed(0)
+    x = torch.randn(64, 2, 130)  # 16 steps of 8 samples, and 2 samples past the last step
+    masked, hidden = mask_steps(x, stride=8, share=0.25, span=4)
+    assert hidden.shape == (64, 16) and 0.15 < hidden.float().mean() < 0.3
+    samples = torch.zeros(64, 1, 130, dtype=torch.bool)
+    samples[:, 0, :128] = hidden.repeat_interleave(8, dim=1)
+    samples = samples.expand_as(x)
+    mean = x.mean(-1, keepdim=True).expand_as(x)
+    assert torch.equal(masked[samples], mean[samples])
+    assert torch.equal(masked[~samples], x[~samples])
+    for row in hidden:  # a run is a whole span, unless the window ends first
+        assert all(length >= 4 or first + length == 16 for first, length in runs(row))
+    assert any(length > 1 for row in hidden for _, length in runs(row))
+    single = mask_steps(x, stride=8, share=0.25, span=1)[1]
+    assert 0.15 < single.float().mean() < 0.3

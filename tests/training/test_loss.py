@@ -9,7 +9,9 @@ from model import HierarchicalSignalNet, ModelConfig
 from training.loss import (
     HierarchicalLoss,
     SegmentDecoder,
+    StepDecoder,
     keypoint_cross_entropy,
+    masked_reconstruction,
     pairwise_distances,
     segments_around,
     triplet_loss,
@@ -191,3 +193,27 @@ def test_an_outlier_is_no_positive_and_a_negative_for_its_own_elements_normal_si
     expected = (d[0, 1] - d[0, 2] + 0.3).item()
     assert exposed.outlier.item() == pytest.approx(expected, abs=1e-4)
     assert exposed.total.item() == pytest.approx(expected, abs=1e-4)  # lambda_metric 1
+
+
+def test_the_masked_term_is_the_step_decoders_squared_error_on_hidden_steps_only():
+    torch.manual_seed(0)
+    signals = torch.randn(3, 2, 34)  # 4 steps of 8 samples; the last 2 samples are no step's
+    steps = torch.randn(3, 4, 5)
+    hidden = torch.tensor([[True, False, False, False], [False] * 4, [False, False, True, True]])
+    decoder = StepDecoder(5, channels=2, stride=8)
+    rebuilt = decoder(steps)
+    assert rebuilt.shape == (3, 2, 32)
+    # step t of the decoder's output is that step's samples, from that step's features alone
+    moved = steps.clone()
+    moved[:, 1] += 1
+    assert torch.equal(decoder(moved)[:, :, :8], rebuilt[:, :, :8])
+    target = HierarchicalSignalNet.normalise(signals)[0]
+    by_hand = torch.cat(
+        [
+            ((rebuilt[0, :, 0:8] - target[0, :, 0:8]) ** 2).flatten(),
+            ((rebuilt[2, :, 16:32] - target[2, :, 16:32]) ** 2).flatten(),
+        ]
+    ).mean()
+    torch.testing.assert_close(masked_reconstruction(decoder, steps, hidden, signals), by_hand)
+    nothing = masked_reconstruction(decoder, steps, torch.zeros_like(hidden), signals)
+    assert nothing == 0

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY_MODEL
+from training.augment import mask_steps
 from training.evaluate import predict
+from training.loss import masked_reconstruction
 from training.train import TrainConfig, Trainer
 
 
@@ -143,3 +145,39 @@ def test_outlier_exposure_marks_the_generators_anomalies_and_trains_their_term(t
         TrainConfig(outlier_key="beat_labels").outliers(data)
     with pytest.raises(ValueError, match="outlier_normal must name at least one value"):
         TrainConfig(outlier_normal=" , ")
+
+
+def test_masked_step_reconstruction_trains_its_decoder_and_stays_out_of_the_export(
+    tiny_data, tmp_path
+):
+    config = TrainConfig(epochs=20, p=4, k=4, lr=1e-2, model=TINY_MODEL, lambda_masked=1.0)
+    trainer = Trainer(config, tiny_data, tmp_path)
+    signals = torch.from_numpy(tiny_data.signals[:64])
+    torch.manual_seed(1)
+    inputs, hidden = mask_steps(signals, trainer.model.stride, config.mask_share, config.mask_span)
+
+    def error() -> float:
+        trainer.model.eval()
+        with torch.no_grad():
+            steps = trainer.model.recurrent(inputs)[2]
+            return float(masked_reconstruction(trainer.loss.step_decoder, steps, hidden, signals))
+
+    before = error()
+    for _ in range(config.epochs):
+        trainer.train_epoch(None)
+        trainer.state.epoch += 1
+    assert error() < 0.9 * before  # it learns to fill the hidden steps in (1.05 -> 0.82)
+    trainer.fit()
+    plain = Trainer(TrainConfig(epochs=1, p=4, k=4, model=TINY_MODEL), tiny_data, tmp_path / "b")
+    assert plain.loss.step_decoder is None and plain.train_epoch(None)[0]["masked"] == 0
+    exported = torch.jit.load(str(tmp_path / "model.pt"))
+    assert sum(p.numel() for p in exported.parameters()) == sum(
+        p.numel() for p in trainer.model.parameters()
+    )
+    for bad, message in (
+        ({"lambda_masked": -1.0}, "lambda_masked must not be negative"),
+        ({"mask_share": 1.0}, r"mask_share must be in \(0, 1\)"),
+        ({"mask_span": 0}, "mask_span must be at least 1 step"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad)
