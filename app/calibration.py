@@ -81,6 +81,11 @@ class EmpiricalCDF:
             shares[beyond] = 1 - np.exp(-(values[beyond] - self.sorted[-1]) / scale) / n
         return shares
 
+    def surprise(self, values: np.ndarray) -> np.ndarray:
+        """-log(1 - share): how unlikely a value at least this large is, in nats. Surprises of
+        independent kinds of evidence add, as log-likelihoods do."""
+        return -np.log(np.clip(1 - self(values), 1e-12, None))
+
 
 @dataclass
 class _Entry:

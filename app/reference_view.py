@@ -54,13 +54,19 @@ class ReferenceView:
             raise _no_element(element_id, field)
         keys, vectors = self.store.embeddings(np.array([r.key for r in refs]), self.version)
         vector_of = dict(zip(keys.tolist(), vectors, strict=True))
-        grouped: dict[str, list[np.ndarray]] = {}
+        signal_of = self.store.signals(keys.tolist())
+        grouped: dict[str, list[int]] = {}
         first: dict[str, str] = {}
         for ref in refs:  # in time order: a session's first row is its first recording
-            if ref.key in vector_of:
-                grouped.setdefault(ref.session_id, []).append(vector_of[ref.key])
+            if ref.key in vector_of and ref.key in signal_of:
+                grouped.setdefault(ref.session_id, []).append(ref.key)
                 first.setdefault(ref.session_id, ref.recorded_at)
-        return [RecordedSession(s, first[s], np.stack(v)) for s, v in grouped.items()]
+        return [
+            RecordedSession(
+                s, first[s], np.stack([vector_of[k] for k in ks]), [signal_of[k] for k in ks]
+            )
+            for s, ks in grouped.items()
+        ]
 
     def element_sample(self, element_id: str) -> ElementSample:
         """An element's references by session (up to CALIBRATION_REFERENCES each)."""

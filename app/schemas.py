@@ -287,8 +287,16 @@ class SessionDrift(BaseModel):
         " directions sessions vary in, in units of the element's spread: about 1 for a baseline"
         " session against the others",
     )
+    map_distance: float = Field(
+        ge=0,
+        description="how far the session's signals are from their nearest baseline signals,"
+        " sample by sample: the mean of their anomaly maps' maxima (search's explain)",
+    )
     score: float = Field(
-        ge=0, le=1, description="share of baseline sessions' own distances below this one"
+        ge=0,
+        le=1,
+        description="share of baseline sessions, each against the others, less unusual than"
+        " this one: the distance's and the map distance's surprises added",
     )
     drifting: bool = Field(description="score above the threshold (HSN_DRIFT_THRESHOLD)")
 
@@ -324,6 +332,7 @@ class BatchDriftResponse(BaseModel):
     baseline: DriftBaseline
     signals: int
     distance: float = Field(ge=0, description="as for a stored session")
+    map_distance: float = Field(ge=0, description="as for a stored session")
     score: float = Field(ge=0, le=1)
     drifting: bool
     threshold: float

@@ -185,8 +185,8 @@ class Evidence:
 def surprise(reference: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each value's share of ``reference`` below it (EmpiricalCDF, its tail) and its surprise,
     -log(1 - share): what combinations add."""
-    shares = EmpiricalCDF(np.asarray(reference), tail=True)(values)
-    return shares, -np.log(np.clip(1 - shares, 1e-12, None))
+    cdf = EmpiricalCDF(np.asarray(reference), tail=True)
+    return cdf(values), cdf.surprise(values)
 
 
 def eager(model_dir: Path) -> tuple[HierarchicalSignalNet, dict]:

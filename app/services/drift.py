@@ -27,7 +27,7 @@ from app.schemas import (
 )
 from app.services.embedding import EmbeddingService
 from app.settings import Settings
-from app.signals import SignalBatch, batch_size
+from app.signals import SignalBatch, batch_size, signals_of
 
 
 class DriftService:
@@ -70,10 +70,11 @@ class DriftService:
             raise Invalid("signals", "a two-sample test needs at least two signals", "too_short")
         self.view.require_element(element_id)
         embeddings = (await self.embedding.infer(batch)).embeddings
-        return await run_in_threadpool(self._batch_drift, element_id, embeddings, baseline_sessions)
+        session = RecordedSession("", "", embeddings, signals_of(batch))
+        return await run_in_threadpool(self._batch_drift, element_id, session, baseline_sessions)
 
     def _batch_drift(
-        self, element_id: str, embeddings: np.ndarray, baseline_sessions: int | None
+        self, element_id: str, session: RecordedSession, baseline_sessions: int | None
     ) -> BatchDriftResponse:
         sessions = self.view.recorded_sessions(element_id)
         # all the element has, when it has fewer: calibrated for the baseline it is
@@ -84,9 +85,8 @@ class DriftService:
             raise Conflict("element_id", str(exc)) from exc
         calibration = self._calibration(n)
         threshold = self.settings.drift_threshold
-        (result,) = session_drift(
-            baseline, [RecordedSession("", "", embeddings)], calibration, threshold
-        )
+        (result,) = session_drift(baseline, [session], calibration, threshold)
+        embeddings = session.embeddings
         reference = np.concatenate([s.embeddings for s in baseline.sessions])
         test = two_sample_test(embeddings, reference, self.settings.drift_permutations)
         centroid, mean = baseline.centroid, embeddings.mean(0)
@@ -97,6 +97,7 @@ class DriftService:
             baseline=_summary(baseline),
             signals=len(embeddings),
             distance=result.distance,
+            map_distance=result.map_distance,
             score=result.score,
             drifting=result.drifting,
             threshold=threshold,

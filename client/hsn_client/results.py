@@ -301,6 +301,7 @@ class SessionDrift(_Record):
     recorded_at: datetime
     references: int
     distance: float
+    map_distance: float
     score: float
     drifting: bool
 
@@ -335,6 +336,7 @@ class BatchDrift:
     baseline: DriftBaseline
     signals: int
     distance: float
+    map_distance: float
     score: float
     drifting: bool
     threshold: float

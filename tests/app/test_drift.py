@@ -26,19 +26,30 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+LENGTH = 64
+TIME = np.arange(LENGTH)
+
+
 def make_element(
-    rng, basis, sessions: int, drift: np.ndarray | None = None
+    rng, basis, sessions: int, drift: np.ndarray | None = None, bump: float = 0.0
 ) -> list[RecordedSession]:
     """Sessions of 12 signals around one centre; each session moves the centre along the shared
-    directions (session-to-session variation); ``drift`` is added to the later ones."""
+    directions (session-to-session variation); ``drift`` is added to the later ones. Their
+    signals: one wave of the element's own place and width, plus noise; from the fourth session
+    on a bump of ``bump`` times the wave's height per session grows beside the wave, which the
+    embeddings made to order here do not see."""
     centre = rng.normal(size=DIM)
+    place, width = rng.uniform(20, 40), rng.uniform(3, 6)
+    wave = np.exp(-0.5 * ((TIME - place) / width) ** 2)
     out = []
     for s in range(sessions):
         moved = centre + rng.normal(0, 1.0, SHARED) @ basis
         if drift is not None and s >= 3:
             moved = moved + drift * (s - 2)
-        signals = unit(moved * 3 + rng.normal(0, 1.0, (12, DIM)))
-        out.append(RecordedSession(f"s{s}", f"2026-01-{s + 1:02d}", signals))
+        shape = wave + bump * max(0, s - 2) * np.exp(-0.5 * ((TIME - place - 14) / 2) ** 2)
+        signals = [(shape + rng.normal(0, 0.05, LENGTH))[None] for _ in range(12)]
+        embeddings = unit(moved * 3 + rng.normal(0, 1.0, (12, DIM)))
+        out.append(RecordedSession(f"s{s}", f"2026-01-{s + 1:02d}", embeddings, signals))
     return out
 
 
@@ -67,13 +78,31 @@ def test_a_shift_along_the_sessions_own_directions_is_not_drift_but_the_same_els
     along = [make_element(rng, basis, 8, drift=size * basis[0]) for _ in range(30)]
     across = [make_element(rng, basis, 8, drift=size * elsewhere) for _ in range(30)]
 
-    def first_drifted_scores(elements):
-        return np.array([session_drift(*split(e, 3), calibration, 0.99)[0].score for e in elements])
+    def first_drifted(elements):
+        return [session_drift(*split(e, 3), calibration, 0.99)[0] for e in elements]
 
-    # The naive centroid distance sees two equal moves; the score sees only the second as drift
-    across_scores, along_scores = first_drifted_scores(across), first_drifted_scores(along)
-    assert np.median(across_scores) > 0.95
-    assert np.median(along_scores) < 0.8
+    # The naive centroid distance sees two equal moves; the distance sees only the second as
+    # drift (its share of the baseline sessions' own distances), and so does the score
+    across, along = first_drifted(across), first_drifted(along)
+    assert np.median(calibration.null([d.distance for d in across])) > 0.95
+    assert np.median(calibration.null([d.distance for d in along])) < 0.8
+    assert np.median([d.score for d in across]) > np.median([d.score for d in along]) + 0.2
+
+
+def test_a_change_of_shape_the_embedding_misses_is_drift_by_its_map(world):
+    rng, basis, _, calibration = world
+    changed = [make_element(rng, basis, 8, bump=0.3) for _ in range(30)]
+    clean = [make_element(rng, basis, 8) for _ in range(30)]
+    first = [session_drift(*split(e, 3), calibration, 0.99)[0] for e in changed]
+    unchanged = [session_drift(*split(e, 3), calibration, 0.99)[0] for e in clean]
+    assert np.median([d.map_distance for d in first]) > 2 * np.median(
+        [d.map_distance for d in unchanged]
+    )
+    assert np.median([d.score for d in first]) > 0.95
+    assert np.median([d.score for d in unchanged]) < 0.8
+    # the distance alone, as before the map joined, ranks them no better than chance
+    distances = [d.distance for d in first], [d.distance for d in unchanged]
+    assert abs(np.median(distances[0]) - np.median(distances[1])) < 0.5
 
 
 def test_split_and_baseline_refuse_what_cannot_be_compared(world):
@@ -81,7 +110,7 @@ def test_split_and_baseline_refuse_what_cannot_be_compared(world):
     with pytest.raises(NothingToCompare, match="8 session"):
         split(elements[0], 8)
     with pytest.raises(NothingToCompare, match="one signal"):
-        Baseline.of([RecordedSession("s", "t", elements[0][0].embeddings[:1])])
+        Baseline.of([RecordedSession("s", "t", elements[0][0].embeddings[:1], [])])
     with pytest.raises(NothingToCompare, match="two or more sessions"):
         DriftCalibration.fit([Baseline.of(elements[0][:1])])
 
