@@ -71,6 +71,28 @@ def test_clean_sessions_score_like_the_baselines_own(world):
     assert np.mean(scores > 0.99) < 0.03
 
 
+def test_sessions_of_unequal_noise_pass_the_threshold_no_more_often_than_calibrated():
+    """A left-out baseline session is measured in its comparison sessions' spread, as a later
+    session is: measured in a spread of its own noise too, a noisy one looked nearer, and later
+    sessions as noisy passed .99 3.3% of the time here (and .95 9.5%)."""
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.normal(size=(DIM, DIM)))[0][:SHARED]
+    elements = []
+    for _ in range(120):
+        centre, sessions = rng.normal(size=DIM), []
+        for s in range(8):
+            moved = centre + rng.normal(0, 1.0, SHARED) @ basis
+            noisy = unit(moved * 3 + rng.normal(0, rng.uniform(0.3, 3.0), (12, DIM)))
+            sessions.append(RecordedSession(f"s{s}", "t", noisy, [np.ones((1, 8))] * 12))
+        elements.append(sessions)
+    calibration = DriftCalibration.fit([Baseline.of(e[:3]) for e in elements])
+    later = np.concatenate(
+        [[d.distance for d in session_drift(*split(e, 3), calibration, 0.99)] for e in elements]
+    )
+    shares = calibration.null(later)
+    assert np.mean(shares > 0.99) < 0.015 and np.mean(shares > 0.95) < 0.06
+
+
 def test_a_shift_along_the_sessions_own_directions_is_not_drift_but_the_same_elsewhere_is(world):
     rng, basis, _, calibration = world
     elsewhere = np.linalg.qr(np.concatenate([basis, rng.normal(size=(1, DIM))]).T)[0][:, -1]
@@ -84,7 +106,7 @@ def test_a_shift_along_the_sessions_own_directions_is_not_drift_but_the_same_els
     # The naive centroid distance sees two equal moves; the distance sees only the second as
     # drift (its share of the baseline sessions' own distances), and so does the score
     across, along = first_drifted(across), first_drifted(along)
-    assert np.median(calibration.null([d.distance for d in across])) > 0.95
+    assert np.median(calibration.null([d.distance for d in across])) > 0.9
     assert np.median(calibration.null([d.distance for d in along])) < 0.8
     assert np.median([d.score for d in across]) > np.median([d.score for d in along]) + 0.2
 
