@@ -117,12 +117,14 @@ class Baseline:
 
     def leave_one_out_shifts(self) -> np.ndarray:
         """Each baseline session against the others, in units of the others' spread, as a
-        later session is measured in a spread it is no part of: (sessions, D)."""
+        later session is measured in a spread it is no part of (the whole baseline's where the
+        others hold a single signal, which has none): (sessions, D)."""
         shifts = []
         for i, session in enumerate(self.sessions):
             others = [s for j, s in enumerate(self.sessions) if j != i]
             rest = np.concatenate([s.embeddings for s in others])
-            shifts.append((session.embeddings.mean(0) - rest.mean(0)) / _spread(others))
+            spread = _spread(others) if len(rest) > 1 else self.spread
+            shifts.append((session.embeddings.mean(0) - rest.mean(0)) / spread)
         return np.array(shifts)
 
 

@@ -127,6 +127,22 @@ def test_a_change_of_shape_the_embedding_misses_is_drift_by_its_map(world):
     assert abs(np.median(distances[0]) - np.median(distances[1])) < 0.5
 
 
+def test_a_left_out_session_is_measured_in_the_others_spread_or_the_whole_baselines():
+    rng = np.random.default_rng(2)
+    quiet, loud = unit(rng.normal(0, 0.1, (6, DIM)) + 1), unit(rng.normal(0, 1.0, (6, DIM)) + 1)
+    sessions = [RecordedSession(f"s{i}", "t", e, []) for i, e in enumerate([quiet, loud, quiet])]
+    baseline = Baseline.of(sessions)
+    shifts = baseline.leave_one_out_shifts()
+    others = np.concatenate([quiet, quiet])
+    expected = (loud.mean(0) - others.mean(0)) / np.sqrt(quiet.var(0).mean())
+    np.testing.assert_allclose(shifts[1], expected, rtol=1e-5)  # the two quiet ones' spread
+    singles = [RecordedSession(f"s{i}", "t", quiet[i : i + 1], []) for i in range(2)]
+    pair = Baseline.of(singles)  # one signal left beside the left-out one: no spread of its own
+    np.testing.assert_allclose(
+        pair.leave_one_out_shifts()[0], (quiet[0] - quiet[1]) / pair.spread, rtol=1e-5
+    )
+
+
 def test_split_and_baseline_refuse_what_cannot_be_compared(world):
     _, _, elements, _ = world
     with pytest.raises(NothingToCompare, match="8 session"):
