@@ -179,36 +179,39 @@ class DriftCalibration:
         q = max(1, min(COMPONENTS, len(find) // MIN_NULL_PER_COMPONENT, find.shape[1]))
         directions = np.linalg.svd(find, full_matrices=False)[2][:q]  # (q, D) orthonormal
         scale = np.sqrt(((measure @ directions.T) ** 2).mean(0))  # the null's spread per direction
-        empty = EmpiricalCDF(np.zeros(0))  # each filled in below
-        calibration = DriftCalibration(
-            directions / np.maximum(scale, 1e-12)[:, None], empty, len(usable), empty, empty
-        )
+        whitened = directions / np.maximum(scale, 1e-12)[:, None]
         sizes = [len(b.sessions) for b in usable[1::2] for _ in b.sessions]
         # A baseline session left out is compared with one session fewer than a later session
         # is: its expected squared distance is larger by (1 + 1/(N-1)) / (1 + 1/N).
         fewer = np.sqrt([(1 + 1 / n) / (1 + 1 / (n - 1)) for n in sizes])
-        distances = calibration.distance(measure) * fewer
-        calibration.null = EmpiricalCDF(distances, tail=True)
+        distances = _whitened_length(measure, whitened) * fewer
         maps = [b.leave_one_out_maps() for b in usable]
-        calibration.map_null = EmpiricalCDF(np.concatenate(maps), tail=True)
+        null = EmpiricalCDF(distances, tail=True)
+        map_null = EmpiricalCDF(np.concatenate(maps), tail=True)
         # the sum's null from the sessions whose distance is in the null: both of one session
-        calibration.combined_null = EmpiricalCDF(
-            calibration.surprise(distances, np.concatenate(maps[1::2])), tail=True
+        both = _surprises(null, map_null, distances, np.concatenate(maps[1::2]))
+        return DriftCalibration(
+            whitened, null, len(usable), map_null, EmpiricalCDF(both, tail=True)
         )
-        return calibration
 
     def distance(self, shifts: np.ndarray) -> np.ndarray:
         """(n, D) shifts -> (n,) whitened RMS lengths: about 1 for a baseline session's own."""
-        projected = shifts @ self.directions.T
-        return np.sqrt((projected**2).mean(axis=1))
-
-    def surprise(self, distances: np.ndarray, maps: np.ndarray) -> np.ndarray:
-        """The two kinds of evidence as one: their surprises under their nulls, added."""
-        return self.null.surprise(distances) + self.map_null.surprise(maps)
+        return _whitened_length(shifts, self.directions)
 
     def score(self, distances: np.ndarray, maps: np.ndarray) -> np.ndarray:
         """The share of baseline sessions' summed surprises below each session's, in [0, 1]."""
-        return self.combined_null(self.surprise(distances, maps))
+        return self.combined_null(_surprises(self.null, self.map_null, distances, maps))
+
+
+def _whitened_length(shifts: np.ndarray, whitened: np.ndarray) -> np.ndarray:
+    return np.sqrt(((shifts @ whitened.T) ** 2).mean(axis=1))
+
+
+def _surprises(
+    null: EmpiricalCDF, map_null: EmpiricalCDF, distances: np.ndarray, maps: np.ndarray
+) -> np.ndarray:
+    """The two kinds of evidence as one: their surprises under their nulls, added."""
+    return null.surprise(distances) + map_null.surprise(maps)
 
 
 def session_drift(

@@ -45,28 +45,37 @@ class ReferenceView:
         return self.index.keys_of_element(element_id)
 
     def recorded_sessions(
-        self, element_id: str, field: str = "element_id"
+        self, element_id: str, field: str = "element_id", first: int | None = None
     ) -> list[RecordedSession]:
-        """The element's sessions in the order of their first recording, with this model's
-        embeddings."""
+        """The element's sessions in the order of their first recording (only its ``first``
+        ones, when given: only their signals are read), with this model's embeddings and
+        their signals."""
         refs = self.store.element_references(element_id)
         if not refs:
             raise _no_element(element_id, field)
         keys, vectors = self.store.embeddings(np.array([r.key for r in refs]), self.version)
         vector_of = dict(zip(keys.tolist(), vectors, strict=True))
-        signal_of = self.store.signals(keys.tolist())
         grouped: dict[str, list[int]] = {}
-        first: dict[str, str] = {}
+        recorded: dict[str, str] = {}
         for ref in refs:  # in time order: a session's first row is its first recording
-            if ref.key in vector_of and ref.key in signal_of:
+            if ref.key in vector_of:
                 grouped.setdefault(ref.session_id, []).append(ref.key)
-                first.setdefault(ref.session_id, ref.recorded_at)
-        return [
-            RecordedSession(
-                s, first[s], np.stack([vector_of[k] for k in ks]), [signal_of[k] for k in ks]
-            )
-            for s, ks in grouped.items()
-        ]
+                recorded.setdefault(ref.session_id, ref.recorded_at)
+        kept = list(grouped.items())[:first]
+        signal_of = self.store.signals([k for _, ks in kept for k in ks])
+        sessions = []
+        for session, ks in kept:
+            stored = [k for k in ks if k in signal_of]  # none deleted since the first read
+            if stored:
+                sessions.append(
+                    RecordedSession(
+                        session,
+                        recorded[session],
+                        np.stack([vector_of[k] for k in stored]),
+                        [signal_of[k] for k in stored],
+                    )
+                )
+        return sessions
 
     def element_sample(self, element_id: str) -> ElementSample:
         """An element's references by session (up to CALIBRATION_REFERENCES each)."""

@@ -245,10 +245,7 @@ class TrainingStep(torch.nn.Module):
         hidden: torch.Tensor | None = None,
     ) -> LossParts:
         """``hidden`` (B, T): the steps masked in ``inputs`` (masked reconstruction)."""
-        if hidden is None:
-            embeddings, logits = self.model(inputs)
-            return self.loss(embeddings, logits, keypoints, elements, sessions, clean, outliers)
-        _, fine, steps, final = self.model.recurrent(inputs)
+        _, fine, steps, final = self.model.recurrent(inputs)  # the model's forward, in two
         embeddings, logits = self.model.heads(fine, steps, final)
         return self.loss(
             embeddings, logits, keypoints, elements, sessions, clean, outliers, steps, hidden

@@ -76,11 +76,12 @@ class DriftService:
     def _batch_drift(
         self, element_id: str, session: RecordedSession, baseline_sessions: int | None
     ) -> BatchDriftResponse:
-        sessions = self.view.recorded_sessions(element_id)
+        wanted = baseline_sessions or self.settings.drift_baseline_sessions
+        sessions = self.view.recorded_sessions(element_id, first=wanted)
         # all the element has, when it has fewer: calibrated for the baseline it is
-        n = min(baseline_sessions or self.settings.drift_baseline_sessions, len(sessions))
+        n = len(sessions)
         try:
-            baseline = Baseline.of(sessions[:n])
+            baseline = Baseline.of(sessions)
         except NothingToCompare as exc:
             raise Conflict("element_id", str(exc)) from exc
         calibration = self._calibration(n)
@@ -119,7 +120,7 @@ class DriftService:
         baselines = []
         for element in self.view.sample_elements(2):
             try:
-                baselines.append(Baseline.of(self.view.recorded_sessions(element)[:n]))
+                baselines.append(Baseline.of(self.view.recorded_sessions(element, first=n)))
             except NothingToCompare:
                 continue
         try:
